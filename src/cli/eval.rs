@@ -1,0 +1,328 @@
+//! `perceptio eval ...`: read files, call the scorers, print a table or JSON.
+
+use crate::error::{Error, Result};
+use crate::eval::{hardblink, mmbench, refcoco};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    pub bench: Bench,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Bench {
+    /// Referring-expression segmentation: cIoU (ΣI/ΣU) and gIoU over the sentences of a split.
+    Refcoco(RefcocoArgs),
+    /// MMBench CircularEval accuracy, VLMEvalKit's exact matching (no LLM judge).
+    Mmbench(MmbenchArgs),
+    /// HardBLINK relative depth (AURORA): accuracy on the 3/4/5-point variants.
+    Hardblink(HardblinkArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dataset {
+    Refcoco,
+    #[value(name = "refcoco+")]
+    RefcocoPlus,
+    Refcocog,
+}
+
+impl Dataset {
+    fn dir(self) -> &'static str {
+        match self {
+            Dataset::Refcoco => "refcoco",
+            Dataset::RefcocoPlus => "refcoco+",
+            Dataset::Refcocog => "refcocog",
+        }
+    }
+    fn default_split_by(self) -> SplitBy {
+        match self {
+            Dataset::Refcocog => SplitBy::Umd,
+            _ => SplitBy::Unc,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitBy {
+    Unc,
+    Umd,
+    Google,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    Val,
+    #[value(name = "testA")]
+    TestA,
+    #[value(name = "testB")]
+    TestB,
+    Test,
+    Train,
+}
+
+impl Split {
+    fn name(self) -> &'static str {
+        match self {
+            Split::Val => "val",
+            Split::TestA => "testA",
+            Split::TestB => "testB",
+            Split::Test => "test",
+            Split::Train => "train",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RefcocoArgs {
+    /// Root of the refer layout: DIR/<dataset>/refs(unc).p and DIR/<dataset>/instances.json.
+    #[arg(long, value_name = "DIR", required_unless_present = "annotations")]
+    pub refer_root: Option<PathBuf>,
+    #[arg(long, value_enum, required_unless_present = "annotations")]
+    pub dataset: Option<Dataset>,
+    /// Split; `test` on unc is testA ∪ testB, as in the refer API.
+    #[arg(long, value_enum, required_unless_present = "annotations")]
+    pub split: Option<Split>,
+    /// Split scheme (default: unc for refcoco/refcoco+, umd for refcocog).
+    #[arg(long, value_enum)]
+    pub split_by: Option<SplitBy>,
+    /// Ground truth as JSONL instead of the refer layout: one line per sentence,
+    /// {"sent_id", "height", "width", "mask"} (see docs/formats.md).
+    #[arg(long, value_name = "GT.jsonl", conflicts_with_all = ["refer_root", "dataset", "split", "split_by"])]
+    pub annotations: Option<PathBuf>,
+    /// Predictions: one JSON line per sentence {"sent_id", "mask": RLE | {"polygons"} | null}; `-` reads stdin.
+    #[arg(long, value_name = "PRED.jsonl")]
+    pub predictions: PathBuf,
+    /// How an annotation's overlapping polygons combine: union (default), or the lisa / sa2va
+    /// evaluation scripts' behaviour, to reproduce their numbers exactly.
+    #[arg(long, value_enum, default_value = "union")]
+    pub gt_overlap: refcoco::GtOverlap,
+    /// Write per-sentence intersection, union and IoU as JSONL.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub per_sample: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MmbenchArgs {
+    /// The benchmark TSV as VLMEvalKit ships it (e.g. MMBench_DEV_EN.tsv).
+    #[arg(long, value_name = "TSV")]
+    pub annotations: PathBuf,
+    /// Predictions: JSONL {"index", "prediction"}, or VLMEvalKit's .xlsx/.tsv; `-` reads JSONL from stdin.
+    #[arg(long, value_name = "PRED")]
+    pub predictions: PathBuf,
+    /// A question whose main row has no prediction: `strict` counts it wrong, `vlmevalkit` drops it.
+    #[arg(long, value_enum, default_value = "strict")]
+    pub missing: mmbench::MissingPolicy,
+    /// Answer-matching rules: VLMEvalKit's current `can_infer`, or lmms-eval's older rules.
+    #[arg(long, value_enum, default_value = "vlmevalkit")]
+    pub matcher: mmbench::matching::Matcher,
+    /// Also write VLMEvalKit's `_acc.csv` table.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Write one JSON line per question (outcome, rows, category).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub per_question: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HardblinkArgs {
+    /// HardBLINK in the AURORA layout (answers/blink_{3,4,5}pointscenter_answers.jsonl).
+    #[arg(long, value_name = "DIR")]
+    pub annotations: PathBuf,
+    /// Directory with one LLaVA-style answers JSONL per variant, named blink_{N}pointscenter*.jsonl.
+    #[arg(long, value_name = "PRED_DIR")]
+    pub predictions: PathBuf,
+    /// BLINK Relative_Depth (2-point) items with gold and prediction, for AURORA's 4-column mean.
+    #[arg(long, value_name = "FILE")]
+    pub blink2: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    match args.bench {
+        Bench::Refcoco(a) => run_refcoco(a),
+        Bench::Mmbench(a) => run_mmbench(a),
+        Bench::Hardblink(a) => run_hardblink(a),
+    }
+}
+
+/// A predictions path, spooling `-` (stdin) into a temp file so every reader takes a path.
+struct Input {
+    path: PathBuf,
+    shown: String,
+    _tmp: Option<tempfile::NamedTempFile>,
+}
+
+fn input(p: &Path, suffix: &str) -> Result<Input> {
+    if p.as_os_str() != "-" {
+        return Ok(Input { path: p.to_path_buf(), shown: p.display().to_string(), _tmp: None });
+    }
+    let mut tmp = tempfile::Builder::new().suffix(suffix).tempfile().map_err(|e| Error::io("<stdin>", e))?;
+    std::io::copy(&mut std::io::stdin().lock(), tmp.as_file_mut()).map_err(|e| Error::io("<stdin>", e))?;
+    Ok(Input { path: tmp.path().to_path_buf(), shown: "<stdin>".into(), _tmp: Some(tmp) })
+}
+
+fn provenance(files: &[(&str, &Path, &str)]) -> Result<Value> {
+    let mut inputs = serde_json::Map::new();
+    for (role, path, shown) in files {
+        inputs.insert(role.to_string(), json!({"path": shown, "sha256": crate::util::sha256_file(path)?}));
+    }
+    Ok(json!({"perceptio_version": env!("CARGO_PKG_VERSION"), "inputs": inputs}))
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v).map_err(|e| Error::io("<stdout>", e.into()))?;
+    writeln!(out).map_err(|e| Error::io("<stdout>", e))
+}
+
+fn print_text(s: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_bytes()).map_err(|e| Error::io("<stdout>", e))
+}
+
+fn write_jsonl<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<()> {
+    crate::util::atomic::write_with(path, |w| {
+        for it in items {
+            serde_json::to_writer(&mut *w, it)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+fn pct(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.1}", x * 100.0)
+    }
+}
+
+fn run_refcoco(a: RefcocoArgs) -> Result<()> {
+    let pred = input(&a.predictions, ".jsonl")?;
+    let (gt, label, meta) = if let Some(gt_path) = &a.annotations {
+        let gt = refcoco::refer::load_gt_jsonl(gt_path)?;
+        (gt, format!("{}", gt_path.display()), json!({"annotations": gt_path}))
+    } else {
+        let (root, dataset, split) = (a.refer_root.as_ref().unwrap(), a.dataset.unwrap(), a.split.unwrap());
+        let split_by = a.split_by.unwrap_or(dataset.default_split_by());
+        let sb = format!("{split_by:?}").to_lowercase();
+        let gt = refcoco::refer::load_refer(root, dataset.dir(), &sb, split.name(), a.gt_overlap)?;
+        let label = format!("{} ({sb}) {}", dataset.dir(), split.name());
+        (gt, label, json!({"dataset": dataset.dir(), "split": split.name(), "split_by": sb}))
+    };
+    let report = refcoco::score(&gt, &pred.path)?;
+    if let Some(p) = &a.per_sample {
+        write_jsonl(p, &report.per_sample)?;
+    }
+    if a.json {
+        let mut files: Vec<(&str, &Path, &str)> = vec![("predictions", &pred.path, &pred.shown)];
+        let shown: Vec<String> = gt.sources.iter().map(|p| p.display().to_string()).collect();
+        let roles = if a.annotations.is_some() { vec!["annotations"] } else { vec!["refs", "instances"] };
+        for ((role, p), s) in roles.iter().zip(&gt.sources).zip(&shown) {
+            files.push((role, p, s));
+        }
+        let mut v = serde_json::to_value(&report).expect("report serialises");
+        let obj = v.as_object_mut().unwrap();
+        if let Value::Object(m) = meta {
+            obj.extend(m);
+        }
+        obj.insert("gt_overlap".into(), serde_json::to_value(a.gt_overlap).unwrap());
+        obj.insert("provenance".into(), provenance(&files)?);
+        print_json(&v)
+    } else {
+        print_text(&format!(
+            "RefCOCO-style segmentation: {label}\n  sentences            {}\n  cIoU                 {}\n  gIoU                 {}\n  missing predictions  {}\n  empty predictions    {}\n  other-split lines    {} (ignored)\n",
+            report.samples,
+            pct(report.ciou),
+            pct(report.giou),
+            report.missing_predictions,
+            report.empty_predictions,
+            report.other_split_predictions
+        ))
+    }
+}
+
+fn run_mmbench(a: MmbenchArgs) -> Result<()> {
+    let pred = input(&a.predictions, ".jsonl")?;
+    let ann = mmbench::read_annotations(&a.annotations)?;
+    let preds = mmbench::read_predictions(&pred.path)?;
+    let report = mmbench::evaluate(&ann, &preds, a.matcher, a.missing, &pred.path)?;
+    if let Some(p) = &a.csv {
+        crate::util::atomic::write(p, &mmbench::acc_csv(&report))?;
+    }
+    if let Some(p) = &a.per_question {
+        write_jsonl(p, &report.results)?;
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&report).expect("report serialises");
+        let shown_ann = a.annotations.display().to_string();
+        v.as_object_mut().unwrap().insert(
+            "provenance".into(),
+            provenance(&[("annotations", &a.annotations, &shown_ann), ("predictions", &pred.path, &pred.shown)])?,
+        );
+        print_json(&v)
+    } else {
+        let mut s = format!(
+            "MMBench CircularEval ({} matcher, no LLM judge: unreadable answers count as wrong)\n  questions  {}\n  Overall    {}\n",
+            format!("{:?}", a.matcher).to_lowercase(),
+            report.questions,
+            pct(report.overall)
+        );
+        for (k, v) in &report.l2_categories {
+            s.push_str(&format!("  {:<9}  {}\n", mmbench::l2_abbreviation(k), pct(*v)));
+        }
+        s.push_str(&format!(
+            "  unresolved answers {}, questions without a main prediction {} ({})\n",
+            report.unresolved,
+            report.missing_main_predictions,
+            if a.missing == mmbench::MissingPolicy::Strict { "counted wrong" } else { "dropped" }
+        ));
+        print_text(&s)
+    }
+}
+
+fn run_hardblink(a: HardblinkArgs) -> Result<()> {
+    let report = hardblink::score(&a.annotations, &a.predictions, a.blink2.as_deref())?;
+    if a.json {
+        let mut files: Vec<(String, PathBuf)> =
+            report.details.iter().map(|d| (format!("predictions_{}", d.points), d.predictions_file.clone())).collect();
+        if let Some(b) = &a.blink2 {
+            files.push(("blink2".into(), b.clone()));
+        }
+        let shown: Vec<String> = files.iter().map(|(_, p)| p.display().to_string()).collect();
+        let refs: Vec<(&str, &Path, &str)> = files.iter().zip(&shown).map(|((r, p), s)| (r.as_str(), p.as_path(), s.as_str())).collect();
+        let mut v = serde_json::to_value(&report).expect("report serialises");
+        v.as_object_mut().unwrap().insert("provenance".into(), provenance(&refs)?);
+        print_json(&v)
+    } else {
+        let mut s = String::from("HardBLINK (relative depth, unparsable answers count as wrong)\n");
+        for d in &report.details {
+            s.push_str(&format!(
+                "  {}-point  {:>5}   ({}/{}; unparsable {}, missing {})\n",
+                d.points,
+                pct(d.accuracy),
+                d.correct,
+                d.items,
+                d.unparsable,
+                d.missing
+            ));
+        }
+        s.push_str(&format!("  mean     {:>5}   (3/4/5)\n", pct(report.mean)));
+        if let Some(m) = report.aurora_mean {
+            s.push_str(&format!("  AURORA   {:>5}   (mean of BLINK 2-point and 3/4/5)\n", pct(m)));
+        }
+        print_text(&s)
+    }
+}

@@ -1,0 +1,62 @@
+//! Command-line interface: argument parsing and output only; the work lives in the library.
+
+mod eval;
+
+use crate::error::{exit, Error, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "perceptio", version, about = "Spatial grounding with vision-language models: segment, depth, ask, and benchmark scoring", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Score benchmark predictions (RefCOCO/+/g cIoU, HardBLINK, MMBench).
+    Eval(eval::EvalArgs),
+    /// Download model weights from the Hugging Face hub into the shared cache (not implemented yet).
+    Download(Pending),
+    /// Segment the object a referring expression names (not implemented yet).
+    Segment(Pending),
+    /// Estimate depth through the model's depth tokens (not implemented yet).
+    Depth(Pending),
+    /// Answer a question about an image (not implemented yet).
+    Ask(Pending),
+}
+
+/// Arguments of a command that is not built yet: accepted as-is so the message is clear.
+#[derive(clap::Args, Debug)]
+pub struct Pending {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+/// Run the CLI and return the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match run(cli) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Eval(args) => eval::run(args),
+        Command::Download(_) => Err(Error::NotImplemented("perceptio download".into())),
+        Command::Segment(_) => Err(Error::NotImplemented("perceptio segment".into())),
+        Command::Depth(_) => Err(Error::NotImplemented("perceptio depth".into())),
+        Command::Ask(_) => Err(Error::NotImplemented("perceptio ask".into())),
+    }
+}

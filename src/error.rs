@@ -1,0 +1,63 @@
+//! One error type for the library, so the CLI can map every failure to a clear message and a meaningful exit code.
+
+use std::path::{Path, PathBuf};
+
+/// Exit codes of the `perceptio` binary (documented in README.md).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Bad input or a runtime failure (missing file, malformed annotation, I/O error).
+    pub const FAILURE: i32 = 1;
+    /// Usage error (bad flags) or a command that is not implemented yet.
+    pub const USAGE: i32 = 2;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened, read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Input content is malformed; `location` names the file and, where known, the line or record.
+    #[error("{location}: {message}")]
+    Input { location: String, message: String },
+    /// The command line asks for something inconsistent.
+    #[error("{0}")]
+    Usage(String),
+    /// A subcommand that exists in the interface but has no implementation yet.
+    #[error("`{0}` is not implemented yet")]
+    NotImplemented(String),
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+
+    /// Malformed content in `path` (whole file).
+    pub fn input(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::Input { location: path.as_ref().display().to_string(), message: message.into() }
+    }
+
+    /// Malformed content at a 1-based line of `path`.
+    pub fn at_line(path: impl AsRef<Path>, line: usize, message: impl Into<String>) -> Self {
+        Error::Input { location: format!("{}:{line}", path.as_ref().display()), message: message.into() }
+    }
+
+    /// Malformed content at a free-form location (e.g. "instances.json annotation 1234").
+    pub fn at(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Input { location: location.into(), message: message.into() }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::NotImplemented(_) => exit::USAGE,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

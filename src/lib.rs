@@ -1,0 +1,11 @@
+//! perceptio: spatial grounding with large vision-language models.
+//!
+//! Today the library holds the benchmark scorers (`eval`) and their file formats; the model
+//! stack (InternVL, SAM2, depth tokens) and the hub client come next (see docs/architecture.md).
+
+pub mod cli;
+pub mod error;
+pub mod eval;
+pub mod util;
+
+pub use error::{Error, Result};
