@@ -1,0 +1,47 @@
+#![allow(dead_code)]
+//! Helpers shared by the integration tests: run the real binary, locate fixtures.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+}
+
+/// Run `perceptio` with `args`, optional stdin bytes.
+pub fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceptio"));
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn perceptio");
+    if let Some(bytes) = stdin {
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Run expecting success and parse stdout as JSON.
+pub fn run_json(args: &[&str]) -> serde_json::Value {
+    let o = run(args, None);
+    assert!(o.status.success(), "perceptio {args:?} failed: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(&o)))
+}
+
+/// Run expecting a clean failure: exit code 1, an `error:` line naming `needle`, no panic.
+pub fn assert_fails(args: &[&str], needle: &str) {
+    let o = run(args, None);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "perceptio {args:?}: expected exit 1, stderr: {err}");
+    assert!(err.starts_with("error: "), "no error line: {err}");
+    assert!(err.contains(needle), "error should mention {needle:?}: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+}
