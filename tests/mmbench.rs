@@ -150,3 +150,41 @@ fn bad_inputs_are_clear_errors() {
     std::fs::write(&x, b"PK\x03\x04 truncated").unwrap();
     assert_fails(&["eval", "mmbench", "--annotations", &tsv(), "--predictions", x.to_str().unwrap()], "cannot open the spreadsheet");
 }
+
+#[test]
+fn g_index_column_groups_rotations() {
+    // VLMEvalKit's `circular` tool writes a g_index column and may use a larger offset; group by it.
+    let dir = tempfile::tempdir().unwrap();
+    let shift = |i: i64| if i >= 1_000_000 { (i / 1_000_000) * 10_000_000 + i % 1_000_000 } else { i };
+    let src = std::fs::read_to_string(tsv()).unwrap();
+    let mut out = String::new();
+    for (n, line) in src.lines().enumerate() {
+        let mut f: Vec<String> = line.split('\t').map(str::to_string).collect();
+        if n == 0 {
+            f.push("g_index".into());
+        } else {
+            let i: i64 = f[0].parse().unwrap();
+            f[0] = shift(i).to_string();
+            f.push((i % 1_000_000).to_string());
+        }
+        out.push_str(&f.join("\t"));
+        out.push('\n');
+    }
+    let t = dir.path().join("circ.tsv");
+    std::fs::write(&t, out).unwrap();
+    let preds: String = std::fs::read_to_string(fixture("mmbench/predictions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v["index"] = shift(v["index"].as_i64().unwrap()).into();
+            format!("{v}\n")
+        })
+        .collect();
+    let p = dir.path().join("p.jsonl");
+    std::fs::write(&p, preds).unwrap();
+    let got = run_json(&["eval", "mmbench", "--annotations", t.to_str().unwrap(), "--predictions", p.to_str().unwrap(), "--missing", "vlmevalkit", "--json"]);
+    let want = &expected()["vlmevalkit/vlmevalkit"];
+    assert_eq!(got["overall"].as_f64(), want["overall"].as_f64());
+    assert_eq!(got["questions"], want["questions"]);
+}

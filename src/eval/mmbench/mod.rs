@@ -42,6 +42,9 @@ pub fn l2_abbreviation(name: &str) -> &str {
 #[derive(Debug, Clone)]
 pub struct Row {
     pub index: i64,
+    /// The question this row is a rotation of: the `g_index` column when the TSV has one
+    /// (VLMEvalKit's `circular` tool writes it), else `index mod 1e6`.
+    pub g_index: i64,
     pub answer: Option<String>,
     pub choices: Choices,
     pub category: Option<String>,
@@ -75,11 +78,28 @@ pub fn read_annotations(path: &Path) -> Result<Annotations> {
     let category = t.column("category");
     let l2 = t.column("l2-category");
     let split = t.column("split");
+    let g_index: Option<Vec<i64>> = match t.column("g_index") {
+        Some(col) => Some(
+            col.iter()
+                .zip(&t.lines)
+                .map(|(v, &line)| {
+                    v.as_deref()
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .filter(|f| f.fract() == 0.0)
+                        .map(|f| f as i64)
+                        .ok_or_else(|| Error::at_line(path, line, "`g_index` is not an integer"))
+                })
+                .collect::<Result<_>>()?,
+        ),
+        None => None,
+    };
     let mut rows = BTreeMap::new();
     for i in 0..t.len() {
         let choices: Choices = letters.iter().filter_map(|(c, col)| col[i].clone().map(|v| (*c, v))).collect();
         let row = Row {
             index: idx[i],
+            // Python's % is non-negative for a positive divisor
+            g_index: g_index.as_ref().map_or(idx[i].rem_euclid(CIRCULAR_OFFSET), |g| g[i]),
             answer: answer[i].clone(),
             choices,
             category: category.and_then(|c| c[i].clone()),
@@ -193,14 +213,13 @@ pub fn evaluate(ann: &Annotations, preds: &HashMap<i64, String>, matcher: Matche
             format!("{} prediction(s) for indices not in the annotations: {}{}", unknown.len(), shown.join(", "), if unknown.len() > 5 { ", ..." } else { "" }),
         ));
     }
-    // Groups of rows by g_index = index mod 1e6 (Python's % is non-negative for a positive divisor).
     let mut groups: BTreeMap<i64, Vec<&Row>> = BTreeMap::new();
     for r in ann.rows.values() {
-        groups.entry(r.index.rem_euclid(CIRCULAR_OFFSET)).or_default().push(r);
+        groups.entry(r.g_index).or_default().push(r);
     }
     let mut results = Vec::new();
     for (g, rows) in &groups {
-        let Some(main) = ann.rows.get(g) else { continue }; // rotations without a main row
+        let Some(main) = ann.rows.get(g).filter(|m| m.g_index == *g) else { continue }; // rotations without a main row
         let base = QuestionResult {
             index: *g,
             outcome: Outcome::Missing,
@@ -278,7 +297,7 @@ pub fn evaluate(ann: &Annotations, preds: &HashMap<i64, String>, matcher: Matche
 }
 
 fn dropped_mains(ann: &Annotations, preds: &HashMap<i64, String>) -> usize {
-    ann.rows.values().filter(|r| r.index.rem_euclid(CIRCULAR_OFFSET) == r.index && !preds.contains_key(&r.index)).count()
+    ann.rows.values().filter(|r| r.g_index == r.index && !preds.contains_key(&r.index)).count()
 }
 
 /// The `_acc.csv` table of VLMEvalKit's `report_acc`: one row per split; columns `split`,
