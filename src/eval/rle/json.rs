@@ -24,9 +24,7 @@ fn size_of(v: &Value) -> Result<(u32, u32), RleError> {
             .ok_or_else(|| RleError(format!("RLE size entry {x} is not a non-negative integer")))
     };
     let (h, w) = (dim(&arr[0])?, dim(&arr[1])?);
-    if h as u64 * w as u64 > u32::MAX as u64 {
-        return Err(RleError(format!("RLE size {h}x{w} exceeds 2^32 pixels")));
-    }
+    super::check_size(h, w)?;
     Ok((h, w))
 }
 
@@ -95,6 +93,7 @@ impl MaskJson {
     /// The mask at image size h×w: `None` for `null`; polygons are rasterised and OR-ed;
     /// an RLE of another size is an error.
     pub fn resolve(&self, h: u32, w: u32) -> Result<Option<Rle>, RleError> {
+        super::check_size(h, w)?;
         match self {
             MaskJson::Null => Ok(None),
             MaskJson::Rle(r) => {

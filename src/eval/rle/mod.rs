@@ -24,6 +24,14 @@ impl fmt::Display for RleError {
 }
 impl std::error::Error for RleError {}
 
+/// Masks are limited to 2^32 pixels, as pycocotools' `uint` counts are.
+pub fn check_size(h: u32, w: u32) -> Result<(), RleError> {
+    if h as u64 * w as u64 > u32::MAX as u64 {
+        return Err(RleError(format!("mask size {h}x{w} exceeds 2^32 pixels")));
+    }
+    Ok(())
+}
+
 /// A validated run-length encoded binary mask: `counts` always sum to `h·w`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rle {
@@ -46,9 +54,9 @@ impl Rle {
         Ok(Rle { h, w, counts })
     }
 
-    /// An all-zero mask.
+    /// An all-zero mask (sizes must pass [`check_size`]).
     pub fn empty(h: u32, w: u32) -> Self {
-        Rle { h, w, counts: vec![h * w] }
+        Rle { h, w, counts: vec![h.wrapping_mul(w)] }
     }
 
     /// Decode the compressed string form (`rleFrString`).

@@ -16,6 +16,9 @@ fn c_int(v: f64) -> i32 {
 
 /// Largest coordinate magnitude accepted; beyond it the boundary walk would need gigabytes.
 const MAX_COORD: f64 = 1.0e6;
+/// Largest number of upsampled boundary points (128 MiB of work buffers); a COCO polygon on a
+/// 640×480 image has a few thousand.
+const MAX_BOUNDARY: usize = 16 << 20;
 
 /// Rasterise one polygon `[x0, y0, x1, y1, ...]` at size h×w (`rleFrPoly`). An odd trailing
 /// value is ignored, as pycocotools does (`int(len(p)/2)` points).
@@ -23,6 +26,7 @@ pub fn from_polygon(xy: &[f64], h: u32, w: u32) -> Result<Rle, RleError> {
     if let Some(v) = xy.iter().find(|v| !v.is_finite() || v.abs() > MAX_COORD) {
         return Err(RleError(format!("polygon coordinate {v} is not a finite number within ±{MAX_COORD}")));
     }
+    super::check_size(h, w)?;
     let k = xy.len() / 2;
     if k == 0 {
         return Ok(Rle::empty(h, w));
@@ -37,6 +41,9 @@ pub fn from_polygon(xy: &[f64], h: u32, w: u32) -> Result<Rle, RleError> {
         let dx = x[j].wrapping_sub(x[j + 1]).unsigned_abs();
         let dy = y[j].wrapping_sub(y[j + 1]).unsigned_abs();
         m += dx.max(dy) as usize + 1;
+    }
+    if m > MAX_BOUNDARY {
+        return Err(RleError(format!("polygon boundary of {m} upsampled points is too long to rasterise")));
     }
     let mut u: Vec<i32> = Vec::with_capacity(m);
     let mut v: Vec<i32> = Vec::with_capacity(m);

@@ -1,0 +1,19 @@
+//! The compressed-RLE decoder never panics, and whatever it accepts re-encodes to itself.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use perceptio::eval::rle::Rle;
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 2 {
+        return;
+    }
+    let (h, w) = (data[0] as u32 + 1, data[1] as u32 + 1);
+    let Ok(s) = std::str::from_utf8(&data[2..]) else { return };
+    if let Ok(r) = Rle::from_compressed(s, h, w) {
+        assert_eq!(r.to_compressed(), s);
+        assert!(r.area() <= (h * w) as u64);
+        let _ = r.bbox();
+        let u = Rle::union(&[r.clone(), r.clone()]).unwrap();
+        assert_eq!(u.area(), r.area());
+    }
+});
