@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod error;
 pub mod eval;
+pub mod hub;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and output only; the work lives in the library.
 
+mod download;
 mod eval;
 
 use crate::error::{exit, Error, Result};
@@ -16,8 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Score benchmark predictions (RefCOCO/+/g cIoU, HardBLINK, MMBench).
     Eval(eval::EvalArgs),
-    /// Download model weights from the Hugging Face hub into the shared cache (not implemented yet).
-    Download(Pending),
+    /// Download model repos from the Hugging Face hub into the cache Python tools share.
+    Download(download::DownloadArgs),
     /// Segment the object a referring expression names (not implemented yet).
     Segment(Pending),
     /// Estimate depth through the model's depth tokens (not implemented yet).
@@ -54,7 +55,7 @@ pub fn main() -> i32 {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Eval(args) => eval::run(args),
-        Command::Download(_) => Err(Error::NotImplemented("perceptio download".into())),
+        Command::Download(args) => download::run(args),
         Command::Segment(_) => Err(Error::NotImplemented("perceptio segment".into())),
         Command::Depth(_) => Err(Error::NotImplemented("perceptio depth".into())),
         Command::Ask(_) => Err(Error::NotImplemented("perceptio ask".into())),
