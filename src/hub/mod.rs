@@ -466,27 +466,32 @@ impl<'a> Client<'a> {
 
     /// Download into `partial` (resuming what is there), verify, and move to `blob`.
     fn download_blob(&self, meta: &FileMeta, partial: &Path, blob: &Path, bar: &ProgressBar) -> Result<(), ClientError> {
-        self.with_retries(|| self.download_once(meta, partial, bar))?;
-        // Verify the whole file against the ETag: sha256 for LFS, git's blob sha1 otherwise.
-        let verified = verify(partial, &meta.etag).map_err(|e| ClientError::Io(partial.to_path_buf(), e))?;
-        if let Err(got) = verified {
+        // The digest is computed while the bytes arrive (a resumed attempt first re-reads
+        // the part already on disk), so a fresh download reads its data once.
+        let digest = self.with_retries(|| self.download_once(meta, partial, bar))?;
+        let len = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+        let fail = |msg: String| {
             let _ = std::fs::remove_file(partial);
-            return Err(ClientError::Integrity(format!("checksum mismatch: expected {}, got {got}; the download was deleted", meta.etag)));
+            Err(ClientError::Integrity(format!("{msg}; the download was deleted")))
+        };
+        if let Some(size) = meta.size.filter(|&s| s != len) {
+            return fail(format!("size mismatch: expected {size} bytes, got {len}"));
         }
-        if let Some(size) = meta.size {
-            let len = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
-            if len != size {
-                let _ = std::fs::remove_file(partial);
-                return Err(ClientError::Integrity(format!("size mismatch: expected {size} bytes, got {len}")));
-            }
+        if let Some(got) = digest.filter(|d| !d.eq_ignore_ascii_case(&meta.etag)) {
+            return fail(format!("checksum mismatch: expected {}, got {got}", meta.etag));
         }
         std::fs::rename(partial, blob).map_err(|e| ClientError::Io(blob.to_path_buf(), e))
     }
 
-    fn download_once(&self, meta: &FileMeta, partial: &Path, bar: &ProgressBar) -> Result<(), ClientError> {
+    /// One attempt; returns the digest of the whole partial file when the ETag is checkable.
+    fn download_once(&self, meta: &FileMeta, partial: &Path, bar: &ProgressBar) -> Result<Option<String>, ClientError> {
+        let io = |e: std::io::Error| ClientError::Io(partial.to_path_buf(), e);
         let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+        let mut hasher = Hasher::for_etag(&meta.etag, meta.size);
         if meta.size.is_some_and(|s| have == s && s > 0) {
-            return Ok(()); // complete from an earlier attempt, verified by the caller
+            // complete from an earlier attempt
+            hasher.update_from_file(partial, have).map_err(io)?;
+            return Ok(hasher.finish());
         }
         let (resp, url) = self.call("GET", &meta.url, Some(have))?;
         let status = resp.status().as_u16();
@@ -505,13 +510,10 @@ impl<'a> Client<'a> {
             }
             s => return Err(ClientError::Status(s, url)),
         };
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(partial)
-            .map_err(|e| ClientError::Io(partial.to_path_buf(), e))?;
+        if append {
+            hasher.update_from_file(partial, have).map_err(io)?;
+        }
+        let mut out = std::fs::OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(partial).map_err(io)?;
         let mut done = if append { have } else { 0 };
         bar.set_position(done);
         let mut reader = resp.into_body().into_reader();
@@ -525,52 +527,73 @@ impl<'a> Client<'a> {
                     return Err(ClientError::Network(format!("{url}: connection lost after {done} bytes: {e}")));
                 }
             };
-            out.write_all(&buf[..n]).map_err(|e| ClientError::Io(partial.to_path_buf(), e))?;
+            out.write_all(&buf[..n]).map_err(io)?;
+            hasher.update(&buf[..n]);
             done += n as u64;
             bar.set_position(done);
         }
-        out.sync_all().map_err(|e| ClientError::Io(partial.to_path_buf(), e))?;
+        out.sync_all().map_err(io)?;
         if let Some(size) = meta.size {
             if done < size {
                 return Err(ClientError::Network(format!("{url}: body ended after {done} of {size} bytes")));
             }
         }
-        Ok(())
+        Ok(hasher.finish())
     }
 }
 
-/// Check a file against an ETag. `Ok(Err(actual))` on mismatch; ETags that are neither a
-/// sha256 nor a git sha1 cannot be checked and pass.
-fn verify(path: &Path, etag: &str) -> std::io::Result<std::result::Result<(), String>> {
-    let is_hex = |n: usize| etag.len() == n && etag.bytes().all(|b| b.is_ascii_hexdigit());
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let got = if is_hex(64) {
-        let mut h = sha2::Sha256::new();
+/// The digest an ETag names: sha256 for LFS files, git's blob sha1 (over "blob {len}\0" +
+/// content, so the size must be known) for small files; anything else cannot be checked.
+enum Hasher {
+    Sha256(sha2::Sha256),
+    GitSha1(sha1::Sha1),
+    Unverifiable,
+}
+
+impl Hasher {
+    fn for_etag(etag: &str, size: Option<u64>) -> Self {
+        let is_hex = |n: usize| etag.len() == n && etag.bytes().all(|b| b.is_ascii_hexdigit());
+        match size {
+            _ if is_hex(64) => Hasher::Sha256(sha2::Sha256::new()),
+            Some(len) if is_hex(40) => {
+                let mut h = sha1::Sha1::new();
+                h.update(format!("blob {len}\0").as_bytes());
+                Hasher::GitSha1(h)
+            }
+            _ => Hasher::Unverifiable,
+        }
+    }
+
+    fn update(&mut self, b: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(b),
+            Hasher::GitSha1(h) => h.update(b),
+            Hasher::Unverifiable => {}
+        }
+    }
+
+    fn update_from_file(&mut self, path: &Path, len: u64) -> std::io::Result<()> {
+        if matches!(self, Hasher::Unverifiable) {
+            return Ok(());
+        }
+        let mut f = std::fs::File::open(path)?.take(len);
+        let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = f.read(&mut buf)?;
             if n == 0 {
-                break;
+                return Ok(());
             }
-            h.update(&buf[..n]);
+            self.update(&buf[..n]);
         }
-        format!("{:x}", h.finalize())
-    } else if is_hex(40) {
-        let len = f.metadata()?.len();
-        let mut h = sha1::Sha1::new();
-        h.update(format!("blob {len}\0").as_bytes());
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
+    }
+
+    fn finish(self) -> Option<String> {
+        match self {
+            Hasher::Sha256(h) => Some(format!("{:x}", h.finalize())),
+            Hasher::GitSha1(h) => Some(format!("{:x}", h.finalize())),
+            Hasher::Unverifiable => None,
         }
-        format!("{:x}", h.finalize())
-    } else {
-        return Ok(Ok(()));
-    };
-    Ok(if got.eq_ignore_ascii_case(etag) { Ok(()) } else { Err(got) })
+    }
 }
 
 fn host_of(url: &str) -> &str {
