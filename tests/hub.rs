@@ -190,6 +190,17 @@ fn corrupted_body_fails_and_leaves_nothing() {
 }
 
 #[test]
+fn small_files_are_checked_against_their_git_sha1() {
+    let s = server();
+    s.faults.lock().unwrap().corrupt.push("tokenizer.json".into());
+    let env = Env::new(&s);
+    let o = env.run(&["download", "org/tiny"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let want = format!("tokenizer.json: checksum mismatch: expected {}", repo_files(7)[1].git_sha1());
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+}
+
+#[test]
 fn gated_and_missing_repos_explain_themselves() {
     let s = server();
     let env = Env::new(&s);

@@ -514,25 +514,53 @@ impl<'a> Client<'a> {
             hasher.update_from_file(partial, have).map_err(io)?;
         }
         let mut out = std::fs::OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(partial).map_err(io)?;
-        let mut done = if append { have } else { 0 };
-        bar.set_position(done);
+        let start = if append { have } else { 0 };
+        bar.set_position(start);
         let mut reader = resp.into_body().into_reader();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = out.flush();
-                    return Err(ClientError::Network(format!("{url}: connection lost after {done} bytes: {e}")));
-                }
-            };
-            out.write_all(&buf[..n]).map_err(io)?;
-            hasher.update(&buf[..n]);
-            done += n as u64;
-            bar.set_position(done);
+        // Two stages so receiving overlaps hashing + writing: this thread reads the socket,
+        // a worker hashes and writes; buffers circulate through a pair of bounded channels.
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(4);
+        let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(6);
+        for _ in 0..6 {
+            empty_tx.send(vec![0u8; 1 << 20]).expect("fresh channel");
         }
-        out.sync_all().map_err(io)?;
+        let (received, write_result) = std::thread::scope(|scope| {
+            let worker = scope.spawn(move || -> std::io::Result<Hasher> {
+                for (buf, n) in full_rx {
+                    out.write_all(&buf[..n])?;
+                    hasher.update(&buf[..n]);
+                    let _ = empty_tx.send(buf);
+                }
+                out.sync_all()?;
+                Ok(hasher)
+            });
+            let mut done = start;
+            let mut net_err = None;
+            while let Ok(mut buf) = empty_rx.recv() {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        done += n as u64;
+                        bar.set_position(done);
+                        if full_tx.send((buf, n)).is_err() {
+                            break; // the writer failed; its error is reported below
+                        }
+                    }
+                    Err(e) => {
+                        net_err = Some(e);
+                        break;
+                    }
+                }
+            }
+            drop(full_tx);
+            let w = worker.join().expect("writer thread");
+            ((done, net_err), w)
+        });
+        let hasher = write_result.map_err(io)?;
+        let (done, net_err) = received;
+        if let Some(e) = net_err {
+            return Err(ClientError::Network(format!("{url}: connection lost after {done} bytes: {e}")));
+        }
         if let Some(size) = meta.size {
             if done < size {
                 return Err(ClientError::Network(format!("{url}: body ended after {done} of {size} bytes")));
