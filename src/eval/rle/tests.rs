@@ -29,3 +29,11 @@ fn zero_length_runs_merge() {
     let (i, un) = a.intersection_union(&u).unwrap();
     assert_eq!((i, un), (7, 7));
 }
+
+#[test]
+fn non_canonical_strings_decode_like_pycocotools() {
+    // A count may carry redundant continuation groups ("P0" is 0 padded to two chars);
+    // maskApi.c's rleFrString accepts them, so perceptio does too (found by cargo fuzz).
+    assert_eq!(codec::decode(b"P0").unwrap(), vec![0]);
+    assert_eq!(codec::decode(b"2P03").unwrap(), codec::decode(b"203").unwrap());
+}
