@@ -7,6 +7,8 @@ pub mod cli;
 pub mod error;
 pub mod eval;
 pub mod hub;
+pub mod models;
+pub mod preprocess;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and output only; the work lives in the library.
 
+mod ask;
 mod download;
 mod eval;
 
@@ -23,8 +24,8 @@ pub enum Command {
     Segment(Pending),
     /// Estimate depth through the model's depth tokens (not implemented yet).
     Depth(Pending),
-    /// Answer a question about an image (not implemented yet).
-    Ask(Pending),
+    /// Answer a question about an image with an InternVL2.5 / Sa2VA model.
+    Ask(ask::AskArgs),
 }
 
 /// Arguments of a command that is not built yet: accepted as-is so the message is clear.
@@ -58,6 +59,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Download(args) => download::run(args),
         Command::Segment(_) => Err(Error::NotImplemented("perceptio segment".into())),
         Command::Depth(_) => Err(Error::NotImplemented("perceptio depth".into())),
-        Command::Ask(_) => Err(Error::NotImplemented("perceptio ask".into())),
+        Command::Ask(args) => ask::run(args),
     }
 }

@@ -1,0 +1,88 @@
+//! The decoding loop shared by `ask`, `segment` and `depth`: greedy by default, optional
+//! temperature / top-p sampling with a seed, stop tokens, and the last-layer hidden state at
+//! each generated token's position (what Sa2VA reads `[SEG]` embeddings from).
+
+use super::internvl::InternVl;
+use candle_core::{IndexOp, Result, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+    pub stop_ids: Vec<u32>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { max_new_tokens: 512, temperature: 0.0, top_p: None, seed: 299792458, stop_ids: vec![] }
+    }
+}
+
+#[derive(Debug)]
+pub struct Generation {
+    /// Generated ids, including a final stop token if one was produced.
+    pub ids: Vec<u32>,
+    /// Last-layer hidden state (h) at the position of `ids[j]` when it was fed back
+    /// (every id but a final one that ended generation).
+    pub hidden: Vec<Tensor>,
+    pub stopped: bool,
+    pub prompt_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+/// Generate from prompt embeddings (1, L, h). `on_token` sees each id as it is produced.
+pub fn generate(model: &mut InternVl, embeds: &Tensor, opts: &GenerateOptions, mut on_token: impl FnMut(u32)) -> Result<Generation> {
+    let sampling = match (opts.temperature, opts.top_p) {
+        (t, _) if t <= 0.0 => Sampling::ArgMax,
+        (t, Some(p)) => Sampling::TopP { p, temperature: t },
+        (t, None) => Sampling::All { temperature: t },
+    };
+    let mut proc = LogitsProcessor::from_sampling(opts.seed, sampling);
+    model.llm.clear_kv_cache();
+    let prompt_tokens = embeds.dim(1)?;
+    let t0 = Instant::now();
+    let h = model.llm.forward_embeds(embeds, 0)?;
+    let mut last = h.i((0, prompt_tokens - 1))?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut ids = Vec::new();
+    let mut hidden = Vec::new();
+    let mut stopped = false;
+    let mut pos = prompt_tokens;
+    while ids.len() < opts.max_new_tokens {
+        let logits = model.llm.logits(&last.unsqueeze(0)?)?.squeeze(0)?;
+        let next = proc.sample(&logits)?;
+        ids.push(next);
+        on_token(next);
+        if opts.stop_ids.contains(&next) {
+            stopped = true;
+            break;
+        }
+        if ids.len() == opts.max_new_tokens {
+            break;
+        }
+        let x = model.llm.embed(&Tensor::new(&[[next]], embeds.device())?)?;
+        let h = model.llm.forward_embeds(&x, pos)?;
+        pos += 1;
+        last = h.i((0, 0))?;
+        hidden.push(last.clone());
+    }
+    Ok(Generation { ids, hidden, stopped, prompt_tokens, prefill_secs, decode_secs: t1.elapsed().as_secs_f64() })
+}
+
+/// Run a teacher-forced continuation (e.g. "Sure, [SEG].") after the prompt and return the
+/// last-layer hidden states of those tokens (n, h).
+pub fn teacher_force(model: &mut InternVl, embeds: &Tensor, forced: &[u32]) -> Result<Tensor> {
+    model.llm.clear_kv_cache();
+    let l = embeds.dim(1)?;
+    let f = model.llm.embed(&Tensor::new(forced, embeds.device())?.unsqueeze(0)?)?;
+    let all = Tensor::cat(&[embeds, &f], 1)?;
+    let h = model.llm.forward_embeds(&all, 0)?;
+    h.i((0, l..l + forced.len()))
+}

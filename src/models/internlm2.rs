@@ -1,0 +1,161 @@
+//! InternLM2 / InternLM2.5 decoder (Sa2VA-8B, InternVL2.5-2B/8B) with InternLM2's own key
+//! names: `model.tok_embeddings`, `model.layers.N.{attention.{wqkv, wo}, feed_forward.{w1, w2, w3},
+//! attention_norm, ffn_norm}`, `model.norm`, `output`. `wqkv` is grouped per KV head:
+//! rows are [q_0 … q_{g-1}, k, v] × head_dim for each of the KV heads (g = heads / kv_heads).
+
+use super::nn::{causal_mask, CausalAttention, Linear, Rope, RmsNorm};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use std::sync::Arc;
+
+fn default_theta() -> f64 {
+    10000.0
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_max_pos() -> usize {
+    32768
+}
+
+/// `llm_config` of an InternLM2 checkpoint (InternLM2Config fields).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// Bias on wqkv / wo (false in released checkpoints).
+    #[serde(default)]
+    pub bias: bool,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    wqkv: Linear,
+    wo: Linear,
+    core: CausalAttention,
+    w1: Linear,
+    w2: Linear,
+    w3: Linear,
+    attention_norm: RmsNorm,
+    ffn_norm: RmsNorm,
+    n_kv: usize,
+    groups: usize,
+    head_dim: usize,
+    span: tracing::Span,
+}
+
+impl Layer {
+    fn new(rope: Arc<Rope>, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let head_dim = h / nh;
+        let groups = nh / nkv;
+        let a = vb.pp("attention");
+        let f = vb.pp("feed_forward");
+        Ok(Self {
+            wqkv: Linear::new(h, (nh + 2 * nkv) * head_dim, cfg.bias, a.pp("wqkv"))?,
+            wo: Linear::new(nh * head_dim, h, cfg.bias, a.pp("wo"))?,
+            core: CausalAttention::new(rope, nh, nkv, head_dim),
+            w1: Linear::new(h, cfg.intermediate_size, false, f.pp("w1"))?,
+            w2: Linear::new(cfg.intermediate_size, h, false, f.pp("w2"))?,
+            w3: Linear::new(h, cfg.intermediate_size, false, f.pp("w3"))?,
+            attention_norm: RmsNorm::new(h, cfg.rms_norm_eps, vb.pp("attention_norm"))?,
+            ffn_norm: RmsNorm::new(h, cfg.rms_norm_eps, vb.pp("ffn_norm"))?,
+            n_kv: nkv,
+            groups,
+            head_dim,
+            span: tracing::span!(tracing::Level::TRACE, "internlm2-layer"),
+        })
+    }
+
+    fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
+        let _g = self.span.enter();
+        let (b, s, _) = xs.dims3()?;
+        let x = self.attention_norm.forward(xs)?;
+        // (b, s, kv, groups + 2, d): queries are the first `groups` slots, then k, then v.
+        let qkv = self.wqkv.forward(&x)?.reshape((b, s, self.n_kv, self.groups + 2, self.head_dim))?;
+        let q = qkv.narrow(3, 0, self.groups)?.reshape((b, s, self.n_kv * self.groups, self.head_dim))?;
+        let k = qkv.narrow(3, self.groups, 1)?.squeeze(3)?;
+        let v = qkv.narrow(3, self.groups + 1, 1)?.squeeze(3)?;
+        let a = self.core.forward(&q, &k, &v, mask, offset)?.apply(&self.wo)?;
+        let xs = (xs + a)?;
+        let x = self.ffn_norm.forward(&xs)?;
+        let f = self.w2.forward(&(self.w1.forward(&x)?.silu()? * self.w3.forward(&x)?)?)?;
+        xs + f
+    }
+}
+
+/// InternLM2ForCausalLM under a prefix such as `language_model`.
+#[derive(Debug, Clone)]
+pub struct Model {
+    tok_embeddings: candle_nn::Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    output: Linear,
+    dtype: DType,
+    device: Device,
+    span: tracing::Span,
+}
+
+impl Model {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        if let Some(rs) = cfg.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            // Dynamic NTK only changes RoPE past max_position_embeddings; linear scaling always does.
+            if rs.get("type").and_then(|t| t.as_str()) != Some("dynamic") {
+                candle_core::bail!("unsupported InternLM2 rope_scaling {rs}");
+            }
+        }
+        let m = vb.pp("model");
+        let tok_embeddings = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("tok_embeddings"))?;
+        let head_dim = cfg.hidden_size / cfg.num_attention_heads;
+        let rope = Arc::new(Rope::new(head_dim, cfg.max_position_embeddings, cfg.rope_theta, vb.dtype(), vb.device())?);
+        let layers = (0..cfg.num_hidden_layers).map(|i| Layer::new(rope.clone(), cfg, m.pp("layers").pp(i))).collect::<Result<_>>()?;
+        Ok(Self {
+            tok_embeddings,
+            layers,
+            norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
+            output: Linear::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("output"))?,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            span: tracing::span!(tracing::Level::TRACE, "internlm2"),
+        })
+    }
+
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.tok_embeddings.forward(ids)
+    }
+
+    /// Decoder on embeddings at positions offset..; returns final-normed hidden states.
+    pub fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        let _g = self.span.enter();
+        let (_, s, _) = xs.dims3()?;
+        let mask = if s > 1 { Some(causal_mask(s, offset, self.dtype, &self.device)?) } else { None };
+        let mut xs = xs.clone();
+        for l in self.layers.iter_mut() {
+            xs = l.forward(&xs, mask.as_ref(), offset)?;
+        }
+        self.norm.forward(&xs)
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.output.forward(hidden)?.to_dtype(DType::F32)
+    }
+
+    pub fn clear_kv_cache(&mut self) {
+        for l in self.layers.iter_mut() {
+            l.core.reset();
+        }
+    }
+}

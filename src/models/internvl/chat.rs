@@ -1,0 +1,105 @@
+//! A loaded InternVL/Sa2VA checkpoint with its tokenizer and template: image + question → reply.
+
+use super::{Config, InternVl};
+use crate::error::{Error, Result};
+use crate::models::checkpoint::Checkpoint;
+use crate::models::generate::{generate, GenerateOptions, Generation};
+use crate::models::template::{expand_image, Template, IMG_CONTEXT};
+use crate::preprocess::internvl::{dynamic_tiles, normalize_tiles, TileGrid};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+pub struct ChatModel {
+    pub model: InternVl,
+    pub tokenizer: Tokenizer,
+    pub template: &'static Template,
+    pub image_token_id: u32,
+    pub stop_ids: Vec<u32>,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// What a question about an image produced.
+pub struct Answer {
+    pub text: String,
+    pub generation: Generation,
+    pub n_tiles: usize,
+    pub grid: TileGrid,
+    pub prompt_ids: Vec<u32>,
+    pub vision_secs: f64,
+}
+
+impl ChatModel {
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let ck = Checkpoint::open(dir)?;
+        let config: Config = ck.config_as()?;
+        config.llm_arch().map_err(|m| Error::input(dir.join("config.json"), m))?;
+        let template = Template::by_name(&config.template)
+            .ok_or_else(|| Error::input(dir.join("config.json"), format!("unknown template {:?} (supported: qwen_chat, internlm2_chat, phi3_chat)", config.template)))?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(Error::input(dir, "no tokenizer.json in the model directory"));
+        }
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| Error::input(&tok_path, format!("cannot load tokenizer: {e}")))?;
+        let image_token_id = tokenizer
+            .token_to_id(IMG_CONTEXT)
+            .ok_or_else(|| Error::input(&tok_path, "the tokenizer has no <IMG_CONTEXT> token"))?;
+        let stop_ids = template.stop_words.iter().filter_map(|w| tokenizer.token_to_id(w)).collect();
+        let vb = ck.var_builder(dtype, device)?;
+        let model = InternVl::new(config, vb).map_err(|e| ck.weight_error(e))?;
+        Ok(Self { model, tokenizer, template, image_token_id, stop_ids, device: device.clone(), dtype })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.model.config
+    }
+
+    /// Tiles → pixel values (n, 3, S, S) in the model dtype.
+    pub fn pixel_values(&self, img: &image::RgbImage, max_tiles: usize) -> Result<(Tensor, TileGrid, usize)> {
+        let cfg = self.config();
+        let s = cfg.image_size();
+        let max = if cfg.dynamic_image_size { max_tiles.max(1) } else { 1 };
+        let (tiles, grid) = dynamic_tiles(img, s, cfg.min_dynamic_patch.min(max), max, cfg.use_thumbnail);
+        let n = tiles.len();
+        let data = normalize_tiles(&tiles);
+        let t = Tensor::from_vec(data, (n, 3, s, s), &self.device).and_then(|t| t.to_dtype(self.dtype)).map_err(cerr)?;
+        Ok((t, grid, n))
+    }
+
+    /// Token ids of the single-turn prompt for `text` (containing `<image>`), `n_tiles` tiles.
+    pub fn prompt_ids(&self, text: &str, n_tiles: usize) -> Result<Vec<u32>> {
+        let n = n_tiles * self.config().num_image_token();
+        let prompt = self.template.prompt(&expand_image(text, n));
+        let enc = self.tokenizer.encode(prompt, true).map_err(|e| Error::at("tokenizer", e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Embeddings of the prompt with the image features spliced in, plus timing of the ViT.
+    pub fn prompt_embeds(&self, ids: &[u32], pixel_values: &Tensor) -> Result<(Tensor, f64)> {
+        let t = std::time::Instant::now();
+        let feats = self.model.extract_feature(pixel_values).map_err(cerr)?;
+        let secs = t.elapsed().as_secs_f64();
+        let e = self.model.embed_with_images(ids, self.image_token_id, Some(&feats)).map_err(cerr)?;
+        Ok((e, secs))
+    }
+
+    /// Ask `question` about `img` (Sa2VA's user turn `<image>\n{question}`).
+    pub fn ask(&mut self, img: &image::RgbImage, question: &str, max_tiles: usize, opts: &GenerateOptions, on_token: impl FnMut(u32)) -> Result<Answer> {
+        let (px, grid, n_tiles) = self.pixel_values(img, max_tiles)?;
+        let prompt_ids = self.prompt_ids(&format!("<image>\n{question}"), n_tiles)?;
+        let (embeds, vision_secs) = self.prompt_embeds(&prompt_ids, &px)?;
+        let mut opts = opts.clone();
+        if opts.stop_ids.is_empty() {
+            opts.stop_ids = self.stop_ids.clone();
+        }
+        let generation = generate(&mut self.model, &embeds, &opts, on_token).map_err(cerr)?;
+        let text_ids: Vec<u32> = generation.ids.iter().copied().filter(|i| !opts.stop_ids.contains(i)).collect();
+        let text = self.tokenizer.decode(&text_ids, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
+        Ok(Answer { text: text.trim().to_string(), generation, n_tiles, grid, prompt_ids, vision_secs })
+    }
+}
+
+fn cerr(e: candle_core::Error) -> Error {
+    Error::at("model", e.to_string())
+}

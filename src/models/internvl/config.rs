@@ -1,0 +1,125 @@
+//! `config.json` of an InternVL2.5 (`internvl_chat`) or Sa2VA (`sa2va_chat`) checkpoint.
+
+use serde::Deserialize;
+
+fn default_norm() -> String {
+    "rms_norm".into()
+}
+fn default_ln_eps() -> f64 {
+    1e-6
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// InternViT settings (`vision_config`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "default_true")]
+    pub qkv_bias: bool,
+    /// "layer_norm" (InternViT-300M) or "rms_norm" (InternViT-6B).
+    #[serde(default = "default_norm")]
+    pub norm_type: String,
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// q/k RMSNorm over the full width (InternViT-6B).
+    #[serde(default)]
+    pub qk_normalization: bool,
+}
+
+fn default_template() -> String {
+    "qwen_chat".into()
+}
+fn default_ratio() -> f64 {
+    0.5
+}
+fn default_select() -> i64 {
+    -1
+}
+fn default_ps() -> String {
+    "v2".into()
+}
+fn default_max_patch() -> usize {
+    12
+}
+fn default_min_patch() -> usize {
+    1
+}
+
+/// The top-level checkpoint config; `llm_config` is kept raw and parsed per architecture.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    #[serde(default)]
+    pub model_type: String,
+    pub vision_config: VisionConfig,
+    pub llm_config: serde_json::Value,
+    #[serde(default = "default_template")]
+    pub template: String,
+    #[serde(default = "default_ratio")]
+    pub downsample_ratio: f64,
+    #[serde(default = "default_select")]
+    pub select_layer: i64,
+    #[serde(default = "default_ps")]
+    pub ps_version: String,
+    #[serde(default)]
+    pub force_image_size: Option<usize>,
+    #[serde(default = "default_max_patch")]
+    pub max_dynamic_patch: usize,
+    #[serde(default = "default_min_patch")]
+    pub min_dynamic_patch: usize,
+    #[serde(default = "default_true")]
+    pub use_thumbnail: bool,
+    #[serde(default = "default_true")]
+    pub dynamic_image_size: bool,
+}
+
+/// Which decoder the checkpoint carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmArch {
+    Qwen2,
+    InternLm2,
+}
+
+impl Config {
+    /// Tile size: `force_image_size`, else the ViT's `image_size`.
+    pub fn image_size(&self) -> usize {
+        self.force_image_size.unwrap_or(self.vision_config.image_size)
+    }
+
+    /// Image tokens per tile after pixel shuffle: (S/patch)² · ratio².
+    pub fn num_image_token(&self) -> usize {
+        let side = self.image_size() / self.vision_config.patch_size;
+        ((side * side) as f64 * self.downsample_ratio * self.downsample_ratio).round() as usize
+    }
+
+    /// The tile budget the reference inference code uses for this model type: Sa2VA's
+    /// predict_forward fixes 12; InternVL's chat uses `max_dynamic_patch`.
+    pub fn default_max_tiles(&self) -> usize {
+        if self.model_type == "sa2va_chat" {
+            12
+        } else {
+            self.max_dynamic_patch
+        }
+    }
+
+    pub fn llm_arch(&self) -> Result<LlmArch, String> {
+        let arch = self.llm_config.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("");
+        let mt = self.llm_config.get("model_type").and_then(|a| a.as_str()).unwrap_or("");
+        match (arch, mt) {
+            ("Qwen2ForCausalLM", _) | (_, "qwen2") => Ok(LlmArch::Qwen2),
+            ("InternLM2ForCausalLM", _) | (_, "internlm2") => Ok(LlmArch::InternLm2),
+            _ => Err(format!("unsupported llm_config architecture {arch:?} (model_type {mt:?}); supported: Qwen2ForCausalLM, InternLM2ForCausalLM")),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Model implementations in the candle-transformers style: a serde `Config`, one struct per
+//! module built from a `VarBuilder` with the checkpoint's own key names, a `forward`, and a
+//! `tracing` span per module so a profile names the slow part.
+
+pub mod checkpoint;
+pub mod device;
+pub mod generate;
+pub mod internlm2;
+pub mod internvl;
+pub mod nn;
+pub mod qwen2;
+pub mod template;

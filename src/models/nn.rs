@@ -1,0 +1,161 @@
+//! Layers with tracing spans (the candle-transformers `with_tracing` pattern) and shared helpers.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// A linear layer that records a tracing span.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+    span: tracing::Span,
+}
+
+impl Linear {
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let inner = candle_nn::linear_b(in_dim, out_dim, bias, vb)?;
+        Ok(Self { inner, span: tracing::span!(tracing::Level::TRACE, "linear") })
+    }
+
+    pub fn from_weights(w: Tensor, b: Option<Tensor>) -> Self {
+        Self { inner: candle_nn::Linear::new(w, b), span: tracing::span!(tracing::Level::TRACE, "linear") }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let _g = self.span.enter();
+        self.inner.forward(xs)
+    }
+}
+
+/// RMSNorm computed in f32 whatever the activation dtype (as Qwen2/InternLM2 reference code).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+    span: tracing::Span,
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(dim, "weight")?, eps, span: tracing::span!(tracing::Level::TRACE, "rms-norm") })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let _g = self.span.enter();
+        let dtype = xs.dtype();
+        let x = xs.to_dtype(DType::F32)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        // weight * x.to(input_dtype), as the reference orders it
+        x.to_dtype(dtype)?.broadcast_mul(&self.weight.to_dtype(dtype)?)
+    }
+}
+
+/// LayerNorm with a span.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    inner: candle_nn::LayerNorm,
+    span: tracing::Span,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { inner: candle_nn::layer_norm(dim, eps, vb)?, span: tracing::span!(tracing::Level::TRACE, "layer-norm") })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let _g = self.span.enter();
+        self.inner.forward(xs)
+    }
+}
+
+/// Repeat KV heads for grouped-query attention: (b, kv, s, d) → (b, kv·n_rep, s, d).
+pub fn repeat_kv(xs: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(xs);
+    }
+    let (b, kv, s, d) = xs.dims4()?;
+    xs.unsqueeze(2)?.expand((b, kv, n_rep, s, d))?.reshape((b, kv * n_rep, s, d))
+}
+
+/// RoPE tables computed in f32 (positions beyond 256 lose precision in bf16), then cast.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    pub sin: Tensor,
+    pub cos: Tensor,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, max_pos: usize, theta: f64, dtype: DType, dev: &candle_core::Device) -> Result<Self> {
+        let inv: Vec<f32> = (0..head_dim).step_by(2).map(|i| (1.0 / theta.powf(i as f64 / head_dim as f64)) as f32).collect();
+        let n = inv.len();
+        let inv = Tensor::from_vec(inv, (1, n), dev)?;
+        let t = Tensor::arange(0u32, max_pos as u32, dev)?.to_dtype(DType::F32)?.reshape((max_pos, 1))?;
+        let freqs = t.matmul(&inv)?;
+        Ok(Self { sin: freqs.sin()?.to_dtype(dtype)?, cos: freqs.cos()?.to_dtype(dtype)? })
+    }
+
+    /// Rotate-half RoPE on (b, h, s, d) at positions offset..offset+s.
+    pub fn apply(&self, q: &Tensor, k: &Tensor, offset: usize) -> Result<(Tensor, Tensor)> {
+        let (_, _, s, _) = q.dims4()?;
+        let cos = self.cos.narrow(0, offset, s)?;
+        let sin = self.sin.narrow(0, offset, s)?;
+        Ok((candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?, candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?))
+    }
+}
+
+/// Additive causal mask (s, offset+s) for a chunk of `s` new positions after `offset` cached ones.
+pub fn causal_mask(s: usize, offset: usize, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
+    let total = s + offset;
+    let mask: Vec<f32> = (0..s).flat_map(|i| (0..total).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (s, total), dev)?.to_dtype(dtype)
+}
+
+/// The causal self-attention core shared by the decoders: RoPE, the preallocated KV cache,
+/// grouped-query expansion and softmax attention. Inputs are (b, s, heads, head_dim).
+#[derive(Debug, Clone)]
+pub struct CausalAttention {
+    rope: std::sync::Arc<Rope>,
+    cache: candle_nn::kv_cache::KvCache,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+impl CausalAttention {
+    pub fn new(rope: std::sync::Arc<Rope>, n_heads: usize, n_kv: usize, head_dim: usize) -> Self {
+        Self { rope, cache: candle_nn::kv_cache::KvCache::new(2, 512), n_heads, n_kv, head_dim }
+    }
+
+    /// Attend new positions offset..offset+s to everything cached; returns (b, s, heads·head_dim).
+    pub fn forward(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
+        let (b, s, _, _) = q.dims4()?;
+        let q = q.transpose(1, 2)?;
+        let k = k.transpose(1, 2)?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (q, k) = self.rope.apply(&q, &k, offset)?;
+        let (k, v) = self.cache.append(&k.contiguous()?, &v)?;
+        let rep = self.n_heads / self.n_kv;
+        let k = repeat_kv(k, rep)?.contiguous()?;
+        let v = repeat_kv(v, rep)?.contiguous()?;
+        let mut w = (q.matmul(&k.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
+        if let Some(m) = mask {
+            w = w.broadcast_add(m)?;
+        }
+        let w = candle_nn::ops::softmax_last_dim(&w)?;
+        w.matmul(&v)?.transpose(1, 2)?.reshape((b, s, self.n_heads * self.head_dim))
+    }
+
+    pub fn reset(&mut self) {
+        self.cache.reset();
+    }
+}

@@ -1,0 +1,200 @@
+//! Qwen2 / Qwen2.5 decoder (Sa2VA-1B/4B, InternVL2.5-1B/4B), forked from candle-transformers'
+//! qwen2.rs for what a VLM needs: an embedding-level entry point (`forward_embeds`) so image
+//! features can replace `<IMG_CONTEXT>` rows, a preallocated KV cache, RoPE tables in f32, and
+//! the last-layer hidden states (for `[SEG]` and depth tokens).
+
+use super::nn::{causal_mask, CausalAttention, Linear, Rope, RmsNorm};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Activation, VarBuilder};
+use std::sync::Arc;
+
+fn default_theta() -> f64 {
+    10000.0
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_act() -> Activation {
+    Activation::Silu
+}
+fn default_max_pos() -> usize {
+    32768
+}
+
+/// The `llm_config` of a Qwen2 InternVL/Sa2VA checkpoint (transformers' Qwen2Config fields).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: Activation,
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: Linear::new(h, i, false, vb.pp("gate_proj"))?,
+            up_proj: Linear::new(h, i, false, vb.pp("up_proj"))?,
+            down_proj: Linear::new(i, h, false, vb.pp("down_proj"))?,
+            act: cfg.hidden_act,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let lhs = xs.apply(&self.gate_proj)?.apply(&self.act)?;
+        self.down_proj.forward(&(lhs * xs.apply(&self.up_proj)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    core: CausalAttention,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    span: tracing::Span,
+}
+
+impl Attention {
+    fn new(rope: Arc<Rope>, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let head_dim = h / cfg.num_attention_heads;
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        Ok(Self {
+            q_proj: Linear::new(h, nh * head_dim, true, vb.pp("q_proj"))?,
+            k_proj: Linear::new(h, nkv * head_dim, true, vb.pp("k_proj"))?,
+            v_proj: Linear::new(h, nkv * head_dim, true, vb.pp("v_proj"))?,
+            o_proj: Linear::new(nh * head_dim, h, false, vb.pp("o_proj"))?,
+            core: CausalAttention::new(rope, nh, nkv, head_dim),
+            n_heads: nh,
+            n_kv: nkv,
+            head_dim,
+            span: tracing::span!(tracing::Level::TRACE, "qwen2-attn"),
+        })
+    }
+
+    fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
+        let _g = self.span.enter();
+        let (b, s, _) = xs.dims3()?;
+        let q = self.q_proj.forward(xs)?.reshape((b, s, self.n_heads, self.head_dim))?;
+        let k = self.k_proj.forward(xs)?.reshape((b, s, self.n_kv, self.head_dim))?;
+        let v = self.v_proj.forward(xs)?.reshape((b, s, self.n_kv, self.head_dim))?;
+        self.core.forward(&q, &k, &v, mask, offset)?.apply(&self.o_proj)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl Layer {
+    fn new(rope: Arc<Rope>, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::new(rope, cfg, vb.pp("self_attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+        })
+    }
+
+    fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
+        let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, mask, offset)?;
+        let xs = (xs + h)?;
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?;
+        xs + h
+    }
+}
+
+/// Qwen2ForCausalLM under a prefix such as `language_model` (keys `model.*` and `lm_head`).
+#[derive(Debug, Clone)]
+pub struct Model {
+    embed_tokens: candle_nn::Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    dtype: DType,
+    device: Device,
+    span: tracing::Span,
+}
+
+impl Model {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let m = vb.pp("model");
+        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let head_dim = cfg.hidden_size / cfg.num_attention_heads;
+        let rope = Arc::new(Rope::new(head_dim, cfg.max_position_embeddings, cfg.rope_theta, vb.dtype(), vb.device())?);
+        let layers = (0..cfg.num_hidden_layers).map(|i| Layer::new(rope.clone(), cfg, m.pp("layers").pp(i))).collect::<Result<_>>()?;
+        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
+        // Tied embeddings (Qwen2.5-0.5B) store no lm_head; use it when present either way.
+        let lm_head = if vb.contains_tensor("lm_head.weight") || !cfg.tie_word_embeddings {
+            Linear::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"))?
+        } else {
+            Linear::from_weights(embed_tokens.embeddings().clone(), None)
+        };
+        Ok(Self { embed_tokens, layers, norm, lm_head, dtype: vb.dtype(), device: vb.device().clone(), span: tracing::span!(tracing::Level::TRACE, "qwen2") })
+    }
+
+    /// Token embeddings (b, s) → (b, s, h).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Run the decoder on embeddings at positions offset..; returns the final-normed hidden
+    /// states (b, s, h) (what transformers reports as `hidden_states[-1]`).
+    pub fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        let _g = self.span.enter();
+        let (_, s, _) = xs.dims3()?;
+        let mask = if s > 1 { Some(causal_mask(s, offset, self.dtype, &self.device)?) } else { None };
+        let mut xs = xs.clone();
+        for l in self.layers.iter_mut() {
+            xs = l.forward(&xs, mask.as_ref(), offset)?;
+        }
+        self.norm.forward(&xs)
+    }
+
+    /// Logits for hidden states (…, h) → (…, vocab), in f32.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)?.to_dtype(DType::F32)
+    }
+
+    pub fn clear_kv_cache(&mut self) {
+        for l in self.layers.iter_mut() {
+            l.self_attn.core.reset();
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
