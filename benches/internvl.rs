@@ -1,0 +1,86 @@
+//! InternVL2.5-1B stages at real size with random weights on this machine, for comparison with
+//! the PyTorch reference (../shared/tools/perf_reference.py, figures in docs/performance.md).
+//! Run: `cargo bench --bench internvl` (f32, CPU; ~2 GB of RAM).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use perceptio::models::internvl::{config::Config, InternVl};
+use std::time::Instant;
+
+fn config() -> Config {
+    serde_json::from_value(serde_json::json!({
+        "model_type": "sa2va_chat", "template": "qwen_chat", "force_image_size": 448, "downsample_ratio": 0.5,
+        "select_layer": -1, "ps_version": "v2",
+        "vision_config": {"hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 4096, "num_hidden_layers": 24,
+            "image_size": 448, "patch_size": 14, "qkv_bias": true, "norm_type": "layer_norm", "layer_norm_eps": 1e-6, "hidden_act": "gelu"},
+        "llm_config": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
+            "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+            "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768, "tie_word_embeddings": true, "hidden_act": "silu"}
+    }))
+    .unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let mut model = InternVl::new(config(), vb)?;
+    // Random weights (the VarMap starts from zeros); values do not change the FLOPs.
+    for v in vm.all_vars() {
+        let t = (Tensor::randn(0f32, 1.0, v.shape(), &dev)? * (1.0 / (v.dims().last().copied().unwrap_or(1) as f64).sqrt()))?;
+        v.set(&t)?;
+    }
+    println!("InternVL2.5-1B shapes (InternViT-300M + Qwen2.5-0.5B), random f32 weights, {} threads", candle_core::utils::get_num_threads());
+    let px = Tensor::randn(0f32, 1.0, (1, 3, 448, 448), &dev)?;
+    let mut vit = vec![];
+    let mut hidden = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        hidden = Some(model.vit_hidden(&px)?);
+        vit.push(t.elapsed().as_secs_f64());
+    }
+    println!("InternViT-300M, 1 tile 448²       median {:.2} s  {vit:.2?}", median(vit.clone()));
+    let _ = hidden;
+    let mut proj = vec![];
+    for _ in 0..5 {
+        let t = Instant::now();
+        let _ = model.extract_feature(&px)?;
+        proj.push(t.elapsed().as_secs_f64());
+    }
+    println!("ViT + pixel shuffle + mlp1        median {:.2} s", median(proj));
+    let ids: Vec<u32> = (0..300u32).map(|i| (i * 7919) % 151000).collect();
+    let mut pre = vec![];
+    for _ in 0..3 {
+        let e = model.llm.embed(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?)?;
+        model.llm.clear_kv_cache();
+        let t = Instant::now();
+        let h = model.llm.forward_embeds(&e, 0)?;
+        let _ = model.llm.logits(&h.narrow(1, 299, 1)?)?;
+        pre.push(t.elapsed().as_secs_f64());
+    }
+    let p = median(pre.clone());
+    println!("Qwen2.5-0.5B prefill 300           median {p:.2} s = {:.1} tok/s  {pre:.2?}", 300.0 / p);
+    // Decode 32 tokens after the 300-token prompt (KV cache warm), greedy.
+    let mut dec = vec![];
+    for _ in 0..2 {
+        let e = model.llm.embed(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?)?;
+        model.llm.clear_kv_cache();
+        let h = model.llm.forward_embeds(&e, 0)?;
+        let mut next = model.llm.logits(&h.narrow(1, 299, 1)?)?.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
+        let t = Instant::now();
+        for k in 0..32 {
+            let x = model.llm.embed(&Tensor::new(&[[next]], &dev)?)?;
+            let h = model.llm.forward_embeds(&x, 300 + k)?;
+            next = model.llm.logits(&h)?.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
+        }
+        dec.push(t.elapsed().as_secs_f64() / 32.0);
+    }
+    let d = median(dec.clone());
+    println!("Qwen2.5-0.5B decode (32 after 300) median {d:.4} s/token = {:.2} tok/s", 1.0 / d);
+    Ok(())
+}
