@@ -53,6 +53,7 @@ pub fn run(a: AskArgs) -> Result<()> {
     if a.question.trim().is_empty() {
         return Err(Error::Usage("the question is empty".into()));
     }
+    crate::util::tune_allocator();
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype, &device)?;
     let img = crate::preprocess::image_io::load_rgb(&a.image)?;

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod device;
+pub mod fastops;
 pub mod generate;
 pub mod internlm2;
 pub mod internvl;

@@ -151,7 +151,7 @@ impl CausalAttention {
         if let Some(m) = mask {
             w = w.broadcast_add(m)?;
         }
-        let w = candle_nn::ops::softmax_last_dim(&w)?;
+        let w = crate::models::fastops::softmax_last_dim(&w)?;
         w.matmul(&v)?.transpose(1, 2)?.reshape((b, s, self.n_heads * self.head_dim))
     }
 

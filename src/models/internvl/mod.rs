@@ -69,7 +69,7 @@ impl Projector {
 impl Module for Projector {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        self.fc2.forward(&self.fc1.forward(&self.norm.forward(xs)?)?.gelu_erf()?)
+        self.fc2.forward(&crate::models::fastops::gelu_erf(&self.fc1.forward(&self.norm.forward(xs)?)?)?)
     }
 }
 

@@ -110,7 +110,7 @@ impl Attention {
         let q = (q.transpose(1, 2)?.contiguous()? * (hd as f64).powf(-0.5))?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let w = crate::models::fastops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
         w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?.apply(&self.proj)
     }
 }
@@ -153,7 +153,9 @@ impl Layer {
         let _g = self.span.enter();
         let h = self.attn.forward(&self.norm1.forward(xs)?)?.broadcast_mul(&self.ls1)?;
         let xs = (xs + h)?;
-        let h = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&xs)?)?.apply(&self.act)?)?.broadcast_mul(&self.ls2)?;
+        let a = self.fc1.forward(&self.norm2.forward(&xs)?)?;
+        let a = if matches!(self.act, Activation::Gelu) { crate::models::fastops::gelu_erf(&a)? } else { a.apply(&self.act)? };
+        let h = self.fc2.forward(&a)?.broadcast_mul(&self.ls2)?;
         xs + h
     }
 }
