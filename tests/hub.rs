@@ -303,3 +303,29 @@ fn list_prints_known_repos() {
         assert!(out.contains(r), "{r} missing from --list");
     }
 }
+
+#[test]
+fn ask_with_a_hub_model_id_end_to_end() {
+    // The tiny Sa2VA-layout checkpoint served by the stand-in; `ask --model org/name` fetches it.
+    let dir = fixture("internvl/tiny-qwen2");
+    let files: Vec<HubFile> = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+        .iter()
+        .map(|f| HubFile::new(f, std::fs::read(dir.join(f)).unwrap(), f.ends_with(".safetensors")))
+        .collect();
+    let mut repo = HubRepo::default();
+    repo.refs.insert("main".into(), C1.into());
+    repo.commits.insert(C1.into(), files);
+    let s = HubServer::start(HashMap::from([("org/tiny-sa2va".to_string(), repo)]));
+    let env = Env::new(&s);
+    let img = fixture("images/chelsea.png");
+    let args = ["ask", img.to_str().unwrap(), "Describe the image in detail.", "--model", "org/tiny-sa2va", "--device", "cpu", "--max-tiles", "6", "--max-new-tokens", "12", "--json"];
+    let o = env.run(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let via_hub: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let local = run_json(&["ask", img.to_str().unwrap(), "Describe the image in detail.", "--model", dir.to_str().unwrap(), "--device", "cpu", "--max-tiles", "6", "--max-new-tokens", "12", "--json"]);
+    assert_eq!(via_hub["token_ids"], local["token_ids"]);
+    assert!(env.cache().join("models--org--tiny-sa2va/snapshots").join(C1).join("model.safetensors").is_file());
+    // offline, from the cache just filled
+    let o = env.run(&args, &[("HF_HUB_OFFLINE", "1")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -3,8 +3,8 @@
 //! attention_norm, ffn_norm}`, `model.norm`, `output`. `wqkv` is grouped per KV head:
 //! rows are [q_0 … q_{g-1}, k, v] × head_dim for each of the KV heads (g = heads / kv_heads).
 
-use super::nn::{causal_mask, CausalAttention, Linear, Rope, RmsNorm};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use super::nn::{run_decoder, CausalAttention, DecoderLayer, Linear, Rope, RmsNorm};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::Arc;
 
@@ -80,6 +80,9 @@ impl Layer {
         })
     }
 
+}
+
+impl DecoderLayer for Layer {
     fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
         let _g = self.span.enter();
         let (b, s, _) = xs.dims3()?;
@@ -95,6 +98,10 @@ impl Layer {
         let f = self.w2.forward(&(self.w1.forward(&x)?.silu()? * self.w3.forward(&x)?)?)?;
         xs + f
     }
+
+    fn reset_cache(&mut self) {
+        self.core.reset();
+    }
 }
 
 /// InternLM2ForCausalLM under a prefix such as `language_model`.
@@ -104,8 +111,6 @@ pub struct Model {
     layers: Vec<Layer>,
     norm: RmsNorm,
     output: Linear,
-    dtype: DType,
-    device: Device,
     span: tracing::Span,
 }
 
@@ -127,8 +132,6 @@ impl Model {
             layers,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
             output: Linear::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("output"))?,
-            dtype: vb.dtype(),
-            device: vb.device().clone(),
             span: tracing::span!(tracing::Level::TRACE, "internlm2"),
         })
     }
@@ -140,13 +143,7 @@ impl Model {
     /// Decoder on embeddings at positions offset..; returns final-normed hidden states.
     pub fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         let _g = self.span.enter();
-        let (_, s, _) = xs.dims3()?;
-        let mask = if s > 1 { Some(causal_mask(s, offset, self.dtype, &self.device)?) } else { None };
-        let mut xs = xs.clone();
-        for l in self.layers.iter_mut() {
-            xs = l.forward(&xs, mask.as_ref(), offset)?;
-        }
-        self.norm.forward(&xs)
+        run_decoder(&mut self.layers, &self.norm, xs, offset)
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -154,8 +151,6 @@ impl Model {
     }
 
     pub fn clear_kv_cache(&mut self) {
-        for l in self.layers.iter_mut() {
-            l.core.reset();
-        }
+        self.layers.iter_mut().for_each(DecoderLayer::reset_cache);
     }
 }

@@ -159,3 +159,21 @@ impl CausalAttention {
         self.cache.reset();
     }
 }
+
+/// One layer of a decoder-only transformer with a KV cache.
+pub trait DecoderLayer {
+    fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor>;
+    fn reset_cache(&mut self);
+}
+
+/// Run a decoder stack on embeddings (b, s, h) at positions offset.. with a causal mask, then
+/// the final norm (the state transformers reports as `hidden_states[-1]`).
+pub fn run_decoder<L: DecoderLayer>(layers: &mut [L], norm: &RmsNorm, xs: &Tensor, offset: usize) -> Result<Tensor> {
+    let (_, s, _) = xs.dims3()?;
+    let mask = if s > 1 { Some(causal_mask(s, offset, xs.dtype(), xs.device())?) } else { None };
+    let mut xs = xs.clone();
+    for l in layers.iter_mut() {
+        xs = l.forward(&xs, mask.as_ref(), offset)?;
+    }
+    norm.forward(&xs)
+}

@@ -3,8 +3,8 @@
 //! features can replace `<IMG_CONTEXT>` rows, a preallocated KV cache, RoPE tables in f32, and
 //! the last-layer hidden states (for `[SEG]` and depth tokens).
 
-use super::nn::{causal_mask, CausalAttention, Linear, Rope, RmsNorm};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use super::nn::{run_decoder, CausalAttention, DecoderLayer, Linear, Rope, RmsNorm};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 use std::sync::Arc;
 
@@ -128,11 +128,18 @@ impl Layer {
         })
     }
 
+}
+
+impl DecoderLayer for Layer {
     fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
         let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, mask, offset)?;
         let xs = (xs + h)?;
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?;
         xs + h
+    }
+
+    fn reset_cache(&mut self) {
+        self.self_attn.core.reset();
     }
 }
 
@@ -144,7 +151,6 @@ pub struct Model {
     norm: RmsNorm,
     lm_head: Linear,
     dtype: DType,
-    device: Device,
     span: tracing::Span,
 }
 
@@ -162,7 +168,7 @@ impl Model {
         } else {
             Linear::from_weights(embed_tokens.embeddings().clone(), None)
         };
-        Ok(Self { embed_tokens, layers, norm, lm_head, dtype: vb.dtype(), device: vb.device().clone(), span: tracing::span!(tracing::Level::TRACE, "qwen2") })
+        Ok(Self { embed_tokens, layers, norm, lm_head, dtype: vb.dtype(), span: tracing::span!(tracing::Level::TRACE, "qwen2") })
     }
 
     /// Token embeddings (b, s) → (b, s, h).
@@ -174,13 +180,7 @@ impl Model {
     /// states (b, s, h) (what transformers reports as `hidden_states[-1]`).
     pub fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         let _g = self.span.enter();
-        let (_, s, _) = xs.dims3()?;
-        let mask = if s > 1 { Some(causal_mask(s, offset, self.dtype, &self.device)?) } else { None };
-        let mut xs = xs.clone();
-        for l in self.layers.iter_mut() {
-            xs = l.forward(&xs, mask.as_ref(), offset)?;
-        }
-        self.norm.forward(&xs)
+        run_decoder(&mut self.layers, &self.norm, xs, offset)
     }
 
     /// Logits for hidden states (…, h) → (…, vocab), in f32.
@@ -189,9 +189,7 @@ impl Model {
     }
 
     pub fn clear_kv_cache(&mut self) {
-        for l in self.layers.iter_mut() {
-            l.self_attn.core.reset();
-        }
+        self.layers.iter_mut().for_each(DecoderLayer::reset_cache);
     }
 
     pub fn dtype(&self) -> DType {
