@@ -11,3 +11,4 @@ pub mod internvl;
 pub mod nn;
 pub mod qwen2;
 pub mod template;
+pub mod tiktoken;
