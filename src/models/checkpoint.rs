@@ -71,12 +71,12 @@ impl Checkpoint {
         }
         // SAFETY: the files are not modified while mapped (they live in the model directory).
         unsafe { VarBuilder::from_mmaped_safetensors(&self.weights, dtype, device) }
-            .map_err(|e| Error::at(self.dir.display().to_string(), format!("cannot load weights: {e}")))
+            .map_err(|e| Error::at(self.dir.display().to_string(), format!("cannot load weights: {}", crate::error::candle_message(&e))))
     }
 
     /// Map a candle error raised while building a model to an Error naming this checkpoint.
     pub fn weight_error(&self, e: candle_core::Error) -> Error {
-        Error::at(self.dir.display().to_string(), format!("weights do not match the config: {e}"))
+        Error::at(self.dir.display().to_string(), format!("weights do not match the config: {}", crate::error::candle_message(&e)))
     }
 }
 

@@ -76,9 +76,9 @@ pub fn tokenizer_from_ranks(ranks: &[(Vec<u8>, u32)], pattern: &str, specials: &
     let split = Split::new(SplitPattern::Regex(pattern.to_string()), SplitDelimiterBehavior::Isolated, false)
         .map_err(|e| Error::at("tiktoken", format!("bad pattern: {e}")))?;
     tk.with_pre_tokenizer(Some(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()])));
-    tk.with_normalizer(Some(NFC));
+    tk.with_normalizer(Some(NFC)).map_err(|e| Error::at("tiktoken", e.to_string()))?;
     tk.with_decoder(Some(ByteLevelDecoder::default()));
     let added: Vec<AddedToken> = specials.iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
-    tk.add_special_tokens(added);
+    tk.add_special_tokens(added).map_err(|e| Error::at("tiktoken", e.to_string()))?;
     Ok(tk)
 }

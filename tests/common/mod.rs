@@ -44,4 +44,5 @@ pub fn assert_fails(args: &[&str], needle: &str) {
     assert!(err.starts_with("error: "), "no error line: {err}");
     assert!(err.contains(needle), "error should mention {needle:?}: {err}");
     assert!(!err.contains("panicked"), "panicked: {err}");
+    assert!(!err.contains("\n   0: "), "a backtrace leaked into the message: {err}");
 }

@@ -101,5 +101,5 @@ impl ChatModel {
 }
 
 fn cerr(e: candle_core::Error) -> Error {
-    Error::at("model", e.to_string())
+    Error::at("model", crate::error::candle_message(&e))
 }
