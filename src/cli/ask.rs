@@ -78,7 +78,7 @@ pub fn run(a: AskArgs) -> Result<()> {
         ids.push(id);
         if let Ok(text) = tokenizer.decode(&ids, false) {
             if text.len() > shown.len() && !text.ends_with('\u{fffd}') && text.starts_with(&shown) {
-                let _ = out.write_all(text[shown.len()..].as_bytes());
+                let _ = out.write_all(&text.as_bytes()[shown.len()..]);
                 let _ = out.flush();
                 shown = text;
             }
@@ -113,7 +113,7 @@ pub fn run(a: AskArgs) -> Result<()> {
         // Anything the stream held back (an incomplete UTF-8 tail) goes out now.
         let full = tokenizer.decode(&ids, false).unwrap_or_default();
         if full.len() > shown.len() && full.starts_with(&shown) {
-            out.write_all(full[shown.len()..].as_bytes()).map_err(w)?;
+            out.write_all(&full.as_bytes()[shown.len()..]).map_err(w)?;
         }
         writeln!(out).map_err(w)?;
     }

@@ -10,7 +10,7 @@ where
     F: FnMut(usize, T) -> Result<()>,
 {
     let bytes = super::read_file(path)?;
-    for_each_in(path, &bytes, |n, v| each(n, v))
+    for_each_in(path, &bytes, &mut each)
 }
 
 /// As [`for_each`] over bytes already in memory (`path` only names them in errors).

@@ -23,7 +23,7 @@ fn strict_decoder_rejects_garbage() {
 #[test]
 fn zero_length_runs_merge() {
     let a = Rle::from_counts(1, 10, vec![2, 3, 0, 4, 1]).unwrap();
-    let u = Rle::union(&[a.clone()]).unwrap();
+    let u = Rle::union(std::slice::from_ref(&a)).unwrap();
     assert_eq!(u.counts(), &[2, 7, 1]);
     assert_eq!(a.area(), 7);
     let (i, un) = a.intersection_union(&u).unwrap();
