@@ -3,8 +3,8 @@
 //! attention_norm, ffn_norm}`, `model.norm`, `output`. `wqkv` is grouped per KV head:
 //! rows are [q_0 … q_{g-1}, k, v] × head_dim for each of the KV heads (g = heads / kv_heads).
 
-use super::nn::{run_decoder, CausalAttention, DecoderLayer, Linear, Rope, RmsNorm};
-use candle_core::{DType, Module, Result, Tensor};
+use super::nn::{CausalAttention, Decoder, DecoderLayer, Linear, Rope, RmsNorm};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::Arc;
 
@@ -41,7 +41,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-struct Layer {
+pub struct Layer {
     wqkv: Linear,
     wo: Linear,
     core: CausalAttention,
@@ -104,17 +104,10 @@ impl DecoderLayer for Layer {
     }
 }
 
-/// InternLM2ForCausalLM under a prefix such as `language_model`.
-#[derive(Debug, Clone)]
-pub struct Model {
-    tok_embeddings: candle_nn::Embedding,
-    layers: Vec<Layer>,
-    norm: RmsNorm,
-    output: Linear,
-    span: tracing::Span,
-}
+/// InternLM2ForCausalLM under a prefix such as `language_model` (`model.*`, `output`).
+pub type Model = Decoder<Layer>;
 
-impl Model {
+impl Decoder<Layer> {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         if let Some(rs) = cfg.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             // Dynamic NTK only changes RoPE past max_position_embeddings; linear scaling always does.
@@ -123,34 +116,14 @@ impl Model {
             }
         }
         let m = vb.pp("model");
-        let tok_embeddings = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("tok_embeddings"))?;
         let head_dim = cfg.hidden_size / cfg.num_attention_heads;
         let rope = Arc::new(Rope::new(head_dim, cfg.max_position_embeddings, cfg.rope_theta, vb.dtype(), vb.device())?);
-        let layers = (0..cfg.num_hidden_layers).map(|i| Layer::new(rope.clone(), cfg, m.pp("layers").pp(i))).collect::<Result<_>>()?;
-        Ok(Self {
-            tok_embeddings,
-            layers,
+        Ok(Decoder {
+            embed_tokens: candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("tok_embeddings"))?,
+            layers: (0..cfg.num_hidden_layers).map(|i| Layer::new(rope.clone(), cfg, m.pp("layers").pp(i))).collect::<Result<_>>()?,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
-            output: Linear::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("output"))?,
+            lm_head: Linear::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("output"))?,
             span: tracing::span!(tracing::Level::TRACE, "internlm2"),
         })
-    }
-
-    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.tok_embeddings.forward(ids)
-    }
-
-    /// Decoder on embeddings at positions offset..; returns final-normed hidden states.
-    pub fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
-        let _g = self.span.enter();
-        run_decoder(&mut self.layers, &self.norm, xs, offset)
-    }
-
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.output.forward(hidden)?.to_dtype(DType::F32)
-    }
-
-    pub fn clear_kv_cache(&mut self) {
-        self.layers.iter_mut().for_each(DecoderLayer::reset_cache);
     }
 }

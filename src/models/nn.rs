@@ -177,3 +177,36 @@ pub fn run_decoder<L: DecoderLayer>(layers: &mut [L], norm: &RmsNorm, xs: &Tenso
     }
     norm.forward(&xs)
 }
+
+/// A decoder-only LM: token embedding, a stack of layers, the final norm and the LM head.
+#[derive(Debug, Clone)]
+pub struct Decoder<L> {
+    pub embed_tokens: candle_nn::Embedding,
+    pub layers: Vec<L>,
+    pub norm: RmsNorm,
+    pub lm_head: Linear,
+    pub span: tracing::Span,
+}
+
+impl<L: DecoderLayer> Decoder<L> {
+    /// Token embeddings (b, s) → (b, s, h).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Run the decoder on embeddings at positions offset..; returns the final-normed hidden
+    /// states (b, s, h) (what transformers reports as `hidden_states[-1]`).
+    pub fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        let _g = self.span.enter();
+        run_decoder(&mut self.layers, &self.norm, xs, offset)
+    }
+
+    /// Logits for hidden states (…, h) → (…, vocab), in f32.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)?.to_dtype(DType::F32)
+    }
+
+    pub fn clear_kv_cache(&mut self) {
+        self.layers.iter_mut().for_each(DecoderLayer::reset_cache);
+    }
+}

@@ -3,8 +3,8 @@
 //! features can replace `<IMG_CONTEXT>` rows, a preallocated KV cache, RoPE tables in f32, and
 //! the last-layer hidden states (for `[SEG]` and depth tokens).
 
-use super::nn::{run_decoder, CausalAttention, DecoderLayer, Linear, Rope, RmsNorm};
-use candle_core::{DType, Module, Result, Tensor};
+use super::nn::{CausalAttention, Decoder, DecoderLayer, Linear, Rope, RmsNorm};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 use std::sync::Arc;
 
@@ -111,7 +111,7 @@ impl Attention {
 }
 
 #[derive(Debug, Clone)]
-struct Layer {
+pub struct Layer {
     self_attn: Attention,
     mlp: Mlp,
     input_layernorm: RmsNorm,
@@ -144,17 +144,9 @@ impl DecoderLayer for Layer {
 }
 
 /// Qwen2ForCausalLM under a prefix such as `language_model` (keys `model.*` and `lm_head`).
-#[derive(Debug, Clone)]
-pub struct Model {
-    embed_tokens: candle_nn::Embedding,
-    layers: Vec<Layer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-    dtype: DType,
-    span: tracing::Span,
-}
+pub type Model = Decoder<Layer>;
 
-impl Model {
+impl Decoder<Layer> {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
@@ -168,31 +160,6 @@ impl Model {
         } else {
             Linear::from_weights(embed_tokens.embeddings().clone(), None)
         };
-        Ok(Self { embed_tokens, layers, norm, lm_head, dtype: vb.dtype(), span: tracing::span!(tracing::Level::TRACE, "qwen2") })
-    }
-
-    /// Token embeddings (b, s) → (b, s, h).
-    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed_tokens.forward(ids)
-    }
-
-    /// Run the decoder on embeddings at positions offset..; returns the final-normed hidden
-    /// states (b, s, h) (what transformers reports as `hidden_states[-1]`).
-    pub fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
-        let _g = self.span.enter();
-        run_decoder(&mut self.layers, &self.norm, xs, offset)
-    }
-
-    /// Logits for hidden states (…, h) → (…, vocab), in f32.
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)?.to_dtype(DType::F32)
-    }
-
-    pub fn clear_kv_cache(&mut self) {
-        self.layers.iter_mut().for_each(DecoderLayer::reset_cache);
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
+        Ok(Decoder { embed_tokens, layers, norm, lm_head, span: tracing::span!(tracing::Level::TRACE, "qwen2") })
     }
 }
