@@ -172,6 +172,10 @@ pub fn segmentation_mask(seg: &serde_json::Value, h: u32, w: u32, overlap: GtOve
     if let Some(p) = parts.iter().find(|p| p.size() != (h, w)) {
         return Err(format!("segmentation RLE size {}x{} differs from the image size {h}x{w}", p.height(), p.width()));
     }
+    if parts.len() == 1 {
+        // One part: every convention reads it as is (count 1 where set).
+        return Ok(parts.into_iter().next().unwrap());
+    }
     let r = match overlap {
         GtOverlap::Union => Rle::union(&parts),
         GtOverlap::Lisa => Rle::combine(&parts, |k| k == 1),
