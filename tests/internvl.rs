@@ -138,4 +138,12 @@ fn bad_inputs_are_clear_errors() {
     // empty question is a usage error
     let o = run(&["ask", img, "  ", "--model", m, "--device", "cpu"], None);
     assert_eq!(o.status.code(), Some(2));
+    // asking for CUDA from a CPU build says how to get it
+    if !candle_core::utils::cuda_is_available() {
+        let o = run(&["ask", img, "q", "--model", m, "--device", "cuda:0"], None);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+    }
+    let o = run(&["ask", img, "q", "--model", m, "--device", "tpu"], None);
+    assert_eq!(o.status.code(), Some(2));
 }
