@@ -100,9 +100,31 @@ fn pstr(v: &Pv) -> Option<String> {
     }
 }
 
+#[derive(Deserialize)]
+struct RefRaw {
+    ref_id: i64,
+    ann_id: i64,
+    image_id: i64,
+    split: String,
+    sentences: Vec<SentRaw>,
+}
+
+#[derive(Deserialize)]
+struct SentRaw {
+    sent_id: i64,
+}
+
 /// Parse the refs pickle (Python 2 era, protocol 0–2; Python 3 protocols also load).
 pub fn load_refs(path: &Path) -> Result<Vec<Ref>> {
     let bytes = crate::util::read_file(path)?;
+    // Fast path: straight into typed records. On any surprise, the generic walk below
+    // either copes (e.g. ids stored as Python longs) or names the offending ref.
+    if let Ok(raw) = serde_pickle::from_slice::<Vec<RefRaw>>(&bytes, serde_pickle::DeOptions::new().decode_strings()) {
+        return Ok(raw
+            .into_iter()
+            .map(|r| Ref { ref_id: r.ref_id, ann_id: r.ann_id, image_id: r.image_id, split: r.split, sent_ids: r.sentences.into_iter().map(|s| s.sent_id).collect() })
+            .collect());
+    }
     let value = serde_pickle::value_from_slice(&bytes, serde_pickle::DeOptions::new().decode_strings())
         .map_err(|e| Error::input(path, format!("not a readable refs pickle: {e}")))?;
     let list = match value {
