@@ -10,5 +10,6 @@ pub mod internlm2;
 pub mod internvl;
 pub mod nn;
 pub mod qwen2;
+pub mod sam2;
 pub mod template;
 pub mod tiktoken;
