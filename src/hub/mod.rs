@@ -237,13 +237,17 @@ fn offline_snapshot(repo: &RepoSpec, rc: &RepoCache, filter: &Filter) -> Result<
     let files = wanted
         .into_iter()
         .map(|f| {
-            let p = dir.join(&f);
-            let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-            let etag = std::fs::read_link(&p).ok().and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default();
-            FileReport { file: f, size, etag, cached: true }
+            cached_report(&dir.join(&f), f)
         })
         .collect();
     Ok(Snapshot { repo_id: repo.repo_id.clone(), revision: repo.revision.clone(), commit, path: dir, files })
+}
+
+/// Report for a file already in a snapshot: its size and the blob (ETag) its link points to.
+fn cached_report(path: &Path, file: String) -> FileReport {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let etag = std::fs::read_link(path).ok().and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default();
+    FileReport { file, size, etag, cached: true }
 }
 
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -265,10 +269,8 @@ fn fetch_file(client: &Client, rc: &RepoCache, cfg: &HubConfig, repo: &RepoSpec,
     let snap = rc.snapshot(commit).join(file);
     if snap.is_file() {
         // A commit is immutable: a complete snapshot entry needs no request at all.
-        let size = std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
-        let etag = std::fs::read_link(&snap).ok().and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default();
         bars.done_one();
-        return Ok(FileReport { file: file.into(), size, etag, cached: true });
+        return Ok(cached_report(&snap, file.into()));
     }
     let url = format!("{}/{}/resolve/{}/{}", cfg.endpoint, repo.repo_id, commit, encode_path(file));
     let meta = client.head(&url).map_err(|e| e.into_file_error(repo, file))?;

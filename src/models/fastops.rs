@@ -102,6 +102,16 @@ unsafe fn gelu_chunk_avx2(src: &[f32], dst: &mut [f32]) {
     gelu_chunk(src, dst)
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn softmax_row_avx2(src: &[f32], dst: &mut [f32]) {
+    softmax_row(src, dst)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn gelu_chunk_avx2(src: &[f32], dst: &mut [f32]) {
+    gelu_chunk(src, dst)
+}
+
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -120,6 +130,25 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
+/// Apply a row/chunk kernel over a contiguous f32 storage in parallel, through its AVX2+FMA
+/// build when the CPU has those features.
+#[allow(unused_variables)]
+fn map_chunks(s: &CpuStorage, l: &Layout, chunk: usize, plain: fn(&[f32], &mut [f32]), avx2: unsafe fn(&[f32], &mut [f32])) -> Result<(CpuStorage, Shape)> {
+    let src = contiguous_f32(s, l)?;
+    let mut dst = vec![0f32; src.len()];
+    let avx = has_avx2();
+    src.par_chunks(chunk.max(1)).zip(dst.par_chunks_mut(chunk.max(1))).for_each(|(s, d)| {
+        #[cfg(target_arch = "x86_64")]
+        if avx {
+            // SAFETY: the CPU supports AVX2 and FMA (checked above).
+            unsafe { avx2(s, d) };
+            return;
+        }
+        plain(s, d)
+    });
+    Ok((CpuStorage::F32(dst), l.shape().clone()))
+}
+
 struct Softmax;
 
 impl CustomOp1 for Softmax {
@@ -127,21 +156,8 @@ impl CustomOp1 for Softmax {
         "fast-softmax-last-dim"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(s, l)?;
         let n = *l.shape().dims().last().unwrap_or(&1);
-        let mut dst = vec![0f32; src.len()];
-        let avx = has_avx2();
-        src.par_chunks(n).zip(dst.par_chunks_mut(n)).for_each(|(s, d)| {
-            #[cfg(target_arch = "x86_64")]
-            if avx {
-                // SAFETY: the CPU supports AVX2 and FMA (checked above).
-                unsafe { softmax_row_avx2(s, d) };
-                return;
-            }
-            let _ = avx;
-            softmax_row(s, d)
-        });
-        Ok((CpuStorage::F32(dst), l.shape().clone()))
+        map_chunks(s, l, n, softmax_row, softmax_row_avx2)
     }
 }
 
@@ -152,20 +168,7 @@ impl CustomOp1 for GeluErf {
         "fast-gelu-erf"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(s, l)?;
-        let mut dst = vec![0f32; src.len()];
-        let avx = has_avx2();
-        src.par_chunks(1 << 14).zip(dst.par_chunks_mut(1 << 14)).for_each(|(s, d)| {
-            #[cfg(target_arch = "x86_64")]
-            if avx {
-                // SAFETY: the CPU supports AVX2 and FMA (checked above).
-                unsafe { gelu_chunk_avx2(s, d) };
-                return;
-            }
-            let _ = avx;
-            gelu_chunk(s, d)
-        });
-        Ok((CpuStorage::F32(dst), l.shape().clone()))
+        map_chunks(s, l, 1 << 14, gelu_chunk, gelu_chunk_avx2)
     }
 }
 

@@ -8,16 +8,6 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::Arc;
 
-fn default_theta() -> f64 {
-    10000.0
-}
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_max_pos() -> usize {
-    32768
-}
-
 /// `llm_config` of an InternLM2 checkpoint (InternLM2Config fields).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Config {
@@ -27,11 +17,11 @@ pub struct Config {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
-    #[serde(default = "default_max_pos")]
+    #[serde(default = "crate::models::nn::default_max_positions")]
     pub max_position_embeddings: usize,
-    #[serde(default = "default_theta")]
+    #[serde(default = "crate::models::nn::default_rope_theta")]
     pub rope_theta: f64,
-    #[serde(default = "default_eps")]
+    #[serde(default = "crate::models::nn::default_rms_eps")]
     pub rms_norm_eps: f64,
     /// Bias on wqkv / wo (false in released checkpoints).
     #[serde(default)]

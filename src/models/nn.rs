@@ -3,6 +3,17 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+/// Serde defaults shared by the decoders' `llm_config` structs (transformers' defaults).
+pub fn default_rope_theta() -> f64 {
+    10000.0
+}
+pub fn default_rms_eps() -> f64 {
+    1e-6
+}
+pub fn default_max_positions() -> usize {
+    32768
+}
+
 /// A linear layer that records a tracing span.
 #[derive(Debug, Clone)]
 pub struct Linear {

@@ -8,17 +8,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 use std::sync::Arc;
 
-fn default_theta() -> f64 {
-    10000.0
-}
-fn default_eps() -> f64 {
-    1e-6
-}
 fn default_act() -> Activation {
     Activation::Silu
-}
-fn default_max_pos() -> usize {
-    32768
 }
 
 /// The `llm_config` of a Qwen2 InternVL/Sa2VA checkpoint (transformers' Qwen2Config fields).
@@ -30,13 +21,13 @@ pub struct Config {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
-    #[serde(default = "default_max_pos")]
+    #[serde(default = "crate::models::nn::default_max_positions")]
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
-    #[serde(default = "default_theta")]
+    #[serde(default = "crate::models::nn::default_rope_theta")]
     pub rope_theta: f64,
-    #[serde(default = "default_eps")]
+    #[serde(default = "crate::models::nn::default_rms_eps")]
     pub rms_norm_eps: f64,
     #[serde(default = "default_act")]
     pub hidden_act: Activation,
