@@ -81,7 +81,7 @@ impl Checkpoint {
 }
 
 /// A safetensors file must hold its whole header and every tensor's bytes.
-fn check_safetensors_header(path: &Path) -> Result<()> {
+pub fn check_safetensors_header(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();

@@ -14,6 +14,7 @@
 pub mod image_io;
 pub mod internvl;
 pub mod resize;
+pub mod sam2;
 
 pub use image_io::{load_rgb, MAX_PIXELS};
 pub use internvl::{

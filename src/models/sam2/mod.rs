@@ -1,4 +1,267 @@
-//! SAM2 (Meta's facebookresearch/sam2), single-image path. So far: the prompt encoder; the
-//! Hiera image encoder and the mask decoder are the next steps of the SAM2 issue.
+//! SAM2 (Meta's facebookresearch/sam2), single-image path: [`image_encoder`] (Hiera + FPN +
+//! high-res convs + `no_mem_embed`), [`prompt_encoder`], [`mask_decoder`]; [`Sam2`] ties them
+//! to a checkpoint (Meta `.pt`, safetensors, or a Sa2VA model directory whose SAM2 lives under
+//! `grounding_encoder.sam2_model.`) and adds the two prompting modes: classic points/boxes (as
+//! `SAM2ImagePredictor`) and Sa2VA's `[SEG]` embedding (as Sa2VA's `_forward_sam_heads`).
+//! Memory-attention / memory-encoder tensors (video tracking) are present in checkpoints and ignored.
 
+pub mod config;
+pub mod hiera;
+pub mod image_encoder;
+pub mod mask_decoder;
 pub mod prompt_encoder;
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use config::{Sam2Config, Sam2Overrides, ShapeIndex};
+use image::RgbImage;
+pub use image_encoder::ImageFeatures;
+use mask_decoder::{argmax, DecoderOutput, MaskDecoder};
+use prompt_encoder::PromptEncoder;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Key prefix of SAM2 inside a Sa2VA checkpoint.
+pub const SA2VA_PREFIX: &str = "grounding_encoder.sam2_model.";
+
+/// How the photo becomes the 1024² encoder input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Preprocess {
+    /// Meta's predictor: bilinear (antialiased) on float.
+    Sam2,
+    /// Sa2VA: Pillow bicubic on uint8.
+    Sa2va,
+}
+
+/// A classic prompt: points (x, y, label) in original-image pixels and/or one box.
+#[derive(Debug, Clone, Default)]
+pub struct PointPrompt {
+    pub points: Vec<(f32, f32, i64)>,
+    pub bbox: Option<[f32; 4]>,
+}
+
+/// Result of Sa2VA's `[SEG]` decoding for one embedding.
+#[derive(Debug, Clone)]
+pub struct SegPrediction {
+    /// Chosen low-res logits (1, 1, 256, 256) after object-score gating.
+    pub low_res: Tensor,
+    /// IoU predictions of the candidate masks.
+    pub iou: Vec<f32>,
+    pub object_score: f32,
+    pub best: usize,
+}
+
+const CACHE_CAPACITY: usize = 4;
+
+pub struct Sam2 {
+    pub config: Sam2Config,
+    encoder: image_encoder::ImageEncoder,
+    pub prompt: PromptEncoder,
+    decoder: MaskDecoder,
+    pub device: Device,
+    pub dtype: DType,
+    cache: Mutex<Vec<([u8; 32], Preprocess, Arc<ImageFeatures>)>>,
+    span: tracing::Span,
+}
+
+impl Sam2 {
+    /// Build from a var builder rooted at SAM2 (keys `image_encoder.*`, `sam_mask_decoder.*`, ...).
+    pub fn new(config: Sam2Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let e = config.embedding_size();
+        let d = config.decoder.transformer_dim;
+        let s = config.image_size;
+        Ok(Self {
+            encoder: image_encoder::ImageEncoder::new(&config, vb.clone())?,
+            prompt: PromptEncoder::new(d, (e, e), (s, s), vb.pp("sam_prompt_encoder"))?,
+            decoder: MaskDecoder::new(&config.decoder, vb.pp("sam_mask_decoder"))?,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+            config,
+            cache: Mutex::new(Vec::new()),
+            span: tracing::span!(tracing::Level::TRACE, "sam2"),
+        })
+    }
+
+    /// Load from a Meta `.pt`, a `.safetensors` file, or a model directory (Sa2VA layout or plain
+    /// SAM2 keys; `config.json`'s optional `sam2` block applies). `overrides` (a `sam2` block from
+    /// a separate file) wins over the directory's.
+    pub fn load(path: &Path, overrides: Option<&serde_json::Value>, device: &Device, dtype: DType) -> Result<Self> {
+        let name = path.display().to_string();
+        if path.is_dir() {
+            let ck = crate::models::checkpoint::Checkpoint::open(path)?;
+            let vb = ck.var_builder(dtype, device)?;
+            let idx = config::safetensors_shapes(&ck.weights)?;
+            let block = overrides.or_else(|| ck.config.get("sam2"));
+            return Self::from_index(&idx, block, vb, &name)?.ok_or_else(|| Error::input(path, "the checkpoint holds no SAM2 (no image_encoder.* or grounding_encoder.sam2_model.* tensors)"));
+        }
+        if !path.is_file() {
+            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        }
+        let is_st = path.extension().is_some_and(|e| e == "safetensors");
+        let (idx, vb) = if is_st {
+            crate::models::checkpoint::check_safetensors_header(path)?;
+            let idx = config::safetensors_shapes(&[path])?;
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }
+                .map_err(|e| Error::input(path, format!("cannot load weights: {}", crate::error::candle_message(&e))))?;
+            (idx, vb)
+        } else {
+            let (idx, key) = config::pth_shapes(path)?;
+            let vb = match key {
+                Some(k) => VarBuilder::from_pth_with_state(path, dtype, k, device),
+                None => VarBuilder::from_pth(path, dtype, device),
+            }
+            .map_err(|e| Error::input(path, format!("cannot load weights: {}", crate::error::candle_message(&e))))?;
+            (idx, vb)
+        };
+        Self::from_index(&idx, overrides, vb, &name)?.ok_or_else(|| Error::input(path, "not a SAM2 checkpoint (no image_encoder.* tensors)"))
+    }
+
+    /// Build from a tensor index and a var builder over the same files, finding the SAM2 root
+    /// (plain or Sa2VA-prefixed). `Ok(None)` when there is no SAM2 in the files.
+    pub fn from_index(idx: &ShapeIndex, block: Option<&serde_json::Value>, vb: VarBuilder, src: &str) -> Result<Option<Self>> {
+        let (sub, vb) = if idx.keys().any(|k| k.starts_with(SA2VA_PREFIX)) {
+            (config::strip_prefix(idx, SA2VA_PREFIX), vb.pp(SA2VA_PREFIX.trim_end_matches('.')))
+        } else if idx.contains_key("image_encoder.trunk.patch_embed.proj.weight") {
+            (idx.clone(), vb)
+        } else {
+            return Ok(None);
+        };
+        let ov: Sam2Overrides = match block {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::at(src, format!("invalid `sam2` config block: {e}")))?,
+            None => Sam2Overrides::default(),
+        };
+        let cfg = Sam2Config::infer(&sub, &ov, src)?;
+        let m = Self::new(cfg, vb).map_err(|e| Error::at(src, format!("SAM2 weights do not match the config: {}", crate::error::candle_message(&e))))?;
+        Ok(Some(m))
+    }
+
+    /// The normalised (1, 3, S, S) encoder input for a photo.
+    pub fn preprocess(&self, img: &RgbImage, mode: Preprocess) -> candle_core::Result<Tensor> {
+        let s = self.config.image_size;
+        let data = match mode {
+            Preprocess::Sam2 => crate::preprocess::sam2::sam2_transforms(img, s),
+            Preprocess::Sa2va => crate::preprocess::sam2::sa2va_direct_resize(img, s),
+        };
+        Tensor::from_vec(data, (1, 3, s, s), &self.device)?.to_dtype(self.dtype)
+    }
+
+    /// Run the image encoder on a preprocessed (1, 3, S, S) input.
+    pub fn encode(&self, pixels: &Tensor) -> candle_core::Result<ImageFeatures> {
+        let _g = self.span.enter();
+        self.encoder.forward(pixels)
+    }
+
+    /// Encode a photo, reusing the features of an identical image (same pixels, same
+    /// preprocessing) seen recently by this process. Returns whether it was a cache hit.
+    pub fn features(&self, img: &RgbImage, mode: Preprocess) -> candle_core::Result<(Arc<ImageFeatures>, bool)> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(img.width().to_le_bytes());
+        h.update(img.height().to_le_bytes());
+        h.update(img.as_raw());
+        let key: [u8; 32] = h.finalize().into();
+        if let Some((_, _, f)) = self.cache.lock().expect("cache lock").iter().find(|(k, m, _)| *k == key && *m == mode) {
+            return Ok((f.clone(), true));
+        }
+        let f = Arc::new(self.encode(&self.preprocess(img, mode)?)?);
+        let mut c = self.cache.lock().expect("cache lock");
+        if c.len() >= CACHE_CAPACITY {
+            c.remove(0);
+        }
+        c.push((key, mode, f.clone()));
+        Ok((f, false))
+    }
+
+    /// Decode sparse prompt tokens against image features.
+    pub fn decode(&self, feats: &ImageFeatures, sparse: &Tensor, multimask: bool) -> candle_core::Result<DecoderOutput> {
+        let dense = self.prompt.dense_no_mask(sparse.dim(0)?)?;
+        let pe = self.prompt.dense_pe()?;
+        self.decoder.forward(&feats.image_embed, &pe, sparse, &dense, multimask, feats.high_res.as_ref())
+    }
+
+    /// `SAM2ImagePredictor.predict` for points / a box given in pixels of a (w, h) photo.
+    pub fn predict(&self, feats: &ImageFeatures, prompt: &PointPrompt, (w, h): (u32, u32), multimask: bool) -> candle_core::Result<DecoderOutput> {
+        let s = self.config.image_size as f32;
+        let mut xy = Vec::new();
+        let mut labels = Vec::new();
+        if let Some([x0, y0, x1, y1]) = prompt.bbox {
+            xy.extend([x0 / w as f32 * s, y0 / h as f32 * s, x1 / w as f32 * s, y1 / h as f32 * s]);
+            labels.extend([2, 3]);
+        }
+        for &(x, y, l) in &prompt.points {
+            xy.extend([x / w as f32 * s, y / h as f32 * s]);
+            labels.push(l);
+        }
+        if labels.is_empty() {
+            candle_core::bail!("a SAM2 prompt needs at least one point or a box");
+        }
+        let coords = Tensor::from_vec(xy, (1, labels.len(), 2), &self.device)?.to_dtype(DType::F32)?;
+        let sparse = self.prompt.sparse(Some((&coords, &labels)), None)?;
+        self.decode(feats, &sparse, multimask)
+    }
+
+    /// Sa2VA's `[SEG]` path: sparse = [not-a-point, padding, seg] (seg: (1, C) or (1, 1, C)),
+    /// dense = `no_mask_embed`, multimask; logits gated by the object score (−1024 when it is
+    /// not positive); the mask with the best predicted IoU is kept.
+    pub fn predict_seg(&self, feats: &ImageFeatures, seg: &Tensor) -> candle_core::Result<SegPrediction> {
+        let c = self.config.decoder.transformer_dim;
+        let seg = seg.reshape((1, 1, c))?.to_dtype(DType::F32)?;
+        let empty = self.prompt.sparse(Some((&Tensor::zeros((1, 1, 2), DType::F32, &self.device)?, &[prompt_encoder::LABEL_PAD])), None)?;
+        let sparse = Tensor::cat(&[&empty, &seg], 1)?;
+        let out = self.decode(feats, &sparse, true)?;
+        let obj: f32 = out.object_score.to_dtype(DType::F32)?.flatten_all()?.get(0)?.to_scalar()?;
+        let iou: Vec<f32> = out.iou.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let best = argmax(&out.iou.flatten_all()?)?;
+        let chosen = out.low_res_masks.narrow(1, best, 1)?.to_dtype(DType::F32)?;
+        let low_res = if obj > 0.0 { chosen } else { (chosen.zeros_like()? - 1024.0)? };
+        Ok(SegPrediction { low_res, iou, object_score: obj, best })
+    }
+}
+
+/// Low-res logits (1, 1, h', w') → logits at (h, w) by bilinear (align_corners=False); with
+/// `via` = Some(S) first to S×S, as Sa2VA does (256 → 1024 → original size).
+pub fn upscale_logits(low: &Tensor, (h, w): (u32, u32), via: Option<usize>) -> candle_core::Result<Tensor> {
+    let mut x = low.to_dtype(DType::F32)?;
+    if let Some(s) = via {
+        x = x.upsample_bilinear2d(s, s, false)?;
+    }
+    x.upsample_bilinear2d(h as usize, w as usize, false)
+}
+
+/// A binary mask (row-major, 0/1) of a photo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mask {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+impl Mask {
+    /// Threshold logits (1, 1, h, w) at 0 (≡ sigmoid > 0.5).
+    pub fn from_logits(logits: &Tensor) -> candle_core::Result<Self> {
+        let (_, _, h, w) = logits.dims4()?;
+        let v: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        Ok(Self { width: w as u32, height: h as u32, data: v.iter().map(|&x| u8::from(x > 0.0)).collect() })
+    }
+
+    pub fn empty(width: u32, height: u32) -> Self {
+        Self { width, height, data: vec![0; (width * height) as usize] }
+    }
+
+    /// Pixel-wise OR (several `[SEG]`s for one expression).
+    pub fn or(&mut self, other: &Mask) {
+        self.data.iter_mut().zip(&other.data).for_each(|(a, b)| *a |= *b);
+    }
+
+    pub fn area(&self) -> u64 {
+        self.data.iter().map(|&v| v as u64).sum()
+    }
+}
+
+impl Sam2 {
+    /// Number of images whose features are cached.
+    pub fn cached_images(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,129 @@
+//! SAM2's image encoder (`image_encoder.*`): the Hiera trunk, the FPN neck (1×1 lateral convs,
+//! nearest top-down fusion on `fpn_top_down_levels`, `scalp` lowest levels dropped), then what
+//! `SAM2Base.forward_image` + the image predictor add for a single image: `conv_s0`/`conv_s1`
+//! on the two high-resolution levels and `no_mem_embed` on the 1/16 level.
+
+use super::config::{NeckConfig, Sam2Config};
+use super::hiera::Hiera;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Image features the mask decoder consumes (all NCHW).
+#[derive(Debug, Clone)]
+pub struct ImageFeatures {
+    /// 1/16 level + `no_mem_embed`: (1, C, 64, 64) for a 1024² input.
+    pub image_embed: Tensor,
+    /// `conv_s0`/`conv_s1` of the 1/4 and 1/8 levels: (1, C/8, 256, 256), (1, C/4, 128, 128).
+    pub high_res: Option<(Tensor, Tensor)>,
+}
+
+#[derive(Debug, Clone)]
+struct FpnNeck {
+    convs: Vec<candle_nn::Conv2d>,
+    cfg: NeckConfig,
+    span: tracing::Span,
+}
+
+impl FpnNeck {
+    fn new(cfg: &NeckConfig, vb: VarBuilder) -> Result<Self> {
+        let convs = cfg
+            .backbone_channel_list
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| candle_nn::conv2d(c, cfg.d_model, 1, Default::default(), vb.pp(format!("convs.{i}.conv"))))
+            .collect::<Result<_>>()?;
+        Ok(Self { convs, cfg: cfg.clone(), span: tracing::span!(tracing::Level::TRACE, "sam2-fpn-neck") })
+    }
+
+    /// Trunk outputs (highest resolution first) → neck outputs in the same order.
+    fn forward(&self, xs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let _g = self.span.enter();
+        let n = self.convs.len();
+        if xs.len() != n {
+            candle_core::bail!("FPN neck has {n} levels but the trunk gave {}", xs.len());
+        }
+        let mut out: Vec<Option<Tensor>> = vec![None; n];
+        let mut prev: Option<Tensor> = None;
+        for i in (0..n).rev() {
+            let lateral = self.convs[n - 1 - i].forward(&xs[i])?;
+            let cur = match (&prev, self.cfg.fpn_top_down_levels.contains(&i)) {
+                (Some(p), true) => {
+                    let (_, _, h, w) = p.dims4()?;
+                    let up = if self.cfg.fpn_interp_model == "nearest" {
+                        p.upsample_nearest2d(2 * h, 2 * w)?
+                    } else {
+                        p.upsample_bilinear2d(2 * h, 2 * w, false)?
+                    };
+                    let s = (lateral + up)?;
+                    if self.cfg.fuse_type == "avg" {
+                        (s / 2.0)?
+                    } else {
+                        s
+                    }
+                }
+                _ => lateral,
+            };
+            out[i] = Some(cur.clone());
+            prev = Some(cur);
+        }
+        Ok(out.into_iter().map(|t| t.expect("every level set")).collect())
+    }
+}
+
+/// Hiera + FPN + the single-image extras; `forward` maps a normalised (1, 3, S, S) image to
+/// [`ImageFeatures`].
+#[derive(Debug, Clone)]
+pub struct ImageEncoder {
+    trunk: Hiera,
+    neck: FpnNeck,
+    scalp: usize,
+    conv_s: Option<(candle_nn::Conv2d, candle_nn::Conv2d)>,
+    no_mem_embed: Option<Tensor>,
+    span: tracing::Span,
+}
+
+impl ImageEncoder {
+    /// `vb` is the SAM2 root (it holds `image_encoder.*`, `sam_mask_decoder.conv_s*`, `no_mem_embed`).
+    pub fn new(cfg: &Sam2Config, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.neck.d_model;
+        let conv_s = if cfg.decoder.use_high_res_features {
+            let md = vb.pp("sam_mask_decoder");
+            let t = cfg.decoder.transformer_dim;
+            Some((candle_nn::conv2d(t, t / 8, 1, Default::default(), md.pp("conv_s0"))?, candle_nn::conv2d(t, t / 4, 1, Default::default(), md.pp("conv_s1"))?))
+        } else {
+            None
+        };
+        if cfg.decoder.transformer_dim != d {
+            candle_core::bail!("SAM2 mask decoder width {} differs from the neck width {d}", cfg.decoder.transformer_dim);
+        }
+        let no_mem_embed = if cfg.directly_add_no_mem_embed { Some(vb.get((1, 1, d), "no_mem_embed")?) } else { None };
+        Ok(Self {
+            trunk: Hiera::new(&cfg.trunk, vb.pp("image_encoder.trunk"))?,
+            neck: FpnNeck::new(&cfg.neck, vb.pp("image_encoder.neck"))?,
+            scalp: cfg.neck.scalp,
+            conv_s,
+            no_mem_embed,
+            span: tracing::span!(tracing::Level::TRACE, "sam2-image-encoder"),
+        })
+    }
+
+    pub fn forward(&self, image: &Tensor) -> Result<ImageFeatures> {
+        let _g = self.span.enter();
+        let feats = self.neck.forward(&self.trunk.forward(image)?)?;
+        let keep = feats.len().saturating_sub(self.scalp);
+        if keep < 3 && self.conv_s.is_some() {
+            candle_core::bail!("SAM2 neck gives {keep} levels after scalp; the decoder needs 3");
+        }
+        let feats = &feats[..keep];
+        let mut image_embed = feats[keep - 1].clone();
+        if let Some(e) = &self.no_mem_embed {
+            let c = e.dim(2)?;
+            image_embed = image_embed.broadcast_add(&e.reshape((1, c, 1, 1))?.to_dtype(image_embed.dtype())?)?;
+        }
+        let high_res = match &self.conv_s {
+            Some((s0, s1)) => Some((s0.forward(&feats[0])?, s1.forward(&feats[1])?)),
+            None => None,
+        };
+        Ok(ImageFeatures { image_embed, high_res })
+    }
+}

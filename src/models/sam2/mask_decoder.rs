@@ -1,0 +1,366 @@
+//! SAM2's mask decoder (`sam_mask_decoder.*`): SAM's two-way transformer (the same math as
+//! candle-transformers' SAM1 one, but SAM2 names its MLP `mlp.layers.{0,1}`, so it is written out
+//! here) plus SAM2's additions: the object-score token and head, high-resolution skip features
+//! in the upscaler, a sigmoid IoU head, and the dynamic single-mask fallback by stability.
+
+use super::config::DecoderConfig;
+use super::hiera::attention;
+use crate::models::fastops;
+use crate::models::nn::{LayerNorm, Linear};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(dim: usize, heads: usize, downsample: usize, vb: VarBuilder) -> Result<Self> {
+        let inner = dim / downsample;
+        Ok(Self {
+            q: Linear::new(dim, inner, true, vb.pp("q_proj"))?,
+            k: Linear::new(dim, inner, true, vb.pp("k_proj"))?,
+            v: Linear::new(dim, inner, true, vb.pp("v_proj"))?,
+            out: Linear::new(inner, dim, true, vb.pp("out_proj"))?,
+            heads,
+        })
+    }
+
+    fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let split = |t: Tensor| -> Result<Tensor> {
+            let (b, n, c) = t.dims3()?;
+            t.reshape((b, n, self.heads, c / self.heads))?.transpose(1, 2)?.contiguous()
+        };
+        let q = split(self.q.forward(q)?)?;
+        let k = split(self.k.forward(k)?)?;
+        let v = split(self.v.forward(v)?)?;
+        let (b, h, n, c) = q.dims4()?;
+        let o = attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, n, h * c))?;
+        self.out.forward(&o)
+    }
+}
+
+/// SAM2's `MLP`: ReLU between layers, optional sigmoid on the output.
+#[derive(Debug, Clone)]
+struct Mlp {
+    layers: Vec<Linear>,
+    sigmoid: bool,
+}
+
+impl Mlp {
+    fn new(input: usize, hidden: usize, output: usize, n: usize, sigmoid: bool, vb: VarBuilder) -> Result<Self> {
+        let mut layers = Vec::with_capacity(n);
+        for i in 0..n {
+            let a = if i == 0 { input } else { hidden };
+            let b = if i + 1 == n { output } else { hidden };
+            layers.push(Linear::new(a, b, true, vb.pp(format!("layers.{i}")))?);
+        }
+        Ok(Self { layers, sigmoid })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x)?;
+            if i + 1 < self.layers.len() {
+                x = x.relu()?;
+            }
+        }
+        if self.sigmoid {
+            x = candle_nn::ops::sigmoid(&x)?;
+        }
+        Ok(x)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TwoWayBlock {
+    self_attn: Attention,
+    norm1: LayerNorm,
+    cross_t2i: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    norm3: LayerNorm,
+    norm4: LayerNorm,
+    cross_i2t: Attention,
+    skip_first_pe: bool,
+}
+
+impl TwoWayBlock {
+    fn new(cfg: &DecoderConfig, skip_first_pe: bool, vb: VarBuilder) -> Result<Self> {
+        let (d, h, r) = (cfg.transformer_dim, cfg.num_heads, cfg.attention_downsample_rate);
+        Ok(Self {
+            self_attn: Attention::new(d, h, 1, vb.pp("self_attn"))?,
+            norm1: LayerNorm::new(d, 1e-5, vb.pp("norm1"))?,
+            cross_t2i: Attention::new(d, h, r, vb.pp("cross_attn_token_to_image"))?,
+            norm2: LayerNorm::new(d, 1e-5, vb.pp("norm2"))?,
+            mlp: Mlp::new(d, cfg.mlp_dim, d, 2, false, vb.pp("mlp"))?,
+            norm3: LayerNorm::new(d, 1e-5, vb.pp("norm3"))?,
+            norm4: LayerNorm::new(d, 1e-5, vb.pp("norm4"))?,
+            cross_i2t: Attention::new(d, h, r, vb.pp("cross_attn_image_to_token"))?,
+            skip_first_pe,
+        })
+    }
+
+    fn forward(&self, queries: &Tensor, keys: &Tensor, query_pe: &Tensor, key_pe: &Tensor) -> Result<(Tensor, Tensor)> {
+        let queries = if self.skip_first_pe {
+            self.self_attn.forward(queries, queries, queries)?
+        } else {
+            let q = (queries + query_pe)?;
+            (queries + self.self_attn.forward(&q, &q, queries)?)?
+        };
+        let queries = self.norm1.forward(&queries)?;
+        let q = (&queries + query_pe)?;
+        let k = (keys + key_pe)?;
+        let queries = self.norm2.forward(&(&queries + self.cross_t2i.forward(&q, &k, keys)?)?)?;
+        let queries = self.norm3.forward(&(&queries + self.mlp.forward(&queries)?)?)?;
+        let q = (&queries + query_pe)?;
+        let keys = self.norm4.forward(&(keys + self.cross_i2t.forward(&k, &q, &queries)?)?)?;
+        Ok((queries, keys))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TwoWayTransformer {
+    layers: Vec<TwoWayBlock>,
+    final_attn: Attention,
+    norm_final: LayerNorm,
+}
+
+impl TwoWayTransformer {
+    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.transformer_dim;
+        Ok(Self {
+            layers: (0..cfg.depth).map(|i| TwoWayBlock::new(cfg, i == 0, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?,
+            final_attn: Attention::new(d, cfg.num_heads, cfg.attention_downsample_rate, vb.pp("final_attn_token_to_image"))?,
+            norm_final: LayerNorm::new(d, 1e-5, vb.pp("norm_final_attn"))?,
+        })
+    }
+
+    /// image (b, c, h, w), image_pe (b, c, h, w), tokens (b, n, c) → (tokens, image tokens (b, hw, c)).
+    fn forward(&self, image: &Tensor, image_pe: &Tensor, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+        let keys0 = image.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let key_pe = image_pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let (mut queries, mut keys) = (tokens.clone(), keys0);
+        for l in &self.layers {
+            (queries, keys) = l.forward(&queries, &keys, tokens, &key_pe)?;
+        }
+        let q = (&queries + tokens)?;
+        let k = (&keys + &key_pe)?;
+        let queries = self.norm_final.forward(&(&queries + self.final_attn.forward(&q, &k, &keys)?)?)?;
+        Ok((queries, keys))
+    }
+}
+
+/// LayerNorm over the channel axis of NCHW (eps 1e-6), as SAM's `LayerNorm2d`.
+#[derive(Debug, Clone)]
+struct LayerNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Module for LayerNorm2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        let u = x.mean_keepdim(1)?;
+        let xc = x.broadcast_sub(&u)?;
+        let s = xc.sqr()?.mean_keepdim(1)?;
+        let x = xc.broadcast_div(&(s + 1e-6)?.sqrt()?)?;
+        x.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+    }
+}
+
+/// A 2×2 stride-2 transposed convolution as one matmul (each input pixel paints a 2×2 block).
+#[derive(Debug, Clone)]
+struct Up2 {
+    w: Tensor, // (in, out·4)
+    b: Tensor, // (out)
+    out: usize,
+}
+
+impl Up2 {
+    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        let w = vb.get((cin, cout, 2, 2), "weight")?;
+        Ok(Self { w: w.reshape((cin, cout * 4))?, b: vb.get(cout, "bias")?, out: cout })
+    }
+}
+
+impl Module for Up2 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = x.dims4()?;
+        let y = x.flatten_from(2)?.transpose(1, 2)?.broadcast_matmul(&self.w)?; // (b, hw, out·4)
+        let y = y.reshape((b, h, w, self.out, 2, 2))?.permute((0, 3, 1, 4, 2, 5))?.reshape((b, self.out, 2 * h, 2 * w))?;
+        y.broadcast_add(&self.b.reshape((1, self.out, 1, 1))?)
+    }
+}
+
+/// Everything the decoder predicts for one prompt set.
+#[derive(Debug, Clone)]
+pub struct DecoderOutput {
+    /// Low-resolution mask logits (b, m, 4h, 4w), m = 3 (multimask) or 1.
+    pub low_res_masks: Tensor,
+    /// Predicted IoU per mask (b, m).
+    pub iou: Tensor,
+    /// SAM output tokens used for object pointers (b, m', c).
+    pub sam_tokens: Tensor,
+    /// Object-score logits (b, 1); 10.0 when the model has no object-score head.
+    pub object_score: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct MaskDecoder {
+    cfg: DecoderConfig,
+    transformer: TwoWayTransformer,
+    iou_token: Tensor,
+    mask_tokens: Tensor,
+    obj_score_token: Option<Tensor>,
+    up1: Up2,
+    ln1: LayerNorm2d,
+    up2: Up2,
+    hyper: Vec<Mlp>,
+    iou_head: Mlp,
+    obj_head: Option<Mlp>,
+    span: tracing::Span,
+}
+
+impl MaskDecoder {
+    pub fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.transformer_dim;
+        let n_masks = cfg.num_multimask_outputs + 1;
+        let obj_head = if cfg.pred_obj_scores {
+            Some(if cfg.pred_obj_scores_mlp {
+                Mlp::new(d, d, 1, 3, false, vb.pp("pred_obj_score_head"))?
+            } else {
+                Mlp { layers: vec![Linear::new(d, 1, true, vb.pp("pred_obj_score_head"))?], sigmoid: false }
+            })
+        } else {
+            None
+        };
+        let ln = vb.pp("output_upscaling.1");
+        Ok(Self {
+            transformer: TwoWayTransformer::new(cfg, vb.pp("transformer"))?,
+            iou_token: vb.get((1, d), "iou_token.weight")?,
+            mask_tokens: vb.get((n_masks, d), "mask_tokens.weight")?,
+            obj_score_token: if cfg.pred_obj_scores { Some(vb.get((1, d), "obj_score_token.weight")?) } else { None },
+            up1: Up2::new(d, d / 4, vb.pp("output_upscaling.0"))?,
+            ln1: LayerNorm2d { weight: ln.get(d / 4, "weight")?, bias: ln.get(d / 4, "bias")? },
+            up2: Up2::new(d / 4, d / 8, vb.pp("output_upscaling.3"))?,
+            hyper: (0..n_masks).map(|i| Mlp::new(d, d, d / 8, 3, false, vb.pp(format!("output_hypernetworks_mlps.{i}")))).collect::<Result<_>>()?,
+            iou_head: Mlp::new(d, cfg.iou_head_hidden_dim, n_masks, cfg.iou_head_depth, cfg.iou_prediction_use_sigmoid, vb.pp("iou_prediction_head"))?,
+            obj_head,
+            cfg: cfg.clone(),
+            span: tracing::span!(tracing::Level::TRACE, "sam2-mask-decoder"),
+        })
+    }
+
+    /// `MaskDecoder.forward` with `repeat_image` when the prompt batch exceeds the image batch.
+    pub fn forward(
+        &self,
+        image_embed: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+        multimask: bool,
+        high_res: Option<&(Tensor, Tensor)>,
+    ) -> Result<DecoderOutput> {
+        let _g = self.span.enter();
+        let dt = image_embed.dtype();
+        let b = sparse.dim(0)?;
+        let mut out_tokens = vec![];
+        if let Some(t) = &self.obj_score_token {
+            out_tokens.push(t.clone());
+        }
+        out_tokens.push(self.iou_token.clone());
+        out_tokens.push(self.mask_tokens.clone());
+        let s = usize::from(self.obj_score_token.is_some());
+        let out_tokens = Tensor::cat(&out_tokens, 0)?.to_dtype(dt)?;
+        let (nt, d) = out_tokens.dims2()?;
+        let tokens = Tensor::cat(&[&out_tokens.unsqueeze(0)?.expand((b, nt, d))?, &sparse.to_dtype(dt)?], 1)?;
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            if t.dim(0)? == b {
+                Ok(t.clone())
+            } else {
+                let (_, c, h, w) = t.dims4()?;
+                t.expand((b, c, h, w))?.contiguous()
+            }
+        };
+        let src = rep(image_embed)?.broadcast_add(&dense.to_dtype(dt)?)?;
+        let pos = rep(&image_pe.to_dtype(dt)?)?;
+        let (_, c, h, w) = src.dims4()?;
+        let (hs, src) = self.transformer.forward(&src, &pos, &tokens)?;
+        let iou_out = hs.narrow(1, s, 1)?.squeeze(1)?;
+        let n_masks = self.mask_tokens.dim(0)?;
+        let mask_out = hs.narrow(1, s + 1, n_masks)?;
+        let src = src.transpose(1, 2)?.reshape((b, c, h, w))?;
+        let up = match high_res {
+            Some((f0, f1)) => {
+                let x = fastops::gelu_erf(&self.ln1.forward(&self.up1.forward(&src)?.broadcast_add(&rep(f1)?)?)?)?;
+                fastops::gelu_erf(&self.up2.forward(&x)?.broadcast_add(&rep(f0)?)?)?
+            }
+            None => fastops::gelu_erf(&self.up2.forward(&fastops::gelu_erf(&self.ln1.forward(&self.up1.forward(&src)?)?)?)?)?,
+        };
+        let hyper = (0..n_masks).map(|i| self.hyper[i].forward(&mask_out.narrow(1, i, 1)?)).collect::<Result<Vec<_>>>()?;
+        let hyper = Tensor::cat(&hyper, 1)?; // (b, n_masks, c/8)
+        let (_, cu, hu, wu) = up.dims4()?;
+        let masks = hyper.matmul(&up.reshape((b, cu, hu * wu))?)?.reshape((b, n_masks, hu, wu))?;
+        let iou = self.iou_head.forward(&iou_out)?;
+        let object_score = match &self.obj_head {
+            Some(hd) => hd.forward(&hs.narrow(1, 0, 1)?.squeeze(1)?)?,
+            None => (Tensor::ones((b, 1), dt, hs.device())? * 10.0)?,
+        };
+        let (masks, iou) = if multimask {
+            (masks.narrow(1, 1, n_masks - 1)?, iou.narrow(1, 1, n_masks - 1)?)
+        } else if self.cfg.dynamic_multimask_via_stability {
+            self.dynamic_single(&masks, &iou)?
+        } else {
+            (masks.narrow(1, 0, 1)?, iou.narrow(1, 0, 1)?)
+        };
+        let sam_tokens = if multimask && self.cfg.use_multimask_token_for_obj_ptr { mask_out.narrow(1, 1, n_masks - 1)? } else { mask_out.narrow(1, 0, 1)? };
+        Ok(DecoderOutput { low_res_masks: masks, iou, sam_tokens, object_score })
+    }
+
+    /// Keep the single-mask output when it is stable, else the best multimask output by IoU.
+    fn dynamic_single(&self, masks: &Tensor, iou: &Tensor) -> Result<(Tensor, Tensor)> {
+        let b = masks.dim(0)?;
+        let n = masks.dim(1)?;
+        let delta = self.cfg.dynamic_multimask_stability_delta;
+        let mut ms = Vec::with_capacity(b);
+        let mut is = Vec::with_capacity(b);
+        for i in 0..b {
+            let m = masks.get(i)?;
+            let io = iou.get(i)?;
+            let single = m.get(0)?.flatten_all()?.to_dtype(DType::F32)?;
+            let inter = single.gt(delta)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            let union = single.gt(-delta)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            let stability = if union > 0.0 { inter / union } else { 1.0 };
+            if stability as f64 >= self.cfg.dynamic_multimask_stability_thresh {
+                ms.push(m.narrow(0, 0, 1)?);
+                is.push(io.narrow(0, 0, 1)?);
+            } else {
+                let best = argmax(&io.narrow(0, 1, n - 1)?)? + 1;
+                ms.push(m.narrow(0, best, 1)?);
+                is.push(io.narrow(0, best, 1)?);
+            }
+        }
+        Ok((Tensor::stack(&ms, 0)?, Tensor::stack(&is, 0)?))
+    }
+}
+
+/// Index of the largest value of a 1-d tensor (first one on ties, as torch.argmax).
+pub fn argmax(t: &Tensor) -> Result<usize> {
+    let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    Ok(best)
+}
