@@ -10,6 +10,9 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     /// Usage error (bad flags) or a command that is not implemented yet.
     pub const USAGE: i32 = 2;
+    /// `segment`: the model answered without a `[SEG]` token, so the mask is empty (the outputs
+    /// are still written).
+    pub const NO_MASK: i32 = 3;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod hub;
 pub mod models;
 pub mod preprocess;
+pub mod render;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -187,7 +187,7 @@ fn bad_refer_files_are_clear_errors() {
 
 #[test]
 fn unbuilt_commands_exit_2() {
-    for cmd in ["segment", "depth"] {
+    for cmd in ["depth"] {
         let o = run(&[cmd, "img.jpg", "the red cup"], None);
         assert_eq!(o.status.code(), Some(2), "{cmd}");
         assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));

@@ -3,6 +3,7 @@
 mod ask;
 mod download;
 mod eval;
+mod segment;
 
 use crate::error::{exit, Error, Result};
 use clap::{Parser, Subcommand};
@@ -20,8 +21,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Download model repos from the Hugging Face hub into the cache Python tools share.
     Download(download::DownloadArgs),
-    /// Segment the object a referring expression names (not implemented yet).
-    Segment(Pending),
+    /// Segment what a referring expression names (Sa2VA-style model), or a --point/--box (SAM2).
+    Segment(segment::SegmentArgs),
     /// Estimate depth through the model's depth tokens (not implemented yet).
     Depth(Pending),
     /// Answer a question about an image with an InternVL2.5 / Sa2VA model.
@@ -45,7 +46,7 @@ pub fn main() -> i32 {
         }
     };
     match run(cli) {
-        Ok(()) => exit::OK,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()
@@ -53,12 +54,12 @@ pub fn main() -> i32 {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Eval(args) => eval::run(args),
-        Command::Download(args) => download::run(args),
-        Command::Segment(_) => Err(Error::NotImplemented("perceptio segment".into())),
+        Command::Eval(args) => eval::run(args).map(|_| exit::OK),
+        Command::Download(args) => download::run(args).map(|_| exit::OK),
+        Command::Segment(args) => segment::run(args),
         Command::Depth(_) => Err(Error::NotImplemented("perceptio depth".into())),
-        Command::Ask(args) => ask::run(args),
+        Command::Ask(args) => ask::run(args).map(|_| exit::OK),
     }
 }

@@ -133,8 +133,18 @@ pub fn resolve_model(spec: &str, cfg: &HubConfig) -> Result<PathBuf> {
     if p.is_dir() {
         return Ok(p.to_path_buf());
     }
+    if looks_like_path(spec) {
+        return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+    }
     let repo = RepoSpec::parse(spec, None)?;
     Ok(download(&repo, cfg, &Filter::default())?.path)
+}
+
+/// A spec that names a local file or directory rather than a hub repo (`./x`, `/x`, `~/x`, a
+/// checkpoint extension, or more than one `/`), so a typo is reported as a missing path.
+pub fn looks_like_path(spec: &str) -> bool {
+    let exts = [".pt", ".pth", ".safetensors", ".bin", ".json", ".ckpt"];
+    spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~') || exts.iter().any(|e| spec.ends_with(e)) || spec.split('@').next().unwrap_or("").matches('/').count() > 1
 }
 
 /// Fetch what perceptio needs from `repo` into the cache (or find it there, offline).

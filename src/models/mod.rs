@@ -9,6 +9,7 @@ pub mod generate;
 pub mod internlm2;
 pub mod internvl;
 pub mod nn;
+pub mod perceptio;
 pub mod qwen2;
 pub mod sam2;
 pub mod template;

@@ -3,7 +3,7 @@
 use super::{Config, InternVl};
 use crate::error::{Error, Result};
 use crate::models::checkpoint::Checkpoint;
-use crate::models::generate::{generate, GenerateOptions, Generation};
+use crate::models::generate::{generate, teacher_force, GenerateOptions, Generation};
 use crate::models::template::{expand_image, Template, IMG_CONTEXT};
 use crate::preprocess::internvl::{dynamic_tiles, normalize_tiles, TileGrid};
 use candle_core::{DType, Device, Tensor};
@@ -84,11 +84,24 @@ impl ChatModel {
         Ok((e, secs))
     }
 
-    /// Ask `question` about `img` (Sa2VA's user turn `<image>\n{question}`).
-    pub fn ask(&mut self, img: &image::RgbImage, question: &str, max_tiles: usize, opts: &GenerateOptions, on_token: impl FnMut(u32)) -> Result<Answer> {
+    /// Run the ViT + projector once for a photo; the result serves any number of prompts.
+    pub fn vision(&self, img: &image::RgbImage, max_tiles: usize) -> Result<Vision> {
         let (px, grid, n_tiles) = self.pixel_values(img, max_tiles)?;
-        let prompt_ids = self.prompt_ids(&format!("<image>\n{question}"), n_tiles)?;
-        let (embeds, vision_secs) = self.prompt_embeds(&prompt_ids, &px)?;
+        let t = std::time::Instant::now();
+        let feats = self.model.extract_feature(&px).map_err(cerr)?;
+        Ok(Vision { feats, grid, n_tiles, secs: t.elapsed().as_secs_f64() })
+    }
+
+    /// Prompt ids and embeddings of a user turn (containing `<image>`) over `vision`.
+    pub fn embed_prompt(&self, vision: &Vision, user: &str) -> Result<(Vec<u32>, Tensor)> {
+        let ids = self.prompt_ids(user, vision.n_tiles)?;
+        let e = self.model.embed_with_images(&ids, self.image_token_id, Some(&vision.feats)).map_err(cerr)?;
+        Ok((ids, e))
+    }
+
+    /// Generate the assistant reply to the user turn `user` (e.g. `<image>\n{question}`).
+    pub fn reply(&mut self, vision: &Vision, user: &str, opts: &GenerateOptions, on_token: impl FnMut(u32)) -> Result<Answer> {
+        let (prompt_ids, embeds) = self.embed_prompt(vision, user)?;
         let mut opts = opts.clone();
         if opts.stop_ids.is_empty() {
             opts.stop_ids = self.stop_ids.clone();
@@ -96,8 +109,35 @@ impl ChatModel {
         let generation = generate(&mut self.model, &embeds, &opts, on_token).map_err(cerr)?;
         let text_ids: Vec<u32> = generation.ids.iter().copied().filter(|i| !opts.stop_ids.contains(i)).collect();
         let text = self.tokenizer.decode(&text_ids, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
-        Ok(Answer { text: text.trim().to_string(), generation, n_tiles, grid, prompt_ids, vision_secs })
+        Ok(Answer { text: text.trim().to_string(), generation, n_tiles: vision.n_tiles, grid: vision.grid, prompt_ids, vision_secs: vision.secs })
     }
+
+    /// Teacher-force the assistant reply `reply` after the user turn and return its token ids
+    /// and their last-layer hidden states (n, h) — LISA/GLaMM-style `Sure, [SEG].` evaluation.
+    pub fn force_reply(&mut self, vision: &Vision, user: &str, reply: &str) -> Result<(Vec<u32>, Tensor)> {
+        let (_, embeds) = self.embed_prompt(vision, user)?;
+        let enc = self.tokenizer.encode(reply, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
+        let ids = enc.get_ids().to_vec();
+        if ids.is_empty() {
+            return Err(Error::Usage("the forced reply is empty".into()));
+        }
+        let h = teacher_force(&mut self.model, &embeds, &ids).map_err(cerr)?;
+        Ok((ids, h))
+    }
+
+    /// Ask `question` about `img` (Sa2VA's user turn `<image>\n{question}`).
+    pub fn ask(&mut self, img: &image::RgbImage, question: &str, max_tiles: usize, opts: &GenerateOptions, on_token: impl FnMut(u32)) -> Result<Answer> {
+        let vision = self.vision(img, max_tiles)?;
+        self.reply(&vision, &format!("<image>\n{question}"), opts, on_token)
+    }
+}
+
+/// InternVL image features of one photo (after mlp1), reusable across prompts.
+pub struct Vision {
+    pub feats: Tensor,
+    pub grid: TileGrid,
+    pub n_tiles: usize,
+    pub secs: f64,
 }
 
 fn cerr(e: candle_core::Error) -> Error {

@@ -44,7 +44,7 @@ pub struct PointPrompt {
 /// Result of Sa2VA's `[SEG]` decoding for one embedding.
 #[derive(Debug, Clone)]
 pub struct SegPrediction {
-    /// Chosen low-res logits (1, 1, 256, 256) after object-score gating.
+    /// Chosen low-res logits (1, 1, 256, 256), not gated by the object score (as Sa2VA).
     pub low_res: Tensor,
     /// IoU predictions of the candidate masks.
     pub iou: Vec<f32>,
@@ -202,8 +202,10 @@ impl Sam2 {
     }
 
     /// Sa2VA's `[SEG]` path: sparse = [not-a-point, padding, seg] (seg: (1, C) or (1, 1, C)),
-    /// dense = `no_mask_embed`, multimask; logits gated by the object score (−1024 when it is
-    /// not positive); the mask with the best predicted IoU is kept.
+    /// dense = `no_mask_embed`, multimask, and the mask with the best predicted IoU is kept.
+    /// Unlike Meta's `SAM2Base`, Sa2VA's `_forward_sam_heads` override does not replace the
+    /// logits by −1024 when the object score is negative (those lines are commented out in
+    /// `projects/sa2va/hf/models/sam2.py`), so neither does this; the score is reported.
     pub fn predict_seg(&self, feats: &ImageFeatures, seg: &Tensor) -> candle_core::Result<SegPrediction> {
         let c = self.config.decoder.transformer_dim;
         let seg = seg.reshape((1, 1, c))?.to_dtype(DType::F32)?;
@@ -213,8 +215,7 @@ impl Sam2 {
         let obj: f32 = out.object_score.to_dtype(DType::F32)?.flatten_all()?.get(0)?.to_scalar()?;
         let iou: Vec<f32> = out.iou.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let best = argmax(&out.iou.flatten_all()?)?;
-        let chosen = out.low_res_masks.narrow(1, best, 1)?.to_dtype(DType::F32)?;
-        let low_res = if obj > 0.0 { chosen } else { (chosen.zeros_like()? - 1024.0)? };
+        let low_res = out.low_res_masks.narrow(1, best, 1)?.to_dtype(DType::F32)?;
         Ok(SegPrediction { low_res, iou, object_score: obj, best })
     }
 }

@@ -1,0 +1,340 @@
+//! `perceptio segment IMAGE EXPR...` (referring segmentation with a Sa2VA-style model) and
+//! `perceptio segment IMAGE --point x,y[,label] | --box x0,y0,x1,y1` (plain SAM2).
+
+use crate::error::{exit, Error, Result};
+use crate::hub::{self, HubConfig};
+use crate::models::device::{parse_device, parse_dtype};
+use crate::models::generate::GenerateOptions;
+use crate::models::perceptio::{Grounder, SegmentOptions};
+use crate::models::sam2::{upscale_logits, Mask, PointPrompt, Preprocess, Sam2};
+use crate::render;
+use clap::Args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// CPU default tile budget (as `ask`); the reference uses 12.
+const CPU_DEFAULT_TILES: usize = 6;
+
+#[derive(Args, Debug)]
+pub struct SegmentArgs {
+    /// Image file (PNG/JPEG), or `-` for stdin.
+    pub image: PathBuf,
+    /// Referring expressions ("the red cup"); each gets its own mask. The image is encoded once.
+    pub expressions: Vec<String>,
+    /// Hub repo (`org/name[@rev]`) or local directory of a Sa2VA-style model (InternVL + SAM2).
+    #[arg(long, default_value = "ByteDance/Sa2VA-1B")]
+    pub model: String,
+    /// Plain SAM2 checkpoint for --point/--box: Meta `.pt`, `.safetensors`, a directory, or a hub
+    /// repo. Default: the SAM2 inside --model.
+    #[arg(long)]
+    pub sam2: Option<String>,
+    /// JSON file with a `sam2` geometry block, for checkpoints whose geometry the weights cannot
+    /// reveal (see docs/formats.md).
+    #[arg(long)]
+    pub sam2_config: Option<PathBuf>,
+    /// A point prompt in image pixels, label 1 (foreground, default) or 0 (background). Repeatable.
+    #[arg(long = "point", value_name = "X,Y[,LABEL]")]
+    pub points: Vec<String>,
+    /// A box prompt in image pixels.
+    #[arg(long = "box", value_name = "X0,Y0,X1,Y1")]
+    pub bbox: Option<String>,
+    /// With --point/--box: always (true) or never (false) ask SAM2 for three candidates and keep
+    /// the best by predicted IoU. Default: only for a single point, as SAM2 recommends.
+    #[arg(long)]
+    pub multimask: Option<bool>,
+    /// Teacher-force the reply "Sure, [SEG]." (LISA/GLaMM evaluation style) so a mask always
+    /// comes out, instead of letting the model generate.
+    #[arg(long)]
+    pub force_seg: bool,
+    /// Write the mask as a binary PNG (0/255) of the image's size. With several expressions,
+    /// `{}` in the name is replaced by 1, 2, … (else `-1`, `-2`, … is added before the extension).
+    #[arg(short = 'o', long = "output", value_name = "MASK.png")]
+    pub output: Option<PathBuf>,
+    /// Write the mask as COCO RLE JSON `{"size": [h, w], "counts": "..."}`.
+    #[arg(long, value_name = "FILE.json")]
+    pub rle: Option<PathBuf>,
+    /// Write the photo with the mask tinted and outlined.
+    #[arg(long, value_name = "FILE.png")]
+    pub overlay: Option<PathBuf>,
+    /// Print one JSON object per expression (RLE, area, bbox, score, text, timings). This is also
+    /// what is printed when no output file is asked for.
+    #[arg(long)]
+    pub json: bool,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto (f32 on CPU, bf16 on CUDA), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Maximum InternVL image tiles (default 12 on CUDA as Sa2VA, 6 on CPU).
+    #[arg(long)]
+    pub max_tiles: Option<usize>,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Use only the local cache for hub models.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+fn parse_floats(s: &str, what: &str, n: &[usize]) -> Result<Vec<f32>> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>().ok().filter(|x| x.is_finite()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::Usage(format!("{what} {s:?}: expected comma-separated numbers")))?;
+    if !n.contains(&v.len()) {
+        return Err(Error::Usage(format!("{what} {s:?}: expected {} numbers", n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" or "))));
+    }
+    Ok(v)
+}
+
+/// Parse and validate --point/--box against the photo's size.
+pub fn parse_prompt(points: &[String], bbox: Option<&str>, (w, h): (u32, u32)) -> Result<PointPrompt> {
+    let inside = |x: f32, y: f32| x >= 0.0 && y >= 0.0 && x <= w as f32 && y <= h as f32;
+    let mut p = PointPrompt::default();
+    for s in points {
+        let v = parse_floats(s, "--point", &[2, 3])?;
+        let label = if v.len() == 3 { v[2] } else { 1.0 };
+        if label != 0.0 && label != 1.0 {
+            return Err(Error::Usage(format!("--point {s:?}: the label must be 1 (foreground) or 0 (background)")));
+        }
+        if !inside(v[0], v[1]) {
+            return Err(Error::Usage(format!("--point {s:?} is outside the {w}x{h} image")));
+        }
+        p.points.push((v[0], v[1], label as i64));
+    }
+    if let Some(s) = bbox {
+        let v = parse_floats(s, "--box", &[4])?;
+        if v[2] < v[0] || v[3] < v[1] {
+            return Err(Error::Usage(format!("--box {s:?}: expected x0,y0,x1,y1 with x1 >= x0 and y1 >= y0")));
+        }
+        if !inside(v[0], v[1]) || !inside(v[2], v[3]) {
+            return Err(Error::Usage(format!("--box {s:?} is outside the {w}x{h} image")));
+        }
+        p.bbox = Some([v[0], v[1], v[2], v[3]]);
+    }
+    Ok(p)
+}
+
+/// The output path of result `i` (0-based) of `n`.
+pub fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
+    if n <= 1 {
+        return path.to_path_buf();
+    }
+    let s = path.to_string_lossy();
+    if s.contains("{}") {
+        return PathBuf::from(s.replace("{}", &(i + 1).to_string()));
+    }
+    let stem = path.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match path.extension() {
+        Some(e) => format!("{stem}-{}.{}", i + 1, e.to_string_lossy()),
+        None => format!("{stem}-{}", i + 1),
+    };
+    path.with_file_name(name)
+}
+
+struct Outputs<'a> {
+    a: &'a SegmentArgs,
+    n: usize,
+}
+
+impl Outputs<'_> {
+    fn any_file(&self) -> bool {
+        self.a.output.is_some() || self.a.rle.is_some() || self.a.overlay.is_some()
+    }
+
+    /// Write the files asked for result `i`; returns their paths for the JSON summary.
+    fn write(&self, i: usize, img: &image::RgbImage, mask: &Mask) -> Result<serde_json::Value> {
+        let mut files = serde_json::Map::new();
+        if let Some(p) = &self.a.output {
+            let p = numbered(p, i, self.n);
+            crate::util::atomic::write(&p, &render::mask_png(mask)?)?;
+            files.insert("mask".into(), p.display().to_string().into());
+        }
+        if let Some(p) = &self.a.rle {
+            let p = numbered(p, i, self.n);
+            let v = render::rle_json(&render::mask_rle(mask)?);
+            crate::util::atomic::write(&p, format!("{v}\n").as_bytes())?;
+            files.insert("rle".into(), p.display().to_string().into());
+        }
+        if let Some(p) = &self.a.overlay {
+            let p = numbered(p, i, self.n);
+            crate::util::atomic::write(&p, &render::overlay_png(img, &[mask])?)?;
+            files.insert("overlay".into(), p.display().to_string().into());
+        }
+        Ok(files.into())
+    }
+}
+
+fn mask_summary(mask: &Mask) -> Result<serde_json::Value> {
+    let r = render::mask_rle(mask)?;
+    let area = r.area();
+    Ok(serde_json::json!({
+        "mask": render::rle_json(&r),
+        "area": area,
+        "bbox": if area > 0 { serde_json::json!(r.bbox()) } else { serde_json::Value::Null },
+    }))
+}
+
+fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+fn print_line(v: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}").map_err(|e| Error::io("<stdout>", e))
+}
+
+fn cerr(e: candle_core::Error) -> Error {
+    Error::at("model", crate::error::candle_message(&e))
+}
+
+/// Run `segment`; returns the exit code (3 when the model produced no `[SEG]` for some expression).
+pub fn run(a: SegmentArgs) -> Result<i32> {
+    let classic = !a.points.is_empty() || a.bbox.is_some();
+    if classic && !a.expressions.is_empty() {
+        return Err(Error::Usage("give either referring expressions or --point/--box prompts, not both".into()));
+    }
+    if !classic && a.expressions.is_empty() {
+        return Err(Error::Usage("nothing to segment: give a referring expression (e.g. \"the red cup\") or --point/--box".into()));
+    }
+    if let Some(i) = a.expressions.iter().position(|e| e.trim().is_empty()) {
+        return Err(Error::Usage(format!("expression {} is empty", i + 1)));
+    }
+    if classic && a.force_seg {
+        return Err(Error::Usage("--force-seg applies to referring expressions, not to --point/--box".into()));
+    }
+    crate::util::tune_allocator();
+    let device = parse_device(&a.device)?;
+    let dtype = parse_dtype(&a.dtype, &device)?;
+    let img = crate::preprocess::image_io::load_rgb(&a.image)?;
+    let (w, h) = (img.width(), img.height());
+    let prompt = if classic { Some(parse_prompt(&a.points, a.bbox.as_deref(), (w, h))?) } else { None };
+    let overrides = match &a.sam2_config {
+        Some(p) => {
+            let v: serde_json::Value = serde_json::from_slice(&crate::util::read_file(p)?).map_err(|e| Error::input(p, format!("not valid JSON: {e}")))?;
+            Some(v.get("sam2").cloned().unwrap_or(v))
+        }
+        None => None,
+    };
+    let mut hub_cfg = HubConfig::from_env();
+    hub_cfg.offline |= a.offline;
+    let n = if classic { 1 } else { a.expressions.len() };
+    let outs = Outputs { a: &a, n };
+    let show_json = a.json || !outs.any_file();
+    let image_name = a.image.display().to_string();
+
+    if let Some(prompt) = prompt {
+        let src = a.sam2.clone().unwrap_or_else(|| a.model.clone());
+        let path = PathBuf::from(&src);
+        let path = if path.is_file() { path } else { hub::resolve_model(&src, &hub_cfg)? };
+        let t = Instant::now();
+        let sam = Sam2::load(&path, overrides.as_ref(), &device, dtype)?;
+        let load_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (feats, _) = sam.features(&img, Preprocess::Sam2).map_err(cerr)?;
+        let encode_s = t.elapsed().as_secs_f64();
+        let multimask = a.multimask.unwrap_or(prompt.points.len() == 1 && prompt.bbox.is_none());
+        let t = Instant::now();
+        let out = sam.predict(&feats, &prompt, (w, h), multimask).map_err(cerr)?;
+        let iou: Vec<f32> = out.iou.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1()).map_err(cerr)?;
+        let best = crate::models::sam2::mask_decoder::argmax(&out.iou.flatten_all().map_err(cerr)?).map_err(cerr)?;
+        let logits = upscale_logits(&out.low_res_masks.narrow(1, best, 1).map_err(cerr)?, (h, w), None).map_err(cerr)?;
+        let mask = Mask::from_logits(&logits.to_device(&candle_core::Device::Cpu).map_err(cerr)?).map_err(cerr)?;
+        let obj: f32 = out.object_score.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.get(0)).and_then(|t| t.to_scalar()).map_err(cerr)?;
+        let decode_s = t.elapsed().as_secs_f64();
+        let files = outs.write(0, &img, &mask)?;
+        if show_json {
+            let v = serde_json::json!({
+                "image": image_name,
+                "prompt": {"points": prompt.points.iter().map(|p| [p.0 as f64, p.1 as f64, p.2 as f64]).collect::<Vec<_>>(), "box": prompt.bbox},
+                "score": iou[best],
+                "scores": iou,
+                "multimask": multimask,
+                "object_score": obj,
+                "model": path,
+                "sam2_variant": sam.config.variant_name(),
+                "files": files,
+                "timings": {"load_s": load_s, "sam2_encode_s": encode_s, "sam2_decode_s": decode_s},
+            });
+            print_line(&merge(v, mask_summary(&mask)?))?;
+        }
+        return Ok(exit::OK);
+    }
+
+    let dir = hub::resolve_model(&a.model, &hub_cfg)?;
+    let t = Instant::now();
+    let mut g = Grounder::load(&dir, &device, dtype)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let max_tiles = a.max_tiles.unwrap_or(if device.is_cpu() { CPU_DEFAULT_TILES.min(g.chat.config().default_max_tiles()) } else { g.chat.config().default_max_tiles() });
+    let opts = SegmentOptions {
+        max_tiles,
+        force_seg: a.force_seg,
+        generation: GenerateOptions { max_new_tokens: a.max_new_tokens, ..Default::default() },
+    };
+    let vision = g.vision(&img, max_tiles)?;
+    let mut code = exit::OK;
+    for (i, expr) in a.expressions.iter().enumerate() {
+        let r = g.segment(&img, &vision, expr, &opts)?;
+        if r.seg_count == 0 {
+            eprintln!("perceptio: the model produced no [SEG] token for {expr:?} (reply: {:?}); the mask is empty. --force-seg always yields a mask.", r.text);
+            code = exit::NO_MASK;
+        }
+        let files = outs.write(i, &img, &r.mask)?;
+        if show_json {
+            let best = r.scores.iter().cloned().fold(None, |m: Option<f32>, s| Some(m.map_or(s, |m| m.max(s))));
+            let v = serde_json::json!({
+                "image": image_name,
+                "expression": r.expression,
+                "prompt": r.prompt,
+                "text": r.text,
+                "token_ids": r.token_ids,
+                "forced": a.force_seg,
+                "seg_count": r.seg_count,
+                "score": best,
+                "scores": r.scores,
+                "object_scores": r.object_scores,
+                "model": dir,
+                "tiles": vision.n_tiles,
+                "files": files,
+                "timings": merge(serde_json::json!({"load_s": if i == 0 { load_s } else { 0.0 }}), serde_json::to_value(&r.timings).unwrap_or_default()),
+            });
+            print_line(&merge(v, mask_summary(&r.mask)?))?;
+        }
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_validated() {
+        let p = parse_prompt(&["10,20".into(), "5.5,6,0".into()], Some("1,2,30,40"), (100, 50)).unwrap();
+        assert_eq!(p.points, vec![(10.0, 20.0, 1), (5.5, 6.0, 0)]);
+        assert_eq!(p.bbox, Some([1.0, 2.0, 30.0, 40.0]));
+        for (pts, bx, needle) in [
+            (vec!["200,10"], None, "outside"),
+            (vec!["1,2,7"], None, "label"),
+            (vec!["a,b"], None, "numbers"),
+            (vec![], Some("30,2,1,40"), "x1 >= x0"),
+            (vec![], Some("1,2,3"), "4 numbers"),
+        ] {
+            let pts: Vec<String> = pts.into_iter().map(String::from).collect();
+            let e = parse_prompt(&pts, bx, (100, 50)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn numbered_outputs() {
+        assert_eq!(numbered(Path::new("m.png"), 0, 1), PathBuf::from("m.png"));
+        assert_eq!(numbered(Path::new("out/m.png"), 1, 3), PathBuf::from("out/m-2.png"));
+        assert_eq!(numbered(Path::new("m_{}.png"), 2, 3), PathBuf::from("m_3.png"));
+    }
+}
