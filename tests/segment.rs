@@ -4,34 +4,15 @@
 //! Goldens: tools/gen_sa2va_e2e_goldens.py (Sa2VA's own Sa2VAChatModel + Meta's sam2).
 
 mod common;
+#[path = "common/sa2va.rs"]
+mod sa2va;
+use sa2va::assemble;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_fails, fixture, run, stderr, stdout};
 use perceptio::models::generate::GenerateOptions;
 use perceptio::models::perceptio::{Grounder, SegmentOptions};
 use std::collections::HashMap;
 use std::path::Path;
-
-/// Build the sharded Sa2VA-layout checkpoint in `dir`.
-fn assemble(dir: &Path) {
-    let base = candle_core::safetensors::load(fixture("internvl/tiny-qwen2/model.safetensors"), &Device::Cpu).unwrap();
-    let shard1: HashMap<String, Tensor> = base.into_iter().filter(|(k, _)| !k.starts_with("text_hidden_fcs.") && !k.starts_with("grounding_encoder.")).collect();
-    candle_core::safetensors::save(&shard1, dir.join("model-00001-of-00003.safetensors")).unwrap();
-    std::fs::copy(fixture("sam2/tiny_sa2va_sam2.safetensors"), dir.join("model-00002-of-00003.safetensors")).unwrap();
-    std::fs::copy(fixture("sa2va/text_hidden_fcs.safetensors"), dir.join("model-00003-of-00003.safetensors")).unwrap();
-    let mut map = serde_json::Map::new();
-    for (i, f) in ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"].iter().enumerate() {
-        let t = candle_core::safetensors::load(dir.join(f), &Device::Cpu).unwrap();
-        for k in t.keys() {
-            assert!(map.insert(k.clone(), serde_json::Value::String(f.to_string())).is_none(), "duplicate key {k} (shard {})", i + 1);
-        }
-    }
-    let idx = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(dir.join("model.safetensors.index.json"), idx.to_string()).unwrap();
-    std::fs::copy(fixture("sa2va/config.json"), dir.join("config.json")).unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
-        std::fs::copy(fixture(&format!("internvl/tiny-qwen2/{f}")), dir.join(f)).unwrap();
-    }
-}
 
 fn goldens() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("sa2va/goldens.safetensors"), &Device::Cpu).unwrap()

@@ -1,7 +1,7 @@
 //! `perceptio eval ...`: read files, call the scorers, print a table or JSON.
 
 use crate::error::{Error, Result};
-use crate::eval::{hardblink, mmbench, refcoco};
+use crate::eval::{hardblink, mmbench, predict, refcoco};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -21,6 +21,53 @@ pub enum Bench {
     Mmbench(MmbenchArgs),
     /// HardBLINK relative depth (AURORA): accuracy on the 3/4/5-point variants.
     Hardblink(HardblinkArgs),
+    /// Combine the prediction files of all shards of a `--model --shard K/N` run into one.
+    Merge(MergeArgs),
+}
+
+/// Options of `--model` runs (producing the predictions file with a model, then scoring it).
+#[derive(Args, Debug, Clone)]
+pub struct ModelRunArgs {
+    /// Run this model (hub repo or directory) over the dataset, writing --predictions (resumable:
+    /// samples already in the file are skipped), then score it.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Process a deterministic 1/N of the images (K = 1..N); combine with `eval merge`.
+    #[arg(long, value_name = "K/N", requires = "model")]
+    pub shard: Option<String>,
+    /// Predict at most N samples (of this shard) for a quick look.
+    #[arg(long, value_name = "N", requires = "model")]
+    pub limit: Option<usize>,
+    /// Append one JSON line per sample: prompt, raw output, parsed answer or mask, correctness/IoU.
+    #[arg(long, value_name = "FILE.jsonl", requires = "model")]
+    pub log_samples: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto (f32 on CPU, bf16 on CUDA), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Maximum image tiles (default: the model's, 6 on CPU).
+    #[arg(long)]
+    pub max_tiles: Option<usize>,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Recompute an image's features for every sample (only to measure what reuse saves).
+    #[arg(long, hide = true)]
+    pub no_feature_reuse: bool,
+    /// Use only the local cache for hub models.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The merged predictions file (HardBLINK: a directory).
+    #[arg(long, value_name = "OUT")]
+    pub out: PathBuf,
+    /// The shard prediction files (HardBLINK: the shard directories), each with its `.done.json`.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,6 +154,14 @@ pub struct RefcocoArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// With --model: the COCO image directory (train2014) holding the instances' file_name.
+    #[arg(long, value_name = "DIR", requires = "model")]
+    pub images: Option<PathBuf>,
+    /// With --model: teacher-force "Sure, [SEG]." (LISA/GLaMM style) instead of generating.
+    #[arg(long, requires = "model")]
+    pub force_seg: bool,
+    #[command(flatten)]
+    pub run: ModelRunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -131,6 +186,8 @@ pub struct MmbenchArgs {
     pub per_question: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub run: ModelRunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +203,11 @@ pub struct HardblinkArgs {
     pub blink2: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+    /// With --model: the images root (default: ANNOTATIONS/images), holding blink{N}pointscenter/.
+    #[arg(long, value_name = "DIR", requires = "model")]
+    pub images: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: ModelRunArgs,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -153,7 +215,84 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Bench::Refcoco(a) => run_refcoco(a),
         Bench::Mmbench(a) => run_mmbench(a),
         Bench::Hardblink(a) => run_hardblink(a),
+        Bench::Merge(a) => run_merge(a),
     }
+}
+
+/// Load what `--model` runs need and translate the shared options.
+fn model_setup(r: &ModelRunArgs, predictions: &Path) -> Result<(PathBuf, candle_core::Device, candle_core::DType, predict::runs::RunOptions)> {
+    if predictions.as_os_str() == "-" {
+        return Err(Error::Usage("--model writes --predictions: give a file, not `-`".into()));
+    }
+    let spec = r.model.as_deref().expect("called with --model");
+    crate::util::tune_allocator();
+    let device = crate::models::device::parse_device(&r.device)?;
+    let dtype = crate::models::device::parse_dtype(&r.dtype, &device)?;
+    let mut hub_cfg = crate::hub::HubConfig::from_env();
+    hub_cfg.offline |= r.offline;
+    let dir = crate::hub::resolve_model(spec, &hub_cfg)?;
+    let shard = match &r.shard {
+        Some(s) => predict::Shard::parse(s)?,
+        None => predict::Shard::ALL,
+    };
+    let opts = predict::runs::RunOptions {
+        shard,
+        limit: r.limit,
+        log_samples: r.log_samples.clone(),
+        max_tiles: 0, // set once the model's default is known
+        generation: crate::models::generate::GenerateOptions { max_new_tokens: r.max_new_tokens, ..Default::default() },
+        force_seg: false,
+        reuse_features: !r.no_feature_reuse,
+        model_id: spec.to_string(),
+    };
+    Ok((dir, device, dtype, opts))
+}
+
+fn default_tiles(r: &ModelRunArgs, device: &candle_core::Device, model_default: usize) -> usize {
+    r.max_tiles.unwrap_or(if device.is_cpu() { 6.min(model_default) } else { model_default })
+}
+
+fn report_run(s: &predict::runs::RunSummary, o: &predict::runs::RunOptions, out: &Path) {
+    eprintln!(
+        "perceptio: {} of {} samples predicted now, {} resumed from {} ({:.2} samples/s){}",
+        s.predicted,
+        s.planned,
+        s.resumed,
+        out.display(),
+        s.samples_per_second(),
+        if o.shard.n > 1 { format!("; shard {}/{}", o.shard.k, o.shard.n) } else { String::new() }
+    );
+}
+
+/// After a model run: whether to go on and score (a shard alone is not scored).
+fn should_score(s: &predict::runs::RunSummary, o: &predict::runs::RunOptions, out: &Path) -> bool {
+    if o.shard.n > 1 {
+        println!(
+            "shard {}/{} {}: {}; combine all shards with `perceptio eval merge --out MERGED {}...` and score the merged file",
+            o.shard.k,
+            o.shard.n,
+            if s.complete { "complete" } else { "incomplete" },
+            out.display(),
+            out.display()
+        );
+        return false;
+    }
+    true
+}
+
+fn run_merge(a: MergeArgs) -> Result<()> {
+    if a.inputs.iter().all(|p| p.is_dir()) {
+        std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+        for n in hardblink::VARIANTS {
+            let files: Vec<PathBuf> = a.inputs.iter().map(|d| predict::runs::hardblink_output(d, n)).collect();
+            let k = predict::merge(&files, &predict::runs::hardblink_output(&a.out, n))?;
+            println!("{}: {k} lines", predict::runs::hardblink_output(&a.out, n).display());
+        }
+        return Ok(());
+    }
+    let k = predict::merge(&a.inputs, &a.out)?;
+    println!("{}: {k} lines from {} shards", a.out.display(), a.inputs.len());
+    Ok(())
 }
 
 /// A predictions path, spooling `-` (stdin) into a temp file so every reader takes a path.
@@ -210,8 +349,10 @@ fn pct(x: f64) -> String {
 }
 
 fn run_refcoco(a: RefcocoArgs) -> Result<()> {
-    let pred = input(&a.predictions, ".jsonl")?;
-    let (gt, label, meta) = if let Some(gt_path) = &a.annotations {
+    if a.run.model.is_some() && a.images.is_none() {
+        return Err(Error::Usage("--model needs --images DIR (the COCO train2014 images)".into()));
+    }
+    let (mut gt, label, meta) = if let Some(gt_path) = &a.annotations {
         let gt = refcoco::refer::load_gt_jsonl(gt_path)?;
         (gt, format!("{}", gt_path.display()), json!({"annotations": gt_path}))
     } else {
@@ -222,6 +363,28 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
         let label = format!("{} ({sb}) {}", dataset.dir(), split.name());
         (gt, label, json!({"dataset": dataset.dir(), "split": split.name(), "split_by": sb}))
     };
+    if a.run.model.is_some() {
+        let (dir, device, dtype, mut o) = model_setup(&a.run, &a.predictions)?;
+        let mut g = crate::models::perceptio::Grounder::load(&dir, &device, dtype)?;
+        o.max_tiles = default_tiles(&a.run, &device, g.chat.config().default_max_tiles());
+        o.force_seg = a.force_seg;
+        let mut run = meta.clone();
+        run["model"] = json!(o.model_id);
+        run["force_seg"] = json!(a.force_seg);
+        run["max_tiles"] = json!(o.max_tiles);
+        run["max_new_tokens"] = json!(a.run.max_new_tokens);
+        let s = predict::runs::refcoco(&mut g, &gt, a.images.as_deref().expect("checked"), &a.predictions, &run, &o)?;
+        report_run(&s, &o, &a.predictions);
+        if !should_score(&s, &o, &a.predictions) {
+            return Ok(());
+        }
+        if o.limit.is_some() {
+            // A quick look: score the sentences predicted so far.
+            let done = predict::PredictionFile::open(&a.predictions, "sent_id")?.done;
+            gt.samples.retain(|x| done.contains(&x.sent_id));
+        }
+    }
+    let pred = input(&a.predictions, ".jsonl")?;
     let report = refcoco::score(&gt, &pred.path)?;
     if let Some(p) = &a.per_sample {
         write_jsonl(p, &report.per_sample)?;
@@ -255,6 +418,17 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
 }
 
 fn run_mmbench(a: MmbenchArgs) -> Result<()> {
+    if a.run.model.is_some() {
+        let (dir, device, dtype, mut o) = model_setup(&a.run, &a.predictions)?;
+        let mut chat = crate::models::internvl::chat::ChatModel::load(&dir, &device, dtype)?;
+        o.max_tiles = default_tiles(&a.run, &device, chat.config().default_max_tiles());
+        let run = json!({"annotations": crate::util::sha256_file(&a.annotations)?, "model": o.model_id, "max_tiles": o.max_tiles, "max_new_tokens": a.run.max_new_tokens});
+        let s = predict::runs::mmbench(&mut chat, &a.annotations, &a.predictions, &run, &o)?;
+        report_run(&s, &o, &a.predictions);
+        if !should_score(&s, &o, &a.predictions) {
+            return Ok(());
+        }
+    }
     let pred = input(&a.predictions, ".jsonl")?;
     let ann = mmbench::read_annotations(&a.annotations)?;
     let preds = mmbench::read_predictions(&pred.path)?;
@@ -294,6 +468,18 @@ fn run_mmbench(a: MmbenchArgs) -> Result<()> {
 }
 
 fn run_hardblink(a: HardblinkArgs) -> Result<()> {
+    if a.run.model.is_some() {
+        let (dir, device, dtype, mut o) = model_setup(&a.run, &a.predictions)?;
+        let mut chat = crate::models::internvl::chat::ChatModel::load(&dir, &device, dtype)?;
+        o.max_tiles = default_tiles(&a.run, &device, chat.config().default_max_tiles());
+        let images = a.images.clone().unwrap_or_else(|| a.annotations.join("images"));
+        let run = json!({"model": o.model_id, "max_tiles": o.max_tiles, "max_new_tokens": a.run.max_new_tokens});
+        let s = predict::runs::hardblink(&mut chat, &a.annotations, &images, &a.predictions, &run, &o)?;
+        report_run(&s, &o, &a.predictions);
+        if !should_score(&s, &o, &a.predictions) {
+            return Ok(());
+        }
+    }
     let report = hardblink::score(&a.annotations, &a.predictions, a.blink2.as_deref())?;
     if a.json {
         let mut files: Vec<(String, PathBuf)> =

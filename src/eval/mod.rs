@@ -2,5 +2,6 @@
 
 pub mod hardblink;
 pub mod mmbench;
+pub mod predict;
 pub mod refcoco;
 pub mod rle;

@@ -48,6 +48,12 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     }
 }
 
+/// Decode an in-memory PNG/JPEG (e.g. base64 from an MMBench TSV) with the same checks as
+/// [`load_rgb`]; `name` labels errors.
+pub fn decode_rgb_bytes(bytes: &[u8], name: &Path) -> Result<RgbImage> {
+    decode_rgb(Cursor::new(bytes), name)
+}
+
 /// What the PNG header says (the IHDR chunk must come first in a valid PNG).
 struct PngHeader {
     width: u32,

@@ -81,8 +81,14 @@ impl Table {
     }
 }
 
-/// Read a TSV as pandas does with its defaults (`"` quoting, `""` escapes).
+/// Read a TSV as pandas does with its defaults (`"` quoting, `""` escapes); the `image`
+/// column is dropped (scoring never needs it).
 pub fn read_tsv(path: &Path) -> Result<Table> {
+    read_tsv_opts(path, false)
+}
+
+/// [`read_tsv`], keeping the base64 `image` column when `keep_images` (to run a model).
+pub fn read_tsv_opts(path: &Path, keep_images: bool) -> Result<Table> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut rdr = csv::ReaderBuilder::new().delimiter(b'\t').has_headers(true).flexible(true).from_reader(std::io::BufReader::new(file));
     let headers: Vec<String> = rdr
@@ -95,7 +101,7 @@ pub fn read_tsv(path: &Path) -> Result<Table> {
         return Err(Error::input(path, "empty TSV header"));
     }
     // Images are not needed for scoring; don't keep megabytes of base64 in memory.
-    let image_col = headers.iter().position(|h| h.eq_ignore_ascii_case("image"));
+    let image_col = headers.iter().position(|h| h.eq_ignore_ascii_case("image")).filter(|_| !keep_images);
     let mut rows = Vec::new();
     let mut lines = Vec::new();
     for rec in rdr.records() {

@@ -21,6 +21,10 @@ pub struct Sample {
     pub width: u32,
     /// Index into [`GroundTruth::masks`] (sentences of one ref share a mask).
     pub mask: usize,
+    /// The referring sentence (`sent` of the refs pickle, as Sa2VA's RES dataset reads it).
+    pub text: Option<String>,
+    /// The image's `file_name` in instances.json (to run a model on the split).
+    pub file_name: Option<String>,
 }
 
 /// The samples of one split plus every sentence id of the whole dataset.
@@ -42,6 +46,8 @@ pub struct Ref {
     pub image_id: i64,
     pub split: String,
     pub sent_ids: Vec<i64>,
+    /// `sent` of each sentence (empty string when absent).
+    pub sents: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +61,8 @@ struct ImageInfo {
     id: i64,
     height: u32,
     width: u32,
+    #[serde(default)]
+    file_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +120,8 @@ struct RefRaw {
 #[derive(Deserialize)]
 struct SentRaw {
     sent_id: i64,
+    #[serde(default)]
+    sent: Option<String>,
 }
 
 /// Parse the refs pickle (Python 2 era, protocol 0–2; Python 3 protocols also load).
@@ -122,7 +132,14 @@ pub fn load_refs(path: &Path) -> Result<Vec<Ref>> {
     if let Ok(raw) = serde_pickle::from_slice::<Vec<RefRaw>>(&bytes, serde_pickle::DeOptions::new().decode_strings()) {
         return Ok(raw
             .into_iter()
-            .map(|r| Ref { ref_id: r.ref_id, ann_id: r.ann_id, image_id: r.image_id, split: r.split, sent_ids: r.sentences.into_iter().map(|s| s.sent_id).collect() })
+            .map(|r| Ref {
+                ref_id: r.ref_id,
+                ann_id: r.ann_id,
+                image_id: r.image_id,
+                split: r.split,
+                sent_ids: r.sentences.iter().map(|s| s.sent_id).collect(),
+                sents: r.sentences.into_iter().map(|s| s.sent.unwrap_or_default()).collect(),
+            })
             .collect());
     }
     let value = serde_pickle::value_from_slice(&bytes, serde_pickle::DeOptions::new().decode_strings())
@@ -145,12 +162,14 @@ pub fn load_refs(path: &Path) -> Result<Vec<Ref>> {
             _ => return Err(bad("has no `sentences` list")),
         };
         let mut sent_ids = Vec::with_capacity(sents.len());
+        let mut texts = Vec::with_capacity(sents.len());
         for s in sents {
             let Pv::Dict(sd) = s else { return Err(bad("has a sentence that is not a dict")) };
             let id = sd.get(&key("sent_id")).and_then(pint).ok_or_else(|| bad("has a sentence without `sent_id`"))?;
             sent_ids.push(id);
+            texts.push(sd.get(&key("sent")).and_then(pstr).unwrap_or_default());
         }
-        refs.push(Ref { ref_id, ann_id, image_id, split, sent_ids });
+        refs.push(Ref { ref_id, ann_id, image_id, split, sent_ids, sents: texts });
     }
     Ok(refs)
 }
@@ -230,7 +249,7 @@ pub fn load_refer(root: &Path, dataset: &str, split_by: &str, split: &str, overl
         return Err(Error::input(&refs_file, format!("no refs in split `{split}` (splits present: {})", splits.join(", "))));
     }
     // Rasterise each chosen ref's annotation once, in parallel.
-    let masks: Vec<(Rle, u32, u32)> = chosen
+    let masks: Vec<(Rle, u32, u32, Option<String>)> = chosen
         .par_iter()
         .map(|r| {
             let img = images.get(&r.image_id).ok_or_else(|| {
@@ -241,15 +260,16 @@ pub fn load_refer(root: &Path, dataset: &str, split_by: &str, split: &str, overl
             })?;
             let m = segmentation_mask(&ann.segmentation, img.height, img.width, overlap)
                 .map_err(|e| Error::at(format!("{} annotation {}", inst_file.display(), ann.id), e))?;
-            Ok((m, img.height, img.width))
+            Ok((m, img.height, img.width, img.file_name.clone()))
         })
         .collect::<Result<_>>()?;
     let mut samples = Vec::new();
     let mut out_masks = Vec::with_capacity(masks.len());
-    for (i, (r, (m, h, w))) in chosen.iter().zip(masks).enumerate() {
+    for (i, (r, (m, h, w, file_name))) in chosen.iter().zip(masks).enumerate() {
         out_masks.push(m);
-        for &sent_id in &r.sent_ids {
-            samples.push(Sample { sent_id, ref_id: Some(r.ref_id), image_id: Some(r.image_id), height: h, width: w, mask: i });
+        for (j, &sent_id) in r.sent_ids.iter().enumerate() {
+            let text = r.sents.get(j).filter(|t| !t.is_empty()).cloned();
+            samples.push(Sample { sent_id, ref_id: Some(r.ref_id), image_id: Some(r.image_id), height: h, width: w, mask: i, text, file_name: file_name.clone() });
         }
     }
     check_unique(&samples, &refs_file)?;
@@ -276,10 +296,15 @@ struct GtLine {
     ref_id: Option<i64>,
     #[serde(default)]
     image_id: Option<i64>,
+    #[serde(default)]
+    sentence: Option<String>,
+    #[serde(default)]
+    file_name: Option<String>,
 }
 
 /// Load `--annotations GT.jsonl`: one line per sentence, `{"sent_id", "height", "width", "mask"}`
-/// (mask in any form the predictions accept; `null` = empty), optional `ref_id`, `image_id`.
+/// (mask in any form the predictions accept; `null` = empty), optional `ref_id`, `image_id`,
+/// and, to run a model on it, `sentence` and `file_name`.
 pub fn load_gt_jsonl(path: &Path) -> Result<GroundTruth> {
     let mut samples = Vec::new();
     let mut masks = Vec::new();
@@ -301,6 +326,8 @@ pub fn load_gt_jsonl(path: &Path) -> Result<GroundTruth> {
             height: g.height,
             width: g.width,
             mask: masks.len() - 1,
+            text: g.sentence,
+            file_name: g.file_name,
         });
         Ok(())
     })?;

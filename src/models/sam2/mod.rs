@@ -261,6 +261,13 @@ impl Mask {
 }
 
 impl Sam2 {
+    /// Forget the cached image features.
+    pub fn clear_cache(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
     /// Number of images whose features are cached.
     pub fn cached_images(&self) -> usize {
         self.cache.lock().map(|c| c.len()).unwrap_or(0)
