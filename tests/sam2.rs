@@ -206,3 +206,23 @@ fn sa2va_seg_path_matches_the_reference() {
     assert!(hit);
     assert_eq!(m.cached_images(), 1);
 }
+
+/// The same tiny weights with windows that need padding (64→70, 128→132, pooled 66 and 35,
+/// cropped back), goldens from tools/gen_sam2_window_goldens.py.
+#[test]
+fn padded_windows_match_meta() {
+    let g = candle_core::safetensors::load(fixture("sam2/goldens_windows.safetensors"), &Device::Cpu).unwrap();
+    let block = serde_json::json!({"trunk": {"num_heads": 1, "global_att_blocks": [], "window_spec": [8, 6, 14, 7]}, "decoder": {"num_heads": 2}});
+    let m = Sam2::load(&fixture("sam2/tiny_sam2.pt"), Some(&block), &Device::Cpu, DType::F32).unwrap();
+    let windows: Vec<usize> = m.config.trunk.blocks().iter().map(|b| b.window).collect();
+    assert_eq!(windows, vec![8, 8, 6, 14, 14]);
+    let img = chelsea();
+    let f = m.encode(&m.preprocess(&img, Preprocess::Sam2).unwrap()).unwrap();
+    spot(&g, "win.image_embed", &f.image_embed.squeeze(0).unwrap(), 5e-5);
+    let e = f.image_embed.squeeze(0).unwrap();
+    assert_close(&e.narrow(1, 56, 8).unwrap().narrow(2, 56, 8).unwrap(), &g["win.image_embed.crop_br"], 5e-5, "bottom-right (padded windows)");
+    let p = PointPrompt { points: vec![(225.0, 150.0, 1)], bbox: None };
+    let out = m.predict(&f, &p, (img.width(), img.height()), true).unwrap();
+    assert_close(&out.iou, &g["win.point.multi.iou"], 1e-4, "iou");
+    assert_close(&out.low_res_masks.squeeze(0).unwrap().narrow(1, 112, 32).unwrap().narrow(2, 112, 32).unwrap(), &g["win.point.multi.low_res_masks.crop_c"], 1e-4, "logits");
+}

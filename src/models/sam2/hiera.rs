@@ -134,23 +134,23 @@ impl Block {
         })
     }
 
-    /// MultiScaleAttention on (B, h, w, dim) → (B, h', w', dim_out).
+    /// MultiScaleAttention on (B, h, w, dim) → (B, h', w', dim_out). One copy puts q, k, v
+    /// head-major; q is max-pooled per head when the block pools.
     fn attn(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, _) = x.dims4()?;
         let (o, heads) = (self.spec.dim_out, self.spec.heads);
         let hd = o / heads;
-        let qkv = self.qkv.forward(x)?; // (b, h, w, 3·o)
-        let mut q = qkv.narrow(D::Minus1, 0, o)?;
+        let qkv = self.qkv.forward(x)?.reshape((b, h, w, 3, heads, hd))?.permute((3, 0, 4, 1, 2, 5))?.contiguous()?; // (3, b, heads, h, w, hd)
+        let mut q = qkv.get(0)?;
         let (mut hq, mut wq) = (h, w);
         if self.spec.q_pool {
-            q = max_pool2(&q)?;
-            hq = h / 2;
-            wq = w / 2;
+            (hq, wq) = (h / 2, w / 2);
+            let q2 = if h % 2 == 1 || w % 2 == 1 { q.narrow(2, 0, hq * 2)?.narrow(3, 0, wq * 2)? } else { q };
+            q = q2.reshape((b * heads, hq, 2, wq, 2, hd))?.max(4)?.max(2)?;
         }
-        let heads_first = |t: Tensor, n: usize| -> Result<Tensor> { t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous() };
-        let q = heads_first(q, hq * wq)?;
-        let k = heads_first(qkv.narrow(D::Minus1, o, o)?, h * w)?;
-        let v = heads_first(qkv.narrow(D::Minus1, 2 * o, o)?, h * w)?;
+        let q = q.reshape((b, heads, hq * wq, hd))?;
+        let k = qkv.get(1)?.reshape((b, heads, h * w, hd))?;
+        let v = qkv.get(2)?.reshape((b, heads, h * w, hd))?;
         let y = attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, hq, wq, o))?;
         self.attn_proj.forward(&y)
     }
