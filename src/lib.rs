@@ -10,6 +10,7 @@ pub mod hub;
 pub mod models;
 pub mod preprocess;
 pub mod render;
+pub mod train;
 pub mod util;
 
 pub use error::{Error, Result};

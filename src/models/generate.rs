@@ -36,8 +36,28 @@ pub struct Generation {
     pub decode_secs: f64,
 }
 
+/// Restricts which token may come next (e.g. Perceptio's depth block: after the start marker only
+/// code tokens, exactly grid h·w of them, then the end marker).
+pub trait LogitsConstraint {
+    /// Mask the next-token logits (1-d, vocab) of disallowed tokens with −∞.
+    fn apply(&self, logits: &Tensor) -> Result<Tensor>;
+    /// Record the token that was chosen.
+    fn advance(&mut self, id: u32);
+}
+
 /// Generate from prompt embeddings (1, L, h). `on_token` sees each id as it is produced.
-pub fn generate(model: &mut InternVl, embeds: &Tensor, opts: &GenerateOptions, mut on_token: impl FnMut(u32)) -> Result<Generation> {
+pub fn generate(model: &mut InternVl, embeds: &Tensor, opts: &GenerateOptions, on_token: impl FnMut(u32)) -> Result<Generation> {
+    generate_constrained(model, embeds, opts, None, on_token)
+}
+
+/// [`generate`] with an optional constraint on every step.
+pub fn generate_constrained(
+    model: &mut InternVl,
+    embeds: &Tensor,
+    opts: &GenerateOptions,
+    mut constraint: Option<&mut dyn LogitsConstraint>,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generation> {
     let sampling = match (opts.temperature, opts.top_p) {
         (t, _) if t <= 0.0 => Sampling::ArgMax,
         (t, Some(p)) => Sampling::TopP { p, temperature: t },
@@ -56,8 +76,14 @@ pub fn generate(model: &mut InternVl, embeds: &Tensor, opts: &GenerateOptions, m
     let mut stopped = false;
     let mut pos = prompt_tokens;
     while ids.len() < opts.max_new_tokens {
-        let logits = model.llm.logits(&last.unsqueeze(0)?)?.squeeze(0)?;
+        let mut logits = model.llm.logits(&last.unsqueeze(0)?)?.squeeze(0)?;
+        if let Some(c) = constraint.as_deref() {
+            logits = c.apply(&logits.to_dtype(candle_core::DType::F32)?)?;
+        }
         let next = proc.sample(&logits)?;
+        if let Some(c) = constraint.as_deref_mut() {
+            c.advance(next);
+        }
         ids.push(next);
         on_token(next);
         if opts.stop_ids.contains(&next) {

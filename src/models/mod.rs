@@ -3,6 +3,7 @@
 //! `tracing` span per module so a profile names the slow part.
 
 pub mod checkpoint;
+pub mod depth_tokens;
 pub mod device;
 pub mod fastops;
 pub mod generate;
@@ -14,3 +15,4 @@ pub mod qwen2;
 pub mod sam2;
 pub mod template;
 pub mod tiktoken;
+pub mod vqvae;
