@@ -138,7 +138,9 @@ pub fn refcoco(g: &mut Grounder, gt: &GroundTruth, images: &Path, out: &Path, ru
             let s = &gt.samples[k];
             let text = s.text.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| Error::at(format!("sent_id {}", s.sent_id), "has no sentence text (`sent` in the refs pickle)"))?;
             if !o.reuse_features {
-                g.sam2.clear_cache();
+                if let Some(s) = &g.sam2 {
+                    s.clear_cache();
+                }
                 vision = Some(g.vision(&img, o.max_tiles)?);
             }
             let r = g.segment(&img, vision.as_ref().expect("set above"), text, &sopts)?;

@@ -1,15 +1,23 @@
-//! The full grounding model: an InternVL/Sa2VA chat model whose `[SEG]` tokens prompt SAM2.
+//! The full model: an InternVL/Sa2VA chat model whose `[SEG]` tokens prompt SAM2 and whose depth
+//! tokens (Perceptio's spatial chain of thought) decode to a depth map through a VQ-VAE.
 //! `Grounder::segment` mirrors Sa2VA's `predict_forward` for one image: generate the reply,
 //! take the last-layer hidden state at each `[SEG]` (the position where `[SEG]` is fed back),
 //! project it with `text_hidden_fcs`, decode it with SAM2 on the Sa2VA-preprocessed photo,
 //! upsample 256 → 1024 → original size, threshold at 0, and OR the masks of all `[SEG]`s.
+//! `Grounder::respond` is the general chain (depth block, masks, answer) that `ask` and
+//! `depth` use.
+
+pub mod depth;
 
 use crate::error::{Error, Result};
-use crate::models::generate::GenerateOptions;
+use crate::models::depth_tokens::{DepthBlock, DepthParseError};
+use crate::models::generate::{generate_constrained, GenerateOptions, LogitsConstraint};
+use depth::{DepthHead, DepthImage};
 use crate::models::internvl::chat::{ChatModel, Vision};
 use crate::models::sam2::{upscale_logits, Mask, Preprocess, Sam2};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use image::RgbImage;
+use crate::models::checkpoint::Checkpoint;
 use std::path::Path;
 use std::time::Instant;
 
@@ -62,8 +70,56 @@ pub struct SegmentResult {
 
 pub struct Grounder {
     pub chat: ChatModel,
-    pub sam2: Sam2,
-    pub seg_id: u32,
+    pub sam2: Option<Sam2>,
+    pub seg_id: Option<u32>,
+    pub depth: Option<DepthHead>,
+}
+
+/// How `respond` decodes.
+#[derive(Debug, Clone)]
+pub struct RespondOptions {
+    pub generation: GenerateOptions,
+    /// Keep a depth block well-formed while decoding (exactly gh·gw codes, then the end marker).
+    pub constrain: bool,
+    /// Start the reply with the depth start marker, so the model must write a depth block.
+    pub force_depth: bool,
+}
+
+/// What a depth block in the reply gave.
+#[derive(Debug, Clone)]
+pub struct DepthOutcome {
+    /// The parsed block, or why the token stream is not a well-formed block.
+    pub block: std::result::Result<DepthBlock, DepthParseError>,
+    /// The decoded map at the photo's size (when the block parsed).
+    pub map: Option<DepthImage>,
+}
+
+/// The whole spatial chain of one reply.
+#[derive(Debug, Clone)]
+pub struct SpatialAnswer {
+    /// The reply with the depth block and `[SEG]` tokens removed.
+    pub answer: String,
+    pub text_with_spatial_tokens: String,
+    pub token_ids: Vec<u32>,
+    /// One mask per `[SEG]` with its predicted IoU and object score.
+    pub segments: Vec<(Mask, f32, f32)>,
+    /// `None` when the reply has no depth block (or the model has no depth tokens).
+    pub depth: Option<DepthOutcome>,
+    pub prompt_tokens: usize,
+    pub llm_s: f64,
+    pub sam2_s: f64,
+}
+
+/// Adapts the depth constraint to the generation loop.
+struct DepthGuard(crate::models::depth_tokens::DepthConstraint);
+
+impl LogitsConstraint for DepthGuard {
+    fn apply(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.apply(logits)
+    }
+    fn advance(&mut self, id: u32) {
+        let _ = self.0.advance(id);
+    }
 }
 
 impl Grounder {
@@ -75,13 +131,124 @@ impl Grounder {
             return Err(Error::input(dir, "the checkpoint has no text_hidden_fcs ([SEG] projection): it is not a Sa2VA-style grounding model"));
         }
         let seg_id = chat.tokenizer.token_to_id(SEG_TOKEN).ok_or_else(|| Error::input(dir.join("tokenizer.json"), "the tokenizer has no [SEG] token"))?;
-        // SAM2 is always run in f32 on CPU; on CUDA it follows the requested dtype.
         let sam2 = Sam2::load(dir, None, device, dtype)?;
-        let proj_out = chat.model.text_hidden_fcs.as_ref().map(|(_, b)| b.weight().dim(0).unwrap_or(0)).unwrap_or(0);
-        if proj_out != sam2.config.decoder.transformer_dim {
-            return Err(Error::input(dir, format!("text_hidden_fcs projects to {proj_out} but the SAM2 decoder is {} wide", sam2.config.decoder.transformer_dim)));
+        check_projection(&chat, &sam2, dir)?;
+        let depth = DepthHead::load(dir, &Checkpoint::open(dir)?.config, &chat.tokenizer, device, &crate::hub::HubConfig::from_env())?;
+        Ok(Self { chat, sam2: Some(sam2), seg_id: Some(seg_id), depth })
+    }
+
+    /// Load whatever the checkpoint has: the chat model always; SAM2 + `[SEG]` when it has
+    /// `text_hidden_fcs`, SAM2 tensors and the token; the depth head when `config.json` has a
+    /// `perceptio.depth` block.
+    pub fn load_any(dir: &Path, device: &Device, dtype: DType, hub: &crate::hub::HubConfig) -> Result<Self> {
+        let chat = ChatModel::load(dir, device, dtype)?;
+        let ck = Checkpoint::open(dir)?;
+        let seg_id = chat.tokenizer.token_to_id(SEG_TOKEN);
+        let mut sam2 = None;
+        if chat.model.text_hidden_fcs.is_some() && seg_id.is_some() {
+            let idx = crate::models::sam2::config::safetensors_shapes(&ck.weights)?;
+            if idx.contains_key(&format!("{}image_encoder.trunk.patch_embed.proj.weight", crate::models::sam2::SA2VA_PREFIX)) {
+                let m = Sam2::load(dir, None, device, dtype)?;
+                check_projection(&chat, &m, dir)?;
+                sam2 = Some(m);
+            }
         }
-        Ok(Self { chat, sam2, seg_id })
+        let depth = DepthHead::load(dir, &ck.config, &chat.tokenizer, device, hub)?;
+        let seg_id = if sam2.is_some() { seg_id } else { None };
+        Ok(Self { chat, sam2, seg_id, depth })
+    }
+
+    fn sam2(&self) -> Result<&Sam2> {
+        self.sam2.as_ref().ok_or_else(|| Error::at("model", "this checkpoint has no SAM2 grounding head"))
+    }
+
+    /// Masks of `[SEG]` hidden states on `img` (SAM2 features cached per image).
+    fn masks(&self, img: &RgbImage, seg_hidden: &[Tensor], timings: &mut SegmentTimings) -> Result<Vec<(Mask, f32, f32)>> {
+        let mut out = Vec::new();
+        if seg_hidden.is_empty() {
+            return Ok(out);
+        }
+        let sam2 = self.sam2()?;
+        let (w, h) = (img.width(), img.height());
+        let t = Instant::now();
+        let (feats, hit) = sam2.features(img, Preprocess::Sa2va).map_err(cerr)?;
+        timings.sam2_encode_s = t.elapsed().as_secs_f64();
+        timings.sam2_cached = hit;
+        let t = Instant::now();
+        for hs in seg_hidden {
+            let e = self.chat.model.seg_projection(&hs.unsqueeze(0).map_err(cerr)?).map_err(cerr)?.expect("checked at load");
+            let p = sam2.predict_seg(&feats, &e.to_device(&sam2.device).map_err(cerr)?).map_err(cerr)?;
+            let logits = upscale_logits(&p.low_res, (h, w), Some(sam2.config.image_size)).map_err(cerr)?;
+            let m = Mask::from_logits(&logits.to_device(&Device::Cpu).map_err(cerr)?).map_err(cerr)?;
+            out.push((m, p.iou[p.best], p.object_score));
+        }
+        timings.sam2_decode_s = t.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    /// The general chain for one user turn: generate (depth block kept well-formed when
+    /// `constrain`), decode the depth block with the VQ-VAE, `[SEG]`s with SAM2, and the answer.
+    pub fn respond(&mut self, img: &RgbImage, vision: &Vision, user: &str, o: &RespondOptions) -> Result<SpatialAnswer> {
+        let t = Instant::now();
+        let (_, mut embeds) = self.chat.embed_prompt(vision, user)?;
+        let mut opts = o.generation.clone();
+        if opts.stop_ids.is_empty() {
+            opts.stop_ids = self.chat.stop_ids.clone();
+        }
+        let mut guard = self.depth.as_ref().map(|d| DepthGuard(d.constraint()));
+        let mut prefix: Vec<u32> = Vec::new();
+        if o.force_depth {
+            let d = self.depth.as_ref().ok_or_else(|| Error::at("model", "this checkpoint has no depth tokens (no `perceptio.depth` block in config.json)"))?;
+            let start = d.ids.start;
+            let e = self.chat.model.llm.embed(&Tensor::new(&[[start]], embeds.device()).map_err(cerr)?).map_err(cerr)?;
+            embeds = Tensor::cat(&[&embeds, &e], 1).map_err(cerr)?;
+            if let Some(g) = guard.as_mut() {
+                g.advance(start);
+            }
+            prefix.push(start);
+        }
+        let c: Option<&mut dyn LogitsConstraint> = if o.constrain { guard.as_mut().map(|g| g as &mut dyn LogitsConstraint) } else { None };
+        let g = generate_constrained(&mut self.chat.model, &embeds, &opts, c, |_| {}).map_err(cerr)?;
+        let llm_s = t.elapsed().as_secs_f64();
+        let seg_hidden: Vec<Tensor> = match self.seg_id {
+            Some(sid) => g.ids.iter().zip(&g.hidden).filter(|(&id, _)| id == sid).map(|(_, h)| h.clone()).collect(),
+            None => vec![],
+        };
+        let mut ids: Vec<u32> = prefix;
+        ids.extend(g.ids.iter().copied().filter(|i| !opts.stop_ids.contains(i)));
+        let decode = |v: &[u32]| self.chat.tokenizer.decode(v, false).map_err(|e| Error::at("tokenizer", e.to_string()));
+        let text_with_spatial_tokens = decode(&ids)?.trim().to_string();
+        let (w, h) = (img.width(), img.height());
+        let mut depth = None;
+        let mut spatial: Vec<bool> = vec![false; ids.len()];
+        if let Some(d) = &self.depth {
+            match d.ids.parse(&ids) {
+                Ok(Some(block)) => {
+                    spatial[block.start_pos..=block.end_pos].iter_mut().for_each(|x| *x = true);
+                    let map = d.decode(&block, (w, h)).map_err(cerr)?;
+                    depth = Some(DepthOutcome { block: Ok(block), map: Some(map) });
+                }
+                Ok(None) => {}
+                Err(e) => depth = Some(DepthOutcome { block: Err(e), map: None }),
+            }
+        }
+        if let Some(sid) = self.seg_id {
+            ids.iter().zip(spatial.iter_mut()).for_each(|(&id, s)| *s |= id == sid);
+        }
+        let plain: Vec<u32> = ids.iter().zip(&spatial).filter(|(_, s)| !**s).map(|(&i, _)| i).collect();
+        let answer = decode(&plain)?.trim().to_string();
+        let mut timings = SegmentTimings::default();
+        let segments = self.masks(img, &seg_hidden, &mut timings)?;
+        Ok(SpatialAnswer {
+            answer,
+            text_with_spatial_tokens,
+            token_ids: g.ids,
+            segments,
+            depth,
+            prompt_tokens: g.prompt_tokens,
+            llm_s,
+            sam2_s: timings.sam2_encode_s + timings.sam2_decode_s,
+        })
     }
 
     /// InternVL features of the photo (reuse them for several expressions).
@@ -100,13 +267,15 @@ impl Grounder {
         let t = Instant::now();
         let (token_ids, text, seg_hidden) = if opts.force_seg {
             let (ids, h) = self.chat.force_reply(vision, prompt, FORCED_REPLY)?;
-            let rows: Vec<Tensor> = ids.iter().enumerate().filter(|(_, &id)| id == self.seg_id).map(|(i, _)| h.i(i)).collect::<candle_core::Result<_>>().map_err(cerr)?;
+            let sid = self.seg_id.ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
+            let rows: Vec<Tensor> = ids.iter().enumerate().filter(|(_, &id)| id == sid).map(|(i, _)| h.i(i)).collect::<candle_core::Result<_>>().map_err(cerr)?;
             (ids, FORCED_REPLY.to_string(), rows)
         } else {
             let a = self.chat.reply(vision, prompt, &opts.generation, |_| {})?;
             let g = &a.generation;
             // Sa2VA reads hidden states of output_ids[:-1]: a [SEG] that is the very last token has none.
-            let rows = g.ids.iter().zip(&g.hidden).filter(|(&id, _)| id == self.seg_id).map(|(_, h)| h.clone()).collect();
+            let sid = self.seg_id.ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
+            let rows = g.ids.iter().zip(&g.hidden).filter(|(&id, _)| id == sid).map(|(_, h)| h.clone()).collect();
             let stops = &self.chat.stop_ids;
             let kept: Vec<u32> = g.ids.iter().copied().filter(|i| !stops.contains(i)).collect();
             let text = self.chat.tokenizer.decode(&kept, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
@@ -115,24 +284,13 @@ impl Grounder {
         let llm_s = t.elapsed().as_secs_f64();
         let (w, h) = (img.width(), img.height());
         let mut timings = SegmentTimings { vision_s: vision.secs, llm_s, ..Default::default() };
+        let segs = self.masks(img, &seg_hidden, &mut timings)?;
         let mut mask = Mask::empty(w, h);
-        let (mut scores, mut object_scores) = (vec![], vec![]);
-        if !seg_hidden.is_empty() {
-            let t = Instant::now();
-            let (feats, hit) = self.sam2.features(img, Preprocess::Sa2va).map_err(cerr)?;
-            timings.sam2_encode_s = t.elapsed().as_secs_f64();
-            timings.sam2_cached = hit;
-            let t = Instant::now();
-            for hs in &seg_hidden {
-                let e = self.chat.model.seg_projection(&hs.unsqueeze(0).map_err(cerr)?).map_err(cerr)?.expect("checked at load");
-                let p = self.sam2.predict_seg(&feats, &e.to_device(&self.sam2.device).map_err(cerr)?).map_err(cerr)?;
-                let logits = upscale_logits(&p.low_res, (h, w), Some(self.sam2.config.image_size)).map_err(cerr)?;
-                mask.or(&Mask::from_logits(&logits.to_device(&Device::Cpu).map_err(cerr)?).map_err(cerr)?);
-                scores.push(p.iou[p.best]);
-                object_scores.push(p.object_score);
-            }
-            timings.sam2_decode_s = t.elapsed().as_secs_f64();
+        for (m, _, _) in &segs {
+            mask.or(m);
         }
+        let scores = segs.iter().map(|s| s.1).collect();
+        let object_scores = segs.iter().map(|s| s.2).collect();
         Ok(SegmentResult {
             expression: expression.to_string(),
             prompt: prompt.to_string(),
@@ -145,6 +303,14 @@ impl Grounder {
             timings,
         })
     }
+}
+
+fn check_projection(chat: &ChatModel, sam2: &Sam2, dir: &Path) -> Result<()> {
+    let proj_out = chat.model.text_hidden_fcs.as_ref().map(|(_, b)| b.weight().dim(0).unwrap_or(0)).unwrap_or(0);
+    if proj_out != sam2.config.decoder.transformer_dim {
+        return Err(Error::input(dir, format!("text_hidden_fcs projects to {proj_out} but the SAM2 decoder is {} wide", sam2.config.decoder.transformer_dim)));
+    }
+    Ok(())
 }
 
 fn cerr(e: candle_core::Error) -> Error {
