@@ -3,6 +3,7 @@
 //! `tracing` span per module so a profile names the slow part.
 
 pub mod checkpoint;
+pub mod depth_anything;
 pub mod depth_tokens;
 pub mod device;
 pub mod fastops;
