@@ -185,11 +185,3 @@ fn bad_refer_files_are_clear_errors() {
     assert!(stderr(&o).contains("refs(google).p"), "{}", stderr(&o));
 }
 
-#[test]
-fn unbuilt_commands_exit_2() {
-    for cmd in ["depth"] {
-        let o = run(&[cmd, "img.jpg", "the red cup"], None);
-        assert_eq!(o.status.code(), Some(2), "{cmd}");
-        assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));
-    }
-}

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::hub::{self, HubConfig};
 use crate::models::device::{parse_device, parse_dtype};
 use crate::models::generate::GenerateOptions;
-use crate::models::internvl::chat::ChatModel;
+use crate::models::perceptio::{Grounder, RespondOptions};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -47,6 +47,13 @@ pub struct AskArgs {
     /// Use only the local cache for hub models.
     #[arg(long)]
     pub offline: bool,
+    /// Decode without keeping a depth block well-formed (for diagnosis).
+    #[arg(long)]
+    pub no_constrain: bool,
+    /// Write the spatial outputs here: mask-N.png per [SEG], overlay.png, depth.png (16-bit),
+    /// depth_color.png, answer.json.
+    #[arg(long, value_name = "DIR")]
+    pub save_dir: Option<PathBuf>,
 }
 
 pub fn run(a: AskArgs) -> Result<()> {
@@ -61,17 +68,20 @@ pub fn run(a: AskArgs) -> Result<()> {
     hub_cfg.offline |= a.offline;
     let dir = hub::resolve_model(&a.model, &hub_cfg)?;
     let t_load = std::time::Instant::now();
-    let mut chat = ChatModel::load(&dir, &device, dtype)?;
+    let mut g = Grounder::load_any(&dir, &device, dtype, &hub_cfg)?;
     let load_secs = t_load.elapsed().as_secs_f64();
-    let max_tiles = a.max_tiles.unwrap_or(if device.is_cpu() { CPU_DEFAULT_TILES.min(chat.config().default_max_tiles()) } else { chat.config().default_max_tiles() });
+    let cfg = g.chat.config();
+    let max_tiles = a.max_tiles.unwrap_or(if device.is_cpu() { CPU_DEFAULT_TILES.min(cfg.default_max_tiles()) } else { cfg.default_max_tiles() });
     let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed, stop_ids: vec![] };
     let stream = !a.json;
-    let tokenizer = chat.tokenizer.clone();
-    let stops = chat.stop_ids.clone();
+    let tokenizer = g.chat.tokenizer.clone();
+    let stops = g.chat.stop_ids.clone();
     let mut out = std::io::stdout().lock();
     let mut shown = String::new();
     let mut ids: Vec<u32> = Vec::new();
-    let answer = chat.ask(&img, &a.question, max_tiles, &opts, |id| {
+    let vision = g.vision(&img, max_tiles)?;
+    let ro = RespondOptions { generation: opts, constrain: !a.no_constrain, force_depth: false };
+    let r = g.respond(&img, &vision, &format!("<image>\n{}", a.question), &ro, |id| {
         if !stream || stops.contains(&id) {
             return;
         }
@@ -85,28 +95,61 @@ pub fn run(a: AskArgs) -> Result<()> {
         }
     })?;
     let w = |e: std::io::Error| Error::io("<stdout>", e);
+    let segments: Vec<serde_json::Value> = r
+        .segments
+        .iter()
+        .map(|(m, score, obj)| -> Result<serde_json::Value> {
+            let rle = crate::render::mask_rle(m)?;
+            let area = rle.area();
+            Ok(serde_json::json!({"mask": crate::render::rle_json(&rle), "area": area, "bbox": if area > 0 { serde_json::json!(rle.bbox()) } else { serde_json::Value::Null }, "score": score, "object_score": obj}))
+        })
+        .collect::<Result<_>>()?;
+    let depth = match &r.depth {
+        Some(d) => match &d.block {
+            Ok(b) => serde_json::json!({"tokens": b.codes, "grid": [b.grid.0, b.grid.1]}),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        },
+        None => serde_json::Value::Null,
+    };
+    if let Some(dir) = &a.save_dir {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for (i, (m, _, _)) in r.segments.iter().enumerate() {
+            crate::util::atomic::write(&dir.join(format!("mask-{}.png", i + 1)), &crate::render::mask_png(m)?)?;
+        }
+        if !r.segments.is_empty() {
+            let ms: Vec<&crate::models::sam2::Mask> = r.segments.iter().map(|s| &s.0).collect();
+            crate::util::atomic::write(&dir.join("overlay.png"), &crate::render::overlay_png(&img, &ms)?)?;
+        }
+        if let Some(map) = r.depth.as_ref().and_then(|d| d.map.as_ref()) {
+            crate::models::vqvae::io::write_png16(&dir.join("depth.png"), &map.data, map.width as usize, map.height as usize)?;
+            crate::models::vqvae::io::write_turbo_png(&dir.join("depth_color.png"), &map.data, map.width as usize, map.height as usize)?;
+        }
+    }
+    let v = serde_json::json!({
+        "answer": r.answer,
+        "segments": segments,
+        "depth": depth,
+        "text_with_spatial_tokens": r.text_with_spatial_tokens,
+        "token_ids": r.token_ids,
+        "tokens_generated": r.token_ids.len(),
+        "prompt_tokens": r.prompt_tokens,
+        "tiles": vision.n_tiles,
+        "grid": [vision.grid.cols, vision.grid.rows],
+        "model": dir,
+        "device": format!("{:?}", device),
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "timings": {
+            "load_s": load_secs,
+            "vision_s": vision.secs,
+            "llm_s": r.llm_s,
+            "sam2_s": r.sam2_s,
+            "decode_tok_per_s": r.token_ids.len() as f64 / r.llm_s.max(1e-9),
+        },
+    });
+    if let Some(dir) = &a.save_dir {
+        crate::util::atomic::write(&dir.join("answer.json"), serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes())?;
+    }
     if a.json {
-        let g = &answer.generation;
-        let v = serde_json::json!({
-            "answer": answer.text,
-            "token_ids": g.ids,
-            "tokens_generated": g.ids.len(),
-            "stopped": g.stopped,
-            "prompt_tokens": g.prompt_tokens,
-            "tiles": answer.n_tiles,
-            "grid": [answer.grid.cols, answer.grid.rows],
-            "model": dir,
-            "device": format!("{:?}", device),
-            "dtype": format!("{dtype:?}").to_lowercase(),
-            "timings": {
-                "load_s": load_secs,
-                "vision_s": answer.vision_secs,
-                "prefill_s": g.prefill_secs,
-                "decode_s": g.decode_secs,
-                "prefill_tok_per_s": g.prompt_tokens as f64 / g.prefill_secs.max(1e-9),
-                "decode_tok_per_s": g.ids.len() as f64 / g.decode_secs.max(1e-9),
-            },
-        });
         serde_json::to_writer_pretty(&mut out, &v).map_err(|e| w(e.into()))?;
         writeln!(out).map_err(w)?;
     } else {

@@ -1,11 +1,12 @@
 //! Command-line interface: argument parsing and output only; the work lives in the library.
 
 mod ask;
+mod depth;
 mod download;
 mod eval;
 mod segment;
 
-use crate::error::{exit, Error, Result};
+use crate::error::{exit, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -23,17 +24,11 @@ pub enum Command {
     Download(download::DownloadArgs),
     /// Segment what a referring expression names (Sa2VA-style model), or a --point/--box (SAM2).
     Segment(segment::SegmentArgs),
-    /// Estimate depth through the model's depth tokens (not implemented yet).
-    Depth(Pending),
+    /// A depth map from the model's depth tokens, or the Depth Anything V2 teacher, or the
+    /// teacher's map as depth tokens.
+    Depth(depth::DepthArgs),
     /// Answer a question about an image with an InternVL2.5 / Sa2VA model.
     Ask(ask::AskArgs),
-}
-
-/// Arguments of a command that is not built yet: accepted as-is so the message is clear.
-#[derive(clap::Args, Debug)]
-pub struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
 }
 
 /// Run the CLI and return the process exit code.
@@ -59,7 +54,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Eval(args) => eval::run(args).map(|_| exit::OK),
         Command::Download(args) => download::run(args).map(|_| exit::OK),
         Command::Segment(args) => segment::run(args),
-        Command::Depth(_) => Err(Error::NotImplemented("perceptio depth".into())),
+        Command::Depth(args) => depth::run(args),
         Command::Ask(args) => ask::run(args).map(|_| exit::OK),
     }
 }

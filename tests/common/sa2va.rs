@@ -32,3 +32,43 @@ pub fn assemble(dir: &Path) {
     }
 }
 
+
+/// Turn the assembled Sa2VA checkpoint in `dir` into a tiny Perceptio checkpoint: depth tokens
+/// `<DEPTH_START>`, `<DEPTH_END>`, `<DEPTH_0..15>` added to the tokenizer, the (tied) embedding
+/// matrix grown by as many random rows (as `resize_token_embeddings` would), the tiny VQ-VAE of
+/// fixtures/depth as `vqvae.pt`, and a `perceptio.depth` block (3×3 grid, 16 codes).
+pub fn add_depth_tokens(dir: &Path) {
+    let tok_path = dir.join("tokenizer.json");
+    let mut tok: serde_json::Value = serde_json::from_slice(&std::fs::read(&tok_path).unwrap()).unwrap();
+    let base = 417u32;
+    let mut names = vec!["<DEPTH_START>".to_string(), "<DEPTH_END>".to_string()];
+    names.extend((0..16).map(|k| format!("<DEPTH_{k}>")));
+    for (i, n) in names.iter().enumerate() {
+        tok["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
+            "id": base + i as u32, "content": n, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true
+        }));
+    }
+    std::fs::write(&tok_path, tok.to_string()).unwrap();
+    let shard = dir.join("model-00001-of-00003.safetensors");
+    let mut t = candle_core::safetensors::load(&shard, &Device::Cpu).unwrap();
+    let key = "language_model.model.embed_tokens.weight";
+    let e = t[key].to_dtype(candle_core::DType::F32).unwrap();
+    let (_, h) = e.dims2().unwrap();
+    // Deterministic "random" rows with the scale of the existing ones.
+    let rows: Vec<f32> = (0..names.len() * h).map(|i| ((i as f32 * 12.9898).sin() * 43758.547).fract() * 0.04).collect();
+    let extra = Tensor::from_vec(rows, (names.len(), h), &Device::Cpu).unwrap();
+    let grown = Tensor::cat(&[&e, &extra], 0).unwrap().to_dtype(t[key].dtype()).unwrap();
+    t.insert(key.to_string(), grown);
+    candle_core::safetensors::save(&t, &shard).unwrap();
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["llm_config"]["vocab_size"] = serde_json::json!(base as usize + names.len());
+    let vq: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("depth/goldens.json")).unwrap()).unwrap();
+    cfg["perceptio"] = serde_json::json!({"depth": {
+        "tokens": {"grid": [3, 3], "codebook_size": 16},
+        "vqvae": {"file": "vqvae.pt"},
+        "vqvae_config": vq["tiny_config"],
+    }});
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    std::fs::copy(fixture("depth/tiny_vqvae.pt"), dir.join("vqvae.pt")).unwrap();
+}

@@ -188,7 +188,7 @@ impl Grounder {
 
     /// The general chain for one user turn: generate (depth block kept well-formed when
     /// `constrain`), decode the depth block with the VQ-VAE, `[SEG]`s with SAM2, and the answer.
-    pub fn respond(&mut self, img: &RgbImage, vision: &Vision, user: &str, o: &RespondOptions) -> Result<SpatialAnswer> {
+    pub fn respond(&mut self, img: &RgbImage, vision: &Vision, user: &str, o: &RespondOptions, on_token: impl FnMut(u32)) -> Result<SpatialAnswer> {
         let t = Instant::now();
         let (_, mut embeds) = self.chat.embed_prompt(vision, user)?;
         let mut opts = o.generation.clone();
@@ -208,7 +208,7 @@ impl Grounder {
             prefix.push(start);
         }
         let c: Option<&mut dyn LogitsConstraint> = if o.constrain { guard.as_mut().map(|g| g as &mut dyn LogitsConstraint) } else { None };
-        let g = generate_constrained(&mut self.chat.model, &embeds, &opts, c, |_| {}).map_err(cerr)?;
+        let g = generate_constrained(&mut self.chat.model, &embeds, &opts, c, on_token).map_err(cerr)?;
         let llm_s = t.elapsed().as_secs_f64();
         let seg_hidden: Vec<Tensor> = match self.seg_id {
             Some(sid) => g.ids.iter().zip(&g.hidden).filter(|(&id, _)| id == sid).map(|(_, h)| h.clone()).collect(),
