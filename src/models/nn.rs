@@ -37,8 +37,19 @@ impl Linear {
 }
 
 impl Module for Linear {
+    /// Leading dimensions are folded into one matmul: candle_nn's Linear would run one small
+    /// GEMM per leading index of a 4-d input (e.g. 8192 GEMMs of 8 rows for Hiera's windows).
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
+        let dims = xs.dims();
+        if dims.len() > 2 && xs.is_contiguous() {
+            let k = dims[dims.len() - 1];
+            let rows = xs.elem_count() / k.max(1);
+            let y = self.inner.forward(&xs.reshape((rows, k))?)?;
+            let mut out = dims.to_vec();
+            *out.last_mut().expect("rank > 2") = y.dim(1)?;
+            return y.reshape(out);
+        }
         self.inner.forward(xs)
     }
 }

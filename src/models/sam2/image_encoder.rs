@@ -5,6 +5,7 @@
 
 use super::config::{NeckConfig, Sam2Config};
 use super::hiera::Hiera;
+use crate::models::nn::Linear;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -15,11 +16,36 @@ pub struct ImageFeatures {
     pub image_embed: Tensor,
     /// `conv_s0`/`conv_s1` of the 1/4 and 1/8 levels: (1, C/8, 256, 256), (1, C/4, 128, 128).
     pub high_res: Option<(Tensor, Tensor)>,
+    /// The same two maps channels-last (1, H, W, C), which the mask decoder's upscaler reads.
+    pub high_res_cl: Option<(Tensor, Tensor)>,
+}
+
+/// A 1×1 convolution applied channels-last as a matmul (candle's CPU conv2d is far slower here).
+#[derive(Debug, Clone)]
+struct Conv1x1(Linear);
+
+impl Conv1x1 {
+    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        let w = vb.get((cout, cin, 1, 1), "weight")?.reshape((cout, cin))?;
+        Ok(Self(Linear::from_weights(w, Some(vb.get(cout, "bias")?))))
+    }
+}
+
+impl Module for Conv1x1 {
+    /// (B, H, W, Cin) → (B, H, W, Cout).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.0.forward(x)
+    }
+}
+
+/// Channels-last → NCHW, contiguous.
+fn nchw(x: &Tensor) -> Result<Tensor> {
+    x.permute((0, 3, 1, 2))?.contiguous()
 }
 
 #[derive(Debug, Clone)]
 struct FpnNeck {
-    convs: Vec<candle_nn::Conv2d>,
+    convs: Vec<Conv1x1>,
     cfg: NeckConfig,
     span: tracing::Span,
 }
@@ -30,12 +56,13 @@ impl FpnNeck {
             .backbone_channel_list
             .iter()
             .enumerate()
-            .map(|(i, &c)| candle_nn::conv2d(c, cfg.d_model, 1, Default::default(), vb.pp(format!("convs.{i}.conv"))))
+            .map(|(i, &c)| Conv1x1::new(c, cfg.d_model, vb.pp(format!("convs.{i}.conv"))))
             .collect::<Result<_>>()?;
         Ok(Self { convs, cfg: cfg.clone(), span: tracing::span!(tracing::Level::TRACE, "sam2-fpn-neck") })
     }
 
-    /// Trunk outputs (highest resolution first) → neck outputs in the same order.
+    /// Trunk outputs (highest resolution first, channels-last) → neck outputs in the same order
+    /// (channels-last).
     fn forward(&self, xs: &[Tensor]) -> Result<Vec<Tensor>> {
         let _g = self.span.enter();
         let n = self.convs.len();
@@ -48,11 +75,11 @@ impl FpnNeck {
             let lateral = self.convs[n - 1 - i].forward(&xs[i])?;
             let cur = match (&prev, self.cfg.fpn_top_down_levels.contains(&i)) {
                 (Some(p), true) => {
-                    let (_, _, h, w) = p.dims4()?;
+                    let (b, h, w, c) = p.dims4()?;
                     let up = if self.cfg.fpn_interp_model == "nearest" {
-                        p.upsample_nearest2d(2 * h, 2 * w)?
+                        p.reshape((b, h, 1, w, 1, c))?.expand((b, h, 2, w, 2, c))?.reshape((b, 2 * h, 2 * w, c))?
                     } else {
-                        p.upsample_bilinear2d(2 * h, 2 * w, false)?
+                        p.permute((0, 3, 1, 2))?.upsample_bilinear2d(2 * h, 2 * w, false)?.permute((0, 2, 3, 1))?
                     };
                     let s = (lateral + up)?;
                     if self.cfg.fuse_type == "avg" {
@@ -77,7 +104,7 @@ pub struct ImageEncoder {
     trunk: Hiera,
     neck: FpnNeck,
     scalp: usize,
-    conv_s: Option<(candle_nn::Conv2d, candle_nn::Conv2d)>,
+    conv_s: Option<(Conv1x1, Conv1x1)>,
     no_mem_embed: Option<Tensor>,
     span: tracing::Span,
 }
@@ -89,7 +116,7 @@ impl ImageEncoder {
         let conv_s = if cfg.decoder.use_high_res_features {
             let md = vb.pp("sam_mask_decoder");
             let t = cfg.decoder.transformer_dim;
-            Some((candle_nn::conv2d(t, t / 8, 1, Default::default(), md.pp("conv_s0"))?, candle_nn::conv2d(t, t / 4, 1, Default::default(), md.pp("conv_s1"))?))
+            Some((Conv1x1::new(t, t / 8, md.pp("conv_s0"))?, Conv1x1::new(t, t / 4, md.pp("conv_s1"))?))
         } else {
             None
         };
@@ -117,13 +144,17 @@ impl ImageEncoder {
         let feats = &feats[..keep];
         let mut image_embed = feats[keep - 1].clone();
         if let Some(e) = &self.no_mem_embed {
-            let c = e.dim(2)?;
-            image_embed = image_embed.broadcast_add(&e.reshape((1, c, 1, 1))?.to_dtype(image_embed.dtype())?)?;
+            image_embed = image_embed.broadcast_add(&e.to_dtype(image_embed.dtype())?)?;
         }
-        let high_res = match &self.conv_s {
+        let image_embed = nchw(&image_embed)?;
+        let high_res_cl = match &self.conv_s {
             Some((s0, s1)) => Some((s0.forward(&feats[0])?, s1.forward(&feats[1])?)),
             None => None,
         };
-        Ok(ImageFeatures { image_embed, high_res })
+        let high_res = match &high_res_cl {
+            Some((a, b)) => Some((nchw(a)?, nchw(b)?)),
+            None => None,
+        };
+        Ok(ImageFeatures { image_embed, high_res, high_res_cl })
     }
 }

@@ -159,7 +159,7 @@ impl TwoWayTransformer {
     }
 }
 
-/// LayerNorm over the channel axis of NCHW (eps 1e-6), as SAM's `LayerNorm2d`.
+/// SAM's `LayerNorm2d` (over channels, eps 1e-6), applied channels-last.
 #[derive(Debug, Clone)]
 struct LayerNorm2d {
     weight: Tensor,
@@ -168,16 +168,12 @@ struct LayerNorm2d {
 
 impl Module for LayerNorm2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c = self.weight.dim(0)?;
-        let u = x.mean_keepdim(1)?;
-        let xc = x.broadcast_sub(&u)?;
-        let s = xc.sqr()?.mean_keepdim(1)?;
-        let x = xc.broadcast_div(&(s + 1e-6)?.sqrt()?)?;
-        x.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight.to_dtype(x.dtype())?, &self.bias.to_dtype(x.dtype())?, 1e-6)
     }
 }
 
-/// A 2×2 stride-2 transposed convolution as one matmul (each input pixel paints a 2×2 block).
+/// A 2×2 stride-2 transposed convolution as one matmul (each input pixel paints a 2×2 block),
+/// channels-last: (b, h·w, in) with the grid (h, w) → (b, 2h, 2w, out).
 #[derive(Debug, Clone)]
 struct Up2 {
     w: Tensor, // (in, out·4)
@@ -190,14 +186,22 @@ impl Up2 {
         let w = vb.get((cin, cout, 2, 2), "weight")?;
         Ok(Self { w: w.reshape((cin, cout * 4))?, b: vb.get(cout, "bias")?, out: cout })
     }
+
+    fn forward(&self, x: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let y = x.reshape((b * n, c))?.matmul(&self.w.to_dtype(x.dtype())?)?; // (b·hw, out·4), column = o·4 + ky·2 + kx
+        let y = y.reshape((b, h, w, self.out, 2, 2))?.permute((0, 1, 4, 2, 5, 3))?.reshape((b, 2 * h, 2 * w, self.out))?;
+        y.broadcast_add(&self.b.to_dtype(x.dtype())?)
+    }
 }
 
-impl Module for Up2 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, _, h, w) = x.dims4()?;
-        let y = x.flatten_from(2)?.transpose(1, 2)?.broadcast_matmul(&self.w)?; // (b, hw, out·4)
-        let y = y.reshape((b, h, w, self.out, 2, 2))?.permute((0, 3, 1, 4, 2, 5))?.reshape((b, self.out, 2 * h, 2 * w))?;
-        y.broadcast_add(&self.b.reshape((1, self.out, 1, 1))?)
+/// Repeat a (1, h, w, c) map over a batch of `b` prompts.
+fn rep_cl(t: &Tensor, b: usize) -> Result<Tensor> {
+    let (n, h, w, c) = t.dims4()?;
+    if n == b {
+        Ok(t.clone())
+    } else {
+        t.expand((b, h, w, c))?.contiguous()
     }
 }
 
@@ -260,7 +264,8 @@ impl MaskDecoder {
         })
     }
 
-    /// `MaskDecoder.forward` with `repeat_image` when the prompt batch exceeds the image batch.
+    /// `MaskDecoder.forward` with `repeat_image` when the prompt batch exceeds the image batch;
+    /// `high_res` are the two `conv_s` maps channels-last.
     pub fn forward(
         &self,
         image_embed: &Tensor,
@@ -298,18 +303,26 @@ impl MaskDecoder {
         let iou_out = hs.narrow(1, s, 1)?.squeeze(1)?;
         let n_masks = self.mask_tokens.dim(0)?;
         let mask_out = hs.narrow(1, s + 1, n_masks)?;
-        let src = src.transpose(1, 2)?.reshape((b, c, h, w))?;
+        let _ = c;
+        let flat = |t: Tensor| -> Result<Tensor> {
+            let (b, h, w, c) = t.dims4()?;
+            t.reshape((b, h * w, c))
+        };
+        let up = self.up1.forward(&src.contiguous()?, (h, w))?;
         let up = match high_res {
             Some((f0, f1)) => {
-                let x = fastops::gelu_erf(&self.ln1.forward(&self.up1.forward(&src)?.broadcast_add(&rep(f1)?)?)?)?;
-                fastops::gelu_erf(&self.up2.forward(&x)?.broadcast_add(&rep(f0)?)?)?
+                let x = fastops::gelu_erf(&self.ln1.forward(&up.broadcast_add(&rep_cl(f1, b)?)?)?)?;
+                fastops::gelu_erf(&self.up2.forward(&flat(x)?, (2 * h, 2 * w))?.broadcast_add(&rep_cl(f0, b)?)?)?
             }
-            None => fastops::gelu_erf(&self.up2.forward(&fastops::gelu_erf(&self.ln1.forward(&self.up1.forward(&src)?)?)?)?)?,
+            None => {
+                let x = fastops::gelu_erf(&self.ln1.forward(&up)?)?;
+                fastops::gelu_erf(&self.up2.forward(&flat(x)?, (2 * h, 2 * w))?)?
+            }
         };
         let hyper = (0..n_masks).map(|i| self.hyper[i].forward(&mask_out.narrow(1, i, 1)?)).collect::<Result<Vec<_>>>()?;
         let hyper = Tensor::cat(&hyper, 1)?; // (b, n_masks, c/8)
-        let (_, cu, hu, wu) = up.dims4()?;
-        let masks = hyper.matmul(&up.reshape((b, cu, hu * wu))?)?.reshape((b, n_masks, hu, wu))?;
+        let (_, hu, wu, cu) = up.dims4()?;
+        let masks = hyper.matmul(&up.reshape((b, hu * wu, cu))?.transpose(1, 2)?)?.reshape((b, n_masks, hu, wu))?;
         let iou = self.iou_head.forward(&iou_out)?;
         let object_score = match &self.obj_head {
             Some(hd) => hd.forward(&hs.narrow(1, 0, 1)?.squeeze(1)?)?,

@@ -177,7 +177,7 @@ impl Sam2 {
     pub fn decode(&self, feats: &ImageFeatures, sparse: &Tensor, multimask: bool) -> candle_core::Result<DecoderOutput> {
         let dense = self.prompt.dense_no_mask(sparse.dim(0)?)?;
         let pe = self.prompt.dense_pe()?;
-        self.decoder.forward(&feats.image_embed, &pe, sparse, &dense, multimask, feats.high_res.as_ref())
+        self.decoder.forward(&feats.image_embed, &pe, sparse, &dense, multimask, feats.high_res_cl.as_ref())
     }
 
     /// `SAM2ImagePredictor.predict` for points / a box given in pixels of a (w, h) photo.

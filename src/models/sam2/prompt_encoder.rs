@@ -21,6 +21,7 @@ pub struct PromptEncoder {
     pub embedding_size: (usize, usize),
     /// (H, W) of the encoder input (1024×1024).
     pub input_size: (usize, usize),
+    dense_pe: std::sync::OnceLock<Tensor>,
     span: tracing::Span,
 }
 
@@ -35,6 +36,7 @@ impl PromptEncoder {
             embed_dim,
             embedding_size,
             input_size,
+            dense_pe: std::sync::OnceLock::new(),
             span: tracing::span!(tracing::Level::TRACE, "sam2-prompt-encoder"),
         })
     }
@@ -54,8 +56,16 @@ impl PromptEncoder {
         self.pe_encoding(&coords.broadcast_mul(&scale)?)
     }
 
-    /// Dense positional encoding of the embedding grid, (1, C, H, W).
+    /// Dense positional encoding of the embedding grid, (1, C, H, W) (computed once).
     pub fn dense_pe(&self) -> Result<Tensor> {
+        if let Some(t) = self.dense_pe.get() {
+            return Ok(t.clone());
+        }
+        let t = self.compute_dense_pe()?;
+        Ok(self.dense_pe.get_or_init(|| t).clone())
+    }
+
+    fn compute_dense_pe(&self) -> Result<Tensor> {
         let (h, w) = self.embedding_size;
         let dev = self.gaussian.device();
         let mut xy = Vec::with_capacity(h * w * 2);
