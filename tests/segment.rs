@@ -203,3 +203,16 @@ fn bad_inputs_are_clear_errors() {
     // A model directory without SAM2 / [SEG] projection.
     assert_fails(&["segment", i, "the cat", "--model", fixture("internvl/tiny-qwen2").to_str().unwrap()], "tiny-qwen2");
 }
+
+/// A directory holding only Meta's `.pt` (as the facebook/sam2.1-hiera-* hub repos do).
+#[test]
+fn sam2_directory_with_a_meta_pt() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("sam2/tiny_sam2.pt"), dir.path().join("sam2.1_hiera_tiny.pt")).unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"sam2": {"trunk": {"num_heads": 1, "global_att_blocks": [3], "window_spec": [8, 4, 4, 2]}, "decoder": {"num_heads": 2}}}"#).unwrap();
+    let img = fixture("images/chelsea.png");
+    let r = run(&["segment", img.to_str().unwrap(), "--sam2", dir.path().to_str().unwrap(), "--point", "225,150"], None);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let v: serde_json::Value = serde_json::from_str(stdout(&r).trim()).unwrap();
+    assert!(v["area"].as_u64().unwrap() > 0);
+}

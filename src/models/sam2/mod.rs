@@ -89,6 +89,21 @@ impl Sam2 {
     pub fn load(path: &Path, overrides: Option<&serde_json::Value>, device: &Device, dtype: DType) -> Result<Self> {
         let name = path.display().to_string();
         if path.is_dir() {
+            // Meta's hub repos (facebook/sam2.1-hiera-*) hold one `.pt` and no safetensors.
+            let has_st = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors"));
+            if !has_st {
+                let pts: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+                    .map_err(|e| Error::io(path, e))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "pt" || x == "pth"))
+                    .collect();
+                if pts.len() == 1 {
+                    let cfg: Option<serde_json::Value> = std::fs::read(path.join("config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                    let block = overrides.cloned().or_else(|| cfg.and_then(|c| c.get("sam2").cloned()));
+                    return Self::load(&pts[0], block.as_ref(), device, dtype);
+                }
+            }
             let ck = crate::models::checkpoint::Checkpoint::open(path)?;
             let vb = ck.var_builder(dtype, device)?;
             let idx = config::safetensors_shapes(&ck.weights)?;
