@@ -1,0 +1,68 @@
+//! AURORA's depth VQ-VAE (`Config::default()`: 320², 128 codes × 512, hidden 16, 2 ResBlocks,
+//! stride 32 → 10×10 grid) at real size with random weights on this machine, for comparison
+//! with AiT's PyTorch `VQVAE` (`tools/gen_vqvae_goldens.py --bench`, same cases and protocol).
+//! Run: `cargo bench --bench vqvae` (f32, CPU; 1 warm-up + 10 timed runs per case, medians).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use perceptio::models::vqvae::{Config, VqVae};
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// 1 untimed warm-up + 10 timed runs; prints the median in ms and the runs.
+fn time<T>(label: &str, mut f: impl FnMut() -> candle_core::Result<T>) -> candle_core::Result<f64> {
+    let _ = f()?;
+    let mut v = Vec::with_capacity(10);
+    for _ in 0..10 {
+        let t = Instant::now();
+        let _ = f()?;
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let m = median(v.clone());
+    let runs: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+    println!("{label:<38} median {m:8.2} ms  [{}]", runs.join(", "));
+    Ok(m)
+}
+
+fn main() -> candle_core::Result<()> {
+    perceptio::util::tune_allocator(); // as the CLI does
+    let dev = Device::Cpu;
+    let cfg = Config::default();
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let model = VqVae::new(&cfg, vb)?;
+    // Random weights (the VarMap starts from zeros); values do not change the FLOPs.
+    for v in vm.all_vars() {
+        let fan_in: usize = v.dims().iter().skip(1).product::<usize>().max(1);
+        let t = (Tensor::randn(0f32, 1.0, v.shape(), &dev)? * (1.0 / (fan_in as f64).sqrt()))?;
+        v.set(&t)?;
+    }
+    let (gh, gw) = cfg.grid();
+    println!(
+        "AURORA depth VQ-VAE ({}², {} codes × {}, hidden {}, {} ResBlocks, grid {gh}×{gw}), random f32 weights, {} threads",
+        cfg.image_size,
+        cfg.num_tokens,
+        cfg.codebook_dim,
+        cfg.hidden_dim,
+        cfg.num_resnet_blocks,
+        candle_core::utils::get_num_threads()
+    );
+    let codes = |b: usize| -> candle_core::Result<Tensor> {
+        let v: Vec<u32> = (0..b * gh * gw).map(|i| ((i * 37 + 11) % cfg.num_tokens) as u32).collect();
+        Tensor::from_vec(v, (b, gh, gw), &dev)
+    };
+    let c1 = codes(1)?;
+    let out = model.decode(&c1)?;
+    assert_eq!(out.dims(), &[1, 1, cfg.image_size, cfg.image_size]);
+    time("decode codes (1,10,10) -> (1,1,320,320)", || model.decode(&c1))?;
+    let x = Tensor::randn(0f32, 0.5, (1, 1, cfg.image_size, cfg.image_size), &dev)?.clamp(-1f32, 1f32)?;
+    assert_eq!(model.encode(&x)?.dims(), &[1, gh, gw]);
+    time("encode (1,1,320,320) -> codes (1,10,10)", || model.encode(&x))?;
+    let c8 = codes(8)?;
+    time("decode codes (8,10,10) -> (8,1,320,320)", || model.decode(&c8))?;
+    Ok(())
+}
