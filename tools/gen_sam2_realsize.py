@@ -5,7 +5,7 @@ MANUAL tool: the outputs are large (~160 MB / ~900 MB checkpoints) and are NOT c
 /tmp/perceptio-sam2/ (override with --out). Use them for parity tests of the Rust port at real size (every
 window/padding/global-attention layout of the real configs, real widths and head counts) and for benchmarks.
 
-For each model name (hiera_t, hiera_l):
+For each model name (hiera_t, hiera_l; also hiera_s, hiera_b+ for parity checks):
   * model = sam2.build_sam.build_sam2("configs/sam2.1/sam2.1_{name}.yaml", ckpt_path=None, device="cpu")
     (default apply_postprocessing=True overrides: dynamic_multimask_via_stability, delta 0.05, thresh 0.98);
   * every parameter re-initialised deterministically with the scheme of tools/gen_sam2_goldens.py
@@ -45,7 +45,7 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor  # noqa: E402
 
 THREADS = 2
 POINT = (225.0, 150.0)
-N_FWD = {"hiera_t": 3, "hiera_l": 2}
+N_FWD = {"hiera_t": 3, "hiera_l": 2, "hiera_s": 1, "hiera_b+": 1}
 N_DEC = 10
 
 
