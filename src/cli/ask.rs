@@ -1,16 +1,13 @@
 //! `perceptio ask IMAGE QUESTION`: answer a question about an image with an InternVL/Sa2VA model.
 
 use crate::error::{Error, Result};
-use crate::hub::{self, HubConfig};
-use crate::models::device::{parse_device, parse_dtype};
+use super::runtime::RuntimeArgs;
+use crate::hub;
 use crate::models::generate::GenerateOptions;
 use crate::models::perceptio::{Grounder, RespondOptions};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
-
-/// CPU default tile budget: fewer tiles keep a laptop responsive (the reference uses 12).
-const CPU_DEFAULT_TILES: usize = 6;
 
 #[derive(Args, Debug)]
 pub struct AskArgs {
@@ -21,18 +18,8 @@ pub struct AskArgs {
     /// Hub repo (`org/name[@rev]`) or a local model directory.
     #[arg(long, default_value = "ByteDance/Sa2VA-1B")]
     pub model: String,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// auto (f32 on CPU, bf16 on CUDA), f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// Maximum image tiles (default: the reference's budget — 12 for Sa2VA, max_dynamic_patch
-    /// for InternVL — on CUDA, and 6 on CPU to trade a little accuracy for speed).
-    #[arg(long)]
-    pub max_tiles: Option<usize>,
-    #[arg(long, default_value_t = 512)]
-    pub max_new_tokens: usize,
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
     /// Sampling temperature; 0 (default) is greedy and deterministic.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -44,9 +31,6 @@ pub struct AskArgs {
     /// Print one JSON object (answer, token ids, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
-    /// Use only the local cache for hub models.
-    #[arg(long)]
-    pub offline: bool,
     /// Decode without keeping a depth block well-formed (for diagnosis).
     #[arg(long)]
     pub no_constrain: bool,
@@ -60,19 +44,16 @@ pub fn run(a: AskArgs) -> Result<()> {
     if a.question.trim().is_empty() {
         return Err(Error::Usage("the question is empty".into()));
     }
-    crate::util::tune_allocator();
-    let device = parse_device(&a.device)?;
-    let dtype = parse_dtype(&a.dtype, &device)?;
+    let (device, dtype) = a.rt.device_dtype()?;
     let img = crate::preprocess::image_io::load_rgb(&a.image)?;
-    let mut hub_cfg = HubConfig::from_env();
-    hub_cfg.offline |= a.offline;
+    let hub_cfg = a.rt.hub();
     let dir = hub::resolve_model(&a.model, &hub_cfg)?;
     let t_load = std::time::Instant::now();
     let mut g = Grounder::load_any(&dir, &device, dtype, &hub_cfg)?;
     let load_secs = t_load.elapsed().as_secs_f64();
     let cfg = g.chat.config();
-    let max_tiles = a.max_tiles.unwrap_or(if device.is_cpu() { CPU_DEFAULT_TILES.min(cfg.default_max_tiles()) } else { cfg.default_max_tiles() });
-    let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed, stop_ids: vec![] };
+    let max_tiles = a.rt.tiles(&device, cfg.default_max_tiles());
+    let opts = GenerateOptions { max_new_tokens: a.rt.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed, stop_ids: vec![] };
     let stream = !a.json;
     let tokenizer = g.chat.tokenizer.clone();
     let stops = g.chat.stop_ids.clone();

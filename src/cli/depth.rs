@@ -5,7 +5,7 @@
 use crate::error::{exit, Error, Result};
 use crate::hub::{self, HubConfig};
 use crate::models::depth_anything::DepthAnything;
-use crate::models::device::{parse_device, parse_dtype};
+use super::runtime::RuntimeArgs;
 use crate::models::generate::GenerateOptions;
 use crate::models::perceptio::depth::{token_string, DepthConfig, DepthHead, PerceptioBlock};
 use crate::models::perceptio::{Grounder, RespondOptions};
@@ -66,28 +66,8 @@ pub struct DepthArgs {
     /// Start the reply with the depth start marker, so the model must write a depth block.
     #[arg(long)]
     pub force_depth: bool,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// auto (f32 on CPU, bf16 on CUDA), f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// Maximum InternVL image tiles (default 12 on CUDA as Sa2VA, 6 on CPU).
-    #[arg(long)]
-    pub max_tiles: Option<usize>,
-    #[arg(long, default_value_t = 512)]
-    pub max_new_tokens: usize,
-    /// Use only the local cache for hub models.
-    #[arg(long)]
-    pub offline: bool,
-}
-
-fn resolve(spec: &str, hub_cfg: &HubConfig) -> Result<PathBuf> {
-    let p = PathBuf::from(spec);
-    if p.is_dir() {
-        return Ok(p);
-    }
-    hub::resolve_model(spec, hub_cfg)
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
 }
 
 /// min, max of the finite values.
@@ -164,7 +144,7 @@ fn tokens_vqvae(a: &DepthArgs, hub_cfg: &HubConfig, device: &candle_core::Device
         let vq = vqvae::load(file, &d.vqvae_config, candle_core::DType::F32, device)?;
         return Ok((d, vq));
     }
-    let dir = resolve(&a.model, hub_cfg)?;
+    let dir = hub::resolve_model(&a.model, hub_cfg)?;
     let cfg_path = dir.join("config.json");
     let cfg: serde_json::Value = serde_json::from_slice(&crate::util::read_file(&cfg_path)?).map_err(|e| Error::input(&cfg_path, format!("not valid JSON: {e}")))?;
     let b: PerceptioBlock = match cfg.get("perceptio") {
@@ -178,11 +158,8 @@ fn tokens_vqvae(a: &DepthArgs, hub_cfg: &HubConfig, device: &candle_core::Device
 }
 
 pub fn run(a: DepthArgs) -> Result<i32> {
-    crate::util::tune_allocator();
-    let device = parse_device(&a.device)?;
-    let dtype = parse_dtype(&a.dtype, &device)?;
-    let mut hub_cfg = HubConfig::from_env();
-    hub_cfg.offline |= a.offline;
+    let (device, dtype) = a.rt.device_dtype()?;
+    let hub_cfg = a.rt.hub();
     let any_file = a.output.is_some() || a.colormap.is_some() || a.npy.is_some();
     if a.tokens && (any_file || a.force_depth) {
         return Err(Error::Usage("--tokens prints depth tokens; it takes no -o/--colormap/--npy/--force-depth".into()));
@@ -193,7 +170,7 @@ pub fn run(a: DepthArgs) -> Result<i32> {
 
     if a.tokens || a.source == Source::Teacher {
         let t = Instant::now();
-        let teacher = DepthAnything::load(&resolve(&a.teacher, &hub_cfg)?, &device, dtype)?;
+        let teacher = DepthAnything::load(&hub::resolve_model(&a.teacher, &hub_cfg)?, &device, dtype)?;
         let load_s = t.elapsed().as_secs_f64();
         if a.tokens {
             let (d, vq) = tokens_vqvae(&a, &hub_cfg, &device)?;
@@ -244,7 +221,7 @@ pub fn run(a: DepthArgs) -> Result<i32> {
 
     // --source model
     let img = crate::preprocess::load_rgb(&a.image)?;
-    let dir = resolve(&a.model, &hub_cfg)?;
+    let dir = hub::resolve_model(&a.model, &hub_cfg)?;
     let t = Instant::now();
     let mut g = Grounder::load_any(&dir, &device, dtype, &hub_cfg)?;
     let load_s = t.elapsed().as_secs_f64();
@@ -252,10 +229,10 @@ pub fn run(a: DepthArgs) -> Result<i32> {
         return Err(Error::input(&dir, "this model has no depth tokens (no `perceptio.depth` block in config.json); use --source teacher for a Depth Anything V2 map"));
     };
     let prompt = head.prompt.clone();
-    let max_tiles = a.max_tiles.unwrap_or(if device.is_cpu() { 6.min(g.chat.config().default_max_tiles()) } else { g.chat.config().default_max_tiles() });
+    let max_tiles = a.rt.tiles(&device, g.chat.config().default_max_tiles());
     let vision = g.vision(&img, max_tiles)?;
     let o = RespondOptions {
-        generation: GenerateOptions { max_new_tokens: a.max_new_tokens, ..Default::default() },
+        generation: GenerateOptions { max_new_tokens: a.rt.max_new_tokens, ..Default::default() },
         constrain: !a.no_constrain,
         force_depth: a.force_depth,
     };

@@ -41,23 +41,11 @@ pub struct ModelRunArgs {
     /// Append one JSON line per sample: prompt, raw output, parsed answer or mask, correctness/IoU.
     #[arg(long, value_name = "FILE.jsonl", requires = "model")]
     pub log_samples: Option<PathBuf>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// auto (f32 on CPU, bf16 on CUDA), f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// Maximum image tiles (default: the model's, 6 on CPU).
-    #[arg(long)]
-    pub max_tiles: Option<usize>,
-    #[arg(long, default_value_t = 512)]
-    pub max_new_tokens: usize,
+    #[command(flatten)]
+    pub rt: super::runtime::RuntimeArgs,
     /// Recompute an image's features for every sample (only to measure what reuse saves).
     #[arg(long, hide = true)]
     pub no_feature_reuse: bool,
-    /// Use only the local cache for hub models.
-    #[arg(long)]
-    pub offline: bool,
 }
 
 #[derive(Args, Debug)]
@@ -225,11 +213,8 @@ fn model_setup(r: &ModelRunArgs, predictions: &Path) -> Result<(PathBuf, candle_
         return Err(Error::Usage("--model writes --predictions: give a file, not `-`".into()));
     }
     let spec = r.model.as_deref().expect("called with --model");
-    crate::util::tune_allocator();
-    let device = crate::models::device::parse_device(&r.device)?;
-    let dtype = crate::models::device::parse_dtype(&r.dtype, &device)?;
-    let mut hub_cfg = crate::hub::HubConfig::from_env();
-    hub_cfg.offline |= r.offline;
+    let (device, dtype) = r.rt.device_dtype()?;
+    let hub_cfg = r.rt.hub();
     let dir = crate::hub::resolve_model(spec, &hub_cfg)?;
     let shard = match &r.shard {
         Some(s) => predict::Shard::parse(s)?,
@@ -240,16 +225,12 @@ fn model_setup(r: &ModelRunArgs, predictions: &Path) -> Result<(PathBuf, candle_
         limit: r.limit,
         log_samples: r.log_samples.clone(),
         max_tiles: 0, // set once the model's default is known
-        generation: crate::models::generate::GenerateOptions { max_new_tokens: r.max_new_tokens, ..Default::default() },
+        generation: crate::models::generate::GenerateOptions { max_new_tokens: r.rt.max_new_tokens, ..Default::default() },
         force_seg: false,
         reuse_features: !r.no_feature_reuse,
         model_id: spec.to_string(),
     };
     Ok((dir, device, dtype, opts))
-}
-
-fn default_tiles(r: &ModelRunArgs, device: &candle_core::Device, model_default: usize) -> usize {
-    r.max_tiles.unwrap_or(if device.is_cpu() { 6.min(model_default) } else { model_default })
 }
 
 fn report_run(s: &predict::runs::RunSummary, o: &predict::runs::RunOptions, out: &Path) {
@@ -366,13 +347,13 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
     if a.run.model.is_some() {
         let (dir, device, dtype, mut o) = model_setup(&a.run, &a.predictions)?;
         let mut g = crate::models::perceptio::Grounder::load(&dir, &device, dtype)?;
-        o.max_tiles = default_tiles(&a.run, &device, g.chat.config().default_max_tiles());
+        o.max_tiles = a.run.rt.tiles(&device, g.chat.config().default_max_tiles());
         o.force_seg = a.force_seg;
         let mut run = meta.clone();
         run["model"] = json!(o.model_id);
         run["force_seg"] = json!(a.force_seg);
         run["max_tiles"] = json!(o.max_tiles);
-        run["max_new_tokens"] = json!(a.run.max_new_tokens);
+        run["max_new_tokens"] = json!(a.run.rt.max_new_tokens);
         let s = predict::runs::refcoco(&mut g, &gt, a.images.as_deref().expect("checked"), &a.predictions, &run, &o)?;
         report_run(&s, &o, &a.predictions);
         if !should_score(&s, &o, &a.predictions) {
@@ -421,8 +402,8 @@ fn run_mmbench(a: MmbenchArgs) -> Result<()> {
     if a.run.model.is_some() {
         let (dir, device, dtype, mut o) = model_setup(&a.run, &a.predictions)?;
         let mut chat = crate::models::internvl::chat::ChatModel::load(&dir, &device, dtype)?;
-        o.max_tiles = default_tiles(&a.run, &device, chat.config().default_max_tiles());
-        let run = json!({"annotations": crate::util::sha256_file(&a.annotations)?, "model": o.model_id, "max_tiles": o.max_tiles, "max_new_tokens": a.run.max_new_tokens});
+        o.max_tiles = a.run.rt.tiles(&device, chat.config().default_max_tiles());
+        let run = json!({"annotations": crate::util::sha256_file(&a.annotations)?, "model": o.model_id, "max_tiles": o.max_tiles, "max_new_tokens": a.run.rt.max_new_tokens});
         let s = predict::runs::mmbench(&mut chat, &a.annotations, &a.predictions, &run, &o)?;
         report_run(&s, &o, &a.predictions);
         if !should_score(&s, &o, &a.predictions) {
@@ -471,9 +452,9 @@ fn run_hardblink(a: HardblinkArgs) -> Result<()> {
     if a.run.model.is_some() {
         let (dir, device, dtype, mut o) = model_setup(&a.run, &a.predictions)?;
         let mut chat = crate::models::internvl::chat::ChatModel::load(&dir, &device, dtype)?;
-        o.max_tiles = default_tiles(&a.run, &device, chat.config().default_max_tiles());
+        o.max_tiles = a.run.rt.tiles(&device, chat.config().default_max_tiles());
         let images = a.images.clone().unwrap_or_else(|| a.annotations.join("images"));
-        let run = json!({"model": o.model_id, "max_tiles": o.max_tiles, "max_new_tokens": a.run.max_new_tokens});
+        let run = json!({"model": o.model_id, "max_tiles": o.max_tiles, "max_new_tokens": a.run.rt.max_new_tokens});
         let s = predict::runs::hardblink(&mut chat, &a.annotations, &images, &a.predictions, &run, &o)?;
         report_run(&s, &o, &a.predictions);
         if !should_score(&s, &o, &a.predictions) {

@@ -4,6 +4,7 @@ mod ask;
 mod depth;
 mod download;
 mod eval;
+mod runtime;
 mod segment;
 
 use crate::error::{exit, Result};

@@ -2,8 +2,8 @@
 //! `perceptio segment IMAGE --point x,y[,label] | --box x0,y0,x1,y1` (plain SAM2).
 
 use crate::error::{exit, Error, Result};
-use crate::hub::{self, HubConfig};
-use crate::models::device::{parse_device, parse_dtype};
+use super::runtime::RuntimeArgs;
+use crate::hub;
 use crate::models::generate::GenerateOptions;
 use crate::models::perceptio::{Grounder, SegmentOptions};
 use crate::models::sam2::{upscale_logits, Mask, PointPrompt, Preprocess, Sam2};
@@ -12,9 +12,6 @@ use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// CPU default tile budget (as `ask`); the reference uses 12.
-const CPU_DEFAULT_TILES: usize = 6;
 
 #[derive(Args, Debug)]
 pub struct SegmentArgs {
@@ -61,20 +58,8 @@ pub struct SegmentArgs {
     /// what is printed when no output file is asked for.
     #[arg(long)]
     pub json: bool,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// auto (f32 on CPU, bf16 on CUDA), f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// Maximum InternVL image tiles (default 12 on CUDA as Sa2VA, 6 on CPU).
-    #[arg(long)]
-    pub max_tiles: Option<usize>,
-    #[arg(long, default_value_t = 512)]
-    pub max_new_tokens: usize,
-    /// Use only the local cache for hub models.
-    #[arg(long)]
-    pub offline: bool,
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
 }
 
 fn parse_floats(s: &str, what: &str, n: &[usize]) -> Result<Vec<f32>> {
@@ -208,9 +193,7 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     if classic && a.force_seg {
         return Err(Error::Usage("--force-seg applies to referring expressions, not to --point/--box".into()));
     }
-    crate::util::tune_allocator();
-    let device = parse_device(&a.device)?;
-    let dtype = parse_dtype(&a.dtype, &device)?;
+    let (device, dtype) = a.rt.device_dtype()?;
     let img = crate::preprocess::image_io::load_rgb(&a.image)?;
     let (w, h) = (img.width(), img.height());
     let prompt = if classic { Some(parse_prompt(&a.points, a.bbox.as_deref(), (w, h))?) } else { None };
@@ -221,8 +204,7 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
         }
         None => None,
     };
-    let mut hub_cfg = HubConfig::from_env();
-    hub_cfg.offline |= a.offline;
+    let hub_cfg = a.rt.hub();
     let n = if classic { 1 } else { a.expressions.len() };
     let outs = Outputs { a: &a, n };
     let show_json = a.json || !outs.any_file();
@@ -270,11 +252,11 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     let t = Instant::now();
     let mut g = Grounder::load(&dir, &device, dtype)?;
     let load_s = t.elapsed().as_secs_f64();
-    let max_tiles = a.max_tiles.unwrap_or(if device.is_cpu() { CPU_DEFAULT_TILES.min(g.chat.config().default_max_tiles()) } else { g.chat.config().default_max_tiles() });
+    let max_tiles = a.rt.tiles(&device, g.chat.config().default_max_tiles());
     let opts = SegmentOptions {
         max_tiles,
         force_seg: a.force_seg,
-        generation: GenerateOptions { max_new_tokens: a.max_new_tokens, ..Default::default() },
+        generation: GenerateOptions { max_new_tokens: a.rt.max_new_tokens, ..Default::default() },
     };
     let vision = g.vision(&img, max_tiles)?;
     let mut code = exit::OK;

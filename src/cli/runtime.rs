@@ -1,0 +1,51 @@
+//! Options every model-running command shares (`ask`, `segment`, `depth`, `eval --model`).
+
+use crate::error::Result;
+use crate::hub::HubConfig;
+use crate::models::device::{parse_device, parse_dtype};
+use candle_core::{DType, Device};
+use clap::Args;
+
+/// CPU default tile budget: fewer tiles keep a laptop responsive (the reference uses 12).
+const CPU_DEFAULT_TILES: usize = 6;
+
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto (f32 on CPU, bf16 on CUDA), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Maximum image tiles (default: the reference's budget — 12 for Sa2VA, max_dynamic_patch
+    /// for InternVL — on CUDA, and 6 on CPU to trade a little accuracy for speed).
+    #[arg(long)]
+    pub max_tiles: Option<usize>,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Use only the local cache for hub models.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+impl RuntimeArgs {
+    /// The device and dtype asked for (also tunes the allocator for model work).
+    pub fn device_dtype(&self) -> Result<(Device, DType)> {
+        crate::util::tune_allocator();
+        let device = parse_device(&self.device)?;
+        let dtype = parse_dtype(&self.dtype, &device)?;
+        Ok((device, dtype))
+    }
+
+    /// Hub settings from the environment, with --offline.
+    pub fn hub(&self) -> HubConfig {
+        let mut c = HubConfig::from_env();
+        c.offline |= self.offline;
+        c
+    }
+
+    /// --max-tiles, else the model's default (capped at 6 on CPU).
+    pub fn tiles(&self, device: &Device, model_default: usize) -> usize {
+        self.max_tiles.unwrap_or(if device.is_cpu() { CPU_DEFAULT_TILES.min(model_default) } else { model_default })
+    }
+}
