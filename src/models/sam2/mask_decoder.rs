@@ -298,12 +298,11 @@ impl MaskDecoder {
         };
         let src = rep(image_embed)?.broadcast_add(&dense.to_dtype(dt)?)?;
         let pos = rep(&image_pe.to_dtype(dt)?)?;
-        let (_, c, h, w) = src.dims4()?;
+        let (_, _, h, w) = src.dims4()?;
         let (hs, src) = self.transformer.forward(&src, &pos, &tokens)?;
         let iou_out = hs.narrow(1, s, 1)?.squeeze(1)?;
         let n_masks = self.mask_tokens.dim(0)?;
         let mask_out = hs.narrow(1, s + 1, n_masks)?;
-        let _ = c;
         let flat = |t: Tensor| -> Result<Tensor> {
             let (b, h, w, c) = t.dims4()?;
             t.reshape((b, h * w, c))
