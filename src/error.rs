@@ -65,6 +65,11 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A candle error raised while running a model, as a user-facing error.
+pub fn model_error(e: candle_core::Error) -> Error {
+    Error::at("model", candle_message(&e))
+}
+
 /// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set.
 pub fn candle_message(e: &candle_core::Error) -> String {
     let s = match e {

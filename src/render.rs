@@ -9,7 +9,8 @@ use image::{ImageEncoder, RgbImage};
 /// Tint colours of successive masks (SAM demo palette, dodger blue first).
 pub const PALETTE: [[u8; 3]; 6] = [[30, 144, 255], [255, 99, 71], [50, 205, 50], [255, 215, 0], [186, 85, 211], [0, 206, 209]];
 
-fn png(buf: &[u8], w: u32, h: u32, color: image::ExtendedColorType) -> Result<Vec<u8>> {
+/// Encode raw samples as PNG bytes.
+pub(crate) fn png(buf: &[u8], w: u32, h: u32, color: image::ExtendedColorType) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
         .write_image(buf, w, h, color)

@@ -102,14 +102,7 @@ fn write_outputs(a: &DepthArgs, raw: &[f32], w: usize, h: usize, in_unit: bool) 
     Ok(files.into())
 }
 
-fn print_json(v: &serde_json::Value) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{v}").map_err(|e| Error::io("<stdout>", e))
-}
 
-fn cerr(e: candle_core::Error) -> Error {
-    Error::at("model", crate::error::candle_message(&e))
-}
 
 /// Images of a directory (PNG/JPEG by extension), sorted; a file is itself.
 fn inputs(p: &Path) -> Result<Vec<PathBuf>> {
@@ -180,7 +173,7 @@ pub fn run(a: DepthArgs) -> Result<i32> {
             let mut stdout = std::io::stdout().lock();
             for f in &files {
                 let img = crate::preprocess::load_rgb(f)?;
-                let m = teacher.predict_depth(&img).map_err(cerr)?;
+                let m = teacher.predict_depth(&img).map_err(crate::error::model_error)?;
                 let map = vqvae::preprocess::DepthMap::Float { width: m.width, height: m.height, data: m.data };
                 let codes = DepthHead::encode_map(&vq, &map)?;
                 let v = serde_json::json!({
@@ -204,12 +197,12 @@ pub fn run(a: DepthArgs) -> Result<i32> {
         }
         let img = crate::preprocess::load_rgb(&a.image)?;
         let t = Instant::now();
-        let m = teacher.predict_depth(&img).map_err(cerr)?;
+        let m = teacher.predict_depth(&img).map_err(crate::error::model_error)?;
         let infer_s = t.elapsed().as_secs_f64();
         let files = write_outputs(&a, &m.data, m.width, m.height, false)?;
         if a.json || !any_file {
             let (lo, hi) = range(&m.data);
-            print_json(&serde_json::json!({
+            super::print_json_line(&serde_json::json!({
                 "image": a.image.display().to_string(), "source": "teacher", "teacher": a.teacher,
                 "width": m.width, "height": m.height, "min": lo, "max": hi,
                 "convention": "relative inverse depth (larger = nearer); PNGs are min-max scaled",
@@ -243,7 +236,7 @@ pub fn run(a: DepthArgs) -> Result<i32> {
             r.text_with_spatial_tokens
         );
         if a.json || !any_file {
-            print_json(&serde_json::json!({"image": a.image.display().to_string(), "source": "model", "depth": null, "text_with_spatial_tokens": r.text_with_spatial_tokens}))?;
+            super::print_json_line(&serde_json::json!({"image": a.image.display().to_string(), "source": "model", "depth": null, "text_with_spatial_tokens": r.text_with_spatial_tokens}))?;
         }
         return Ok(exit::NO_MASK);
     };
@@ -258,7 +251,7 @@ pub fn run(a: DepthArgs) -> Result<i32> {
     let files = write_outputs(&a, &map.data, map.width as usize, map.height as usize, true)?;
     if a.json || !any_file {
         let (lo, hi) = range(&map.data);
-        print_json(&serde_json::json!({
+        super::print_json_line(&serde_json::json!({
             "image": a.image.display().to_string(), "source": "model", "model": dir,
             "prompt": prompt, "grid": [block.grid.0, block.grid.1], "tokens": block.codes,
             "width": map.width, "height": map.height, "min": lo, "max": hi,

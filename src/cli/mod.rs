@@ -32,6 +32,12 @@ pub enum Command {
     Ask(ask::AskArgs),
 }
 
+/// Print one compact JSON value as a line on stdout.
+fn print_json_line(v: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{v}").map_err(|e| crate::error::Error::io("<stdout>", e))
+}
+
 /// Run the CLI and return the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {

@@ -9,7 +9,6 @@ use crate::models::perceptio::{Grounder, SegmentOptions};
 use crate::models::sam2::{upscale_logits, Mask, PointPrompt, Preprocess, Sam2};
 use crate::render;
 use clap::Args;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -169,14 +168,7 @@ fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
     a
 }
 
-fn print_line(v: &serde_json::Value) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{v}").map_err(|e| Error::io("<stdout>", e))
-}
 
-fn cerr(e: candle_core::Error) -> Error {
-    Error::at("model", crate::error::candle_message(&e))
-}
 
 /// Run `segment`; returns the exit code (3 when the model produced no `[SEG]` for some expression).
 pub fn run(a: SegmentArgs) -> Result<i32> {
@@ -218,16 +210,16 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
         let sam = Sam2::load(&path, overrides.as_ref(), &device, dtype)?;
         let load_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let (feats, _) = sam.features(&img, Preprocess::Sam2).map_err(cerr)?;
+        let (feats, _) = sam.features(&img, Preprocess::Sam2).map_err(crate::error::model_error)?;
         let encode_s = t.elapsed().as_secs_f64();
         let multimask = a.multimask.unwrap_or(prompt.points.len() == 1 && prompt.bbox.is_none());
         let t = Instant::now();
-        let out = sam.predict(&feats, &prompt, (w, h), multimask).map_err(cerr)?;
-        let iou: Vec<f32> = out.iou.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1()).map_err(cerr)?;
-        let best = crate::models::sam2::mask_decoder::argmax(&out.iou.flatten_all().map_err(cerr)?).map_err(cerr)?;
-        let logits = upscale_logits(&out.low_res_masks.narrow(1, best, 1).map_err(cerr)?, (h, w), None).map_err(cerr)?;
-        let mask = Mask::from_logits(&logits.to_device(&candle_core::Device::Cpu).map_err(cerr)?).map_err(cerr)?;
-        let obj: f32 = out.object_score.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.get(0)).and_then(|t| t.to_scalar()).map_err(cerr)?;
+        let out = sam.predict(&feats, &prompt, (w, h), multimask).map_err(crate::error::model_error)?;
+        let iou: Vec<f32> = out.iou.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1()).map_err(crate::error::model_error)?;
+        let best = crate::models::sam2::mask_decoder::argmax(&out.iou.flatten_all().map_err(crate::error::model_error)?).map_err(crate::error::model_error)?;
+        let logits = upscale_logits(&out.low_res_masks.narrow(1, best, 1).map_err(crate::error::model_error)?, (h, w), None).map_err(crate::error::model_error)?;
+        let mask = Mask::from_logits(&logits.to_device(&candle_core::Device::Cpu).map_err(crate::error::model_error)?).map_err(crate::error::model_error)?;
+        let obj: f32 = out.object_score.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.get(0)).and_then(|t| t.to_scalar()).map_err(crate::error::model_error)?;
         let decode_s = t.elapsed().as_secs_f64();
         let files = outs.write(0, &img, &mask)?;
         if show_json {
@@ -243,7 +235,7 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
                 "files": files,
                 "timings": {"load_s": load_s, "sam2_encode_s": encode_s, "sam2_decode_s": decode_s},
             });
-            print_line(&merge(v, mask_summary(&mask)?))?;
+            super::print_json_line(&merge(v, mask_summary(&mask)?))?;
         }
         return Ok(exit::OK);
     }
@@ -285,7 +277,7 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
                 "files": files,
                 "timings": merge(serde_json::json!({"load_s": if i == 0 { load_s } else { 0.0 }}), serde_json::to_value(&r.timings).unwrap_or_default()),
             });
-            print_line(&merge(v, mask_summary(&r.mask)?))?;
+            super::print_json_line(&merge(v, mask_summary(&r.mask)?))?;
         }
     }
     Ok(code)

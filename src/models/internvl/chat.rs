@@ -63,7 +63,7 @@ impl ChatModel {
         let (tiles, grid) = dynamic_tiles(img, s, cfg.min_dynamic_patch.min(max), max, cfg.use_thumbnail);
         let n = tiles.len();
         let data = normalize_tiles(&tiles);
-        let t = Tensor::from_vec(data, (n, 3, s, s), &self.device).and_then(|t| t.to_dtype(self.dtype)).map_err(cerr)?;
+        let t = Tensor::from_vec(data, (n, 3, s, s), &self.device).and_then(|t| t.to_dtype(self.dtype)).map_err(crate::error::model_error)?;
         Ok((t, grid, n))
     }
 
@@ -78,9 +78,9 @@ impl ChatModel {
     /// Embeddings of the prompt with the image features spliced in, plus timing of the ViT.
     pub fn prompt_embeds(&self, ids: &[u32], pixel_values: &Tensor) -> Result<(Tensor, f64)> {
         let t = std::time::Instant::now();
-        let feats = self.model.extract_feature(pixel_values).map_err(cerr)?;
+        let feats = self.model.extract_feature(pixel_values).map_err(crate::error::model_error)?;
         let secs = t.elapsed().as_secs_f64();
-        let e = self.model.embed_with_images(ids, self.image_token_id, Some(&feats)).map_err(cerr)?;
+        let e = self.model.embed_with_images(ids, self.image_token_id, Some(&feats)).map_err(crate::error::model_error)?;
         Ok((e, secs))
     }
 
@@ -88,14 +88,14 @@ impl ChatModel {
     pub fn vision(&self, img: &image::RgbImage, max_tiles: usize) -> Result<Vision> {
         let (px, grid, n_tiles) = self.pixel_values(img, max_tiles)?;
         let t = std::time::Instant::now();
-        let feats = self.model.extract_feature(&px).map_err(cerr)?;
+        let feats = self.model.extract_feature(&px).map_err(crate::error::model_error)?;
         Ok(Vision { feats, grid, n_tiles, secs: t.elapsed().as_secs_f64() })
     }
 
     /// Prompt ids and embeddings of a user turn (containing `<image>`) over `vision`.
     pub fn embed_prompt(&self, vision: &Vision, user: &str) -> Result<(Vec<u32>, Tensor)> {
         let ids = self.prompt_ids(user, vision.n_tiles)?;
-        let e = self.model.embed_with_images(&ids, self.image_token_id, Some(&vision.feats)).map_err(cerr)?;
+        let e = self.model.embed_with_images(&ids, self.image_token_id, Some(&vision.feats)).map_err(crate::error::model_error)?;
         Ok((ids, e))
     }
 
@@ -106,7 +106,7 @@ impl ChatModel {
         if opts.stop_ids.is_empty() {
             opts.stop_ids = self.stop_ids.clone();
         }
-        let generation = generate(&mut self.model, &embeds, &opts, on_token).map_err(cerr)?;
+        let generation = generate(&mut self.model, &embeds, &opts, on_token).map_err(crate::error::model_error)?;
         let text_ids: Vec<u32> = generation.ids.iter().copied().filter(|i| !opts.stop_ids.contains(i)).collect();
         let text = self.tokenizer.decode(&text_ids, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
         Ok(Answer { text: text.trim().to_string(), generation, n_tiles: vision.n_tiles, grid: vision.grid, prompt_ids, vision_secs: vision.secs })
@@ -121,7 +121,7 @@ impl ChatModel {
         if ids.is_empty() {
             return Err(Error::Usage("the forced reply is empty".into()));
         }
-        let h = teacher_force(&mut self.model, &embeds, &ids).map_err(cerr)?;
+        let h = teacher_force(&mut self.model, &embeds, &ids).map_err(crate::error::model_error)?;
         Ok((ids, h))
     }
 
@@ -140,6 +140,3 @@ pub struct Vision {
     pub secs: f64,
 }
 
-fn cerr(e: candle_core::Error) -> Error {
-    Error::at("model", crate::error::candle_message(&e))
-}

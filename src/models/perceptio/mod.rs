@@ -171,15 +171,15 @@ impl Grounder {
         let sam2 = self.sam2()?;
         let (w, h) = (img.width(), img.height());
         let t = Instant::now();
-        let (feats, hit) = sam2.features(img, Preprocess::Sa2va).map_err(cerr)?;
+        let (feats, hit) = sam2.features(img, Preprocess::Sa2va).map_err(crate::error::model_error)?;
         timings.sam2_encode_s = t.elapsed().as_secs_f64();
         timings.sam2_cached = hit;
         let t = Instant::now();
         for hs in seg_hidden {
-            let e = self.chat.model.seg_projection(&hs.unsqueeze(0).map_err(cerr)?).map_err(cerr)?.expect("checked at load");
-            let p = sam2.predict_seg(&feats, &e.to_device(&sam2.device).map_err(cerr)?).map_err(cerr)?;
-            let logits = upscale_logits(&p.low_res, (h, w), Some(sam2.config.image_size)).map_err(cerr)?;
-            let m = Mask::from_logits(&logits.to_device(&Device::Cpu).map_err(cerr)?).map_err(cerr)?;
+            let e = self.chat.model.seg_projection(&hs.unsqueeze(0).map_err(crate::error::model_error)?).map_err(crate::error::model_error)?.expect("checked at load");
+            let p = sam2.predict_seg(&feats, &e.to_device(&sam2.device).map_err(crate::error::model_error)?).map_err(crate::error::model_error)?;
+            let logits = upscale_logits(&p.low_res, (h, w), Some(sam2.config.image_size)).map_err(crate::error::model_error)?;
+            let m = Mask::from_logits(&logits.to_device(&Device::Cpu).map_err(crate::error::model_error)?).map_err(crate::error::model_error)?;
             out.push((m, p.iou[p.best], p.object_score));
         }
         timings.sam2_decode_s = t.elapsed().as_secs_f64();
@@ -200,18 +200,18 @@ impl Grounder {
         if o.force_depth {
             let d = self.depth.as_ref().ok_or_else(|| Error::at("model", "this checkpoint has no depth tokens (no `perceptio.depth` block in config.json)"))?;
             let start = d.ids.start;
-            let e = self.chat.model.llm.embed(&Tensor::new(&[[start]], embeds.device()).map_err(cerr)?).map_err(cerr)?;
-            embeds = Tensor::cat(&[&embeds, &e], 1).map_err(cerr)?;
+            let e = self.chat.model.llm.embed(&Tensor::new(&[[start]], embeds.device()).map_err(crate::error::model_error)?).map_err(crate::error::model_error)?;
+            embeds = Tensor::cat(&[&embeds, &e], 1).map_err(crate::error::model_error)?;
             if let Some(g) = guard.as_mut() {
                 g.advance(start);
             }
             prefix.push(start);
         }
         let c: Option<&mut dyn LogitsConstraint> = if o.constrain { guard.as_mut().map(|g| g as &mut dyn LogitsConstraint) } else { None };
-        let g = generate_constrained(&mut self.chat.model, &embeds, &opts, c, on_token).map_err(cerr)?;
+        let g = generate_constrained(&mut self.chat.model, &embeds, &opts, c, on_token).map_err(crate::error::model_error)?;
         let llm_s = t.elapsed().as_secs_f64();
         let seg_hidden: Vec<Tensor> = match self.seg_id {
-            Some(sid) => g.ids.iter().zip(&g.hidden).filter(|(&id, _)| id == sid).map(|(_, h)| h.clone()).collect(),
+            Some(sid) => seg_rows(&g, sid),
             None => vec![],
         };
         let mut ids: Vec<u32> = prefix;
@@ -225,7 +225,7 @@ impl Grounder {
             match d.ids.parse(&ids) {
                 Ok(Some(block)) => {
                     spatial[block.start_pos..=block.end_pos].iter_mut().for_each(|x| *x = true);
-                    let map = d.decode(&block, (w, h)).map_err(cerr)?;
+                    let map = d.decode(&block, (w, h)).map_err(crate::error::model_error)?;
                     depth = Some(DepthOutcome { block: Ok(block), map: Some(map) });
                 }
                 Ok(None) => {}
@@ -268,14 +268,13 @@ impl Grounder {
         let (token_ids, text, seg_hidden) = if opts.force_seg {
             let (ids, h) = self.chat.force_reply(vision, prompt, FORCED_REPLY)?;
             let sid = self.seg_id.ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
-            let rows: Vec<Tensor> = ids.iter().enumerate().filter(|(_, &id)| id == sid).map(|(i, _)| h.i(i)).collect::<candle_core::Result<_>>().map_err(cerr)?;
+            let rows: Vec<Tensor> = ids.iter().enumerate().filter(|(_, &id)| id == sid).map(|(i, _)| h.i(i)).collect::<candle_core::Result<_>>().map_err(crate::error::model_error)?;
             (ids, FORCED_REPLY.to_string(), rows)
         } else {
             let a = self.chat.reply(vision, prompt, &opts.generation, |_| {})?;
             let g = &a.generation;
-            // Sa2VA reads hidden states of output_ids[:-1]: a [SEG] that is the very last token has none.
             let sid = self.seg_id.ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
-            let rows = g.ids.iter().zip(&g.hidden).filter(|(&id, _)| id == sid).map(|(_, h)| h.clone()).collect();
+            let rows = seg_rows(g, sid);
             let stops = &self.chat.stop_ids;
             let kept: Vec<u32> = g.ids.iter().copied().filter(|i| !stops.contains(i)).collect();
             let text = self.chat.tokenizer.decode(&kept, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
@@ -305,6 +304,12 @@ impl Grounder {
     }
 }
 
+/// Hidden states at the generated `[SEG]`s (where each is fed back; Sa2VA reads output_ids[:-1],
+/// so a `[SEG]` that is the very last token has none).
+fn seg_rows(g: &crate::models::generate::Generation, sid: u32) -> Vec<Tensor> {
+    g.ids.iter().zip(&g.hidden).filter(|(&id, _)| id == sid).map(|(_, h)| h.clone()).collect()
+}
+
 fn check_projection(chat: &ChatModel, sam2: &Sam2, dir: &Path) -> Result<()> {
     let proj_out = chat.model.text_hidden_fcs.as_ref().map(|(_, b)| b.weight().dim(0).unwrap_or(0)).unwrap_or(0);
     if proj_out != sam2.config.decoder.transformer_dim {
@@ -313,6 +318,3 @@ fn check_projection(chat: &ChatModel, sam2: &Sam2, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cerr(e: candle_core::Error) -> Error {
-    Error::at("model", crate::error::candle_message(&e))
-}

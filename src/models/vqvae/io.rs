@@ -4,7 +4,7 @@
 
 use super::preprocess::DepthMap;
 use crate::error::{Error, Result};
-use image::{DynamicImage, ImageEncoder};
+use image::DynamicImage;
 use std::path::Path;
 
 /// Read a depth PNG/JPEG: 8-bit gray stays 8-bit (AURORA's input as is); 16-bit gray becomes a
@@ -36,20 +36,12 @@ fn check(data: &[f32], w: usize, h: usize) -> Result<()> {
     Ok(())
 }
 
-fn encode_png(buf: &[u8], w: usize, h: usize, color: image::ExtendedColorType) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(buf, w as u32, h as u32, color)
-        .map_err(|e| Error::at("png encoder", e.to_string()))?;
-    Ok(out)
-}
-
 /// 16-bit grayscale PNG bytes of a [0, 1] map: round(v·65535), clamped; NaN → 0.
 pub fn png16(data: &[f32], w: usize, h: usize) -> Result<Vec<u8>> {
     check(data, w, h)?;
     // PNG stores 16-bit samples big-endian; the encoder takes native-endian u16 bytes.
     let raw: Vec<u8> = data.iter().flat_map(|&v| to_u16(v).to_ne_bytes()).collect();
-    encode_png(&raw, w, h, image::ExtendedColorType::L16)
+    crate::render::png(&raw, w as u32, h as u32, image::ExtendedColorType::L16)
 }
 
 fn to_u16(v: f32) -> u16 {
@@ -76,7 +68,7 @@ pub fn turbo(x: f32) -> [u8; 3] {
 pub fn turbo_png(data: &[f32], w: usize, h: usize) -> Result<Vec<u8>> {
     check(data, w, h)?;
     let raw: Vec<u8> = data.iter().flat_map(|&v| turbo(v)).collect();
-    encode_png(&raw, w, h, image::ExtendedColorType::Rgb8)
+    crate::render::png(&raw, w as u32, h as u32, image::ExtendedColorType::Rgb8)
 }
 
 /// `.npy` (format 1.0, little-endian f32, C order) bytes of an (h, w) map.
