@@ -146,3 +146,39 @@ fn teacher_maps_and_tokens_for_a_folder() {
     let got: Vec<u32> = lines[0]["codes"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
     assert_eq!(got, codes);
 }
+
+/// `segment` decodes like `respond`: on a model with depth tokens, sampled replies (temperature 3
+/// on a 435-token vocabulary draws depth tokens often) never hold a code outside a block, a stray
+/// end marker or a malformed block.
+#[test]
+fn segment_keeps_depth_blocks_well_formed() {
+    use perceptio::models::depth_tokens::DepthParseError;
+    use perceptio::models::perceptio::SegmentOptions;
+    let dir = tempfile::tempdir().unwrap();
+    perceptio_model(dir.path());
+    let mut g = Grounder::load_any(dir.path(), &Device::Cpu, DType::F32, &perceptio::hub::HubConfig::from_env()).unwrap();
+    let img = perceptio::preprocess::load_rgb(&fixture("images/chelsea.png")).unwrap();
+    let vision = g.vision(&img, 2).unwrap();
+    let max_new_tokens = 24;
+    let mut unconstrained_malformed = 0;
+    for seed in 1..=6 {
+        let opts = SegmentOptions {
+            max_tiles: 2,
+            force_seg: false,
+            generation: GenerateOptions { max_new_tokens, temperature: 3.0, seed, top_p: None, stop_ids: vec![] },
+        };
+        let r = g.segment(&img, &vision, "the cat", &opts).unwrap();
+        // The same sampling without the constraint does write malformed depth tokens.
+        let o = RespondOptions { generation: opts.generation.clone(), constrain: false, force_depth: false };
+        let free = g.respond(&img, &vision, &perceptio::models::perceptio::referring_prompt("the cat"), &o, |_| {}).unwrap();
+        unconstrained_malformed += free.depth.is_some_and(|d| d.block.is_err()) as usize;
+        let ids = &g.depth.as_ref().unwrap().ids;
+        match ids.parse(&r.token_ids) {
+            Ok(_) => {}
+            // Only the token budget may cut a block short.
+            Err(DepthParseError::Unterminated { .. }) if r.token_ids.len() == max_new_tokens => {}
+            Err(e) => panic!("seed {seed}: malformed depth tokens in {:?}: {e:?}", r.text),
+        }
+    }
+    assert!(unconstrained_malformed > 0, "unconstrained sampling never went wrong either: the test proves nothing");
+}

@@ -138,12 +138,17 @@ fn bad_inputs_are_clear_errors() {
     // empty question is a usage error
     let o = run(&["ask", img, "  ", "--model", m, "--device", "cpu"], None);
     assert_eq!(o.status.code(), Some(2));
-    // asking for CUDA from a CPU build says how to get it
+    // asking for CUDA from a CPU build (or on a machine without a GPU) is a clear runtime error
     if !candle_core::utils::cuda_is_available() {
         let o = run(&["ask", img, "q", "--model", m, "--device", "cuda:0"], None);
-        assert_eq!(o.status.code(), Some(2));
+        assert_eq!(o.status.code(), Some(1));
         assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     }
+    // bf16 on the CPU is refused naming what works, never a candle error string
+    let o = run(&["ask", img, "q", "--model", m, "--device", "cpu", "--dtype", "bf16"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("f32") && stderr(&o).contains("f16") && !stderr(&o).contains("unsupported dtype"), "{}", stderr(&o));
     let o = run(&["ask", img, "q", "--model", m, "--device", "tpu"], None);
     assert_eq!(o.status.code(), Some(2));
 }

@@ -271,11 +271,19 @@ impl Grounder {
             let rows: Vec<Tensor> = ids.iter().enumerate().filter(|(_, &id)| id == sid).map(|(i, _)| h.i(i)).collect::<candle_core::Result<_>>().map_err(crate::error::model_error)?;
             (ids, FORCED_REPLY.to_string(), rows)
         } else {
-            let a = self.chat.reply(vision, prompt, &opts.generation, |_| {})?;
-            let g = &a.generation;
+            // Same decoding as `respond`: a model with depth tokens keeps any depth block it
+            // writes well-formed, so the chain before the answer is never cut or malformed.
+            let (_, embeds) = self.chat.embed_prompt(vision, prompt)?;
+            let mut gen = opts.generation.clone();
+            if gen.stop_ids.is_empty() {
+                gen.stop_ids = self.chat.stop_ids.clone();
+            }
+            let mut guard = self.depth.as_ref().map(|d| DepthGuard(d.constraint()));
+            let c = guard.as_mut().map(|g| g as &mut dyn LogitsConstraint);
+            let g = &generate_constrained(&mut self.chat.model, &embeds, &gen, c, |_| {}).map_err(crate::error::model_error)?;
             let sid = self.seg_id.ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
             let rows = seg_rows(g, sid);
-            let stops = &self.chat.stop_ids;
+            let stops = &gen.stop_ids;
             let kept: Vec<u32> = g.ids.iter().copied().filter(|i| !stops.contains(i)).collect();
             let text = self.chat.tokenizer.decode(&kept, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
             (g.ids.clone(), text.trim().to_string(), rows)

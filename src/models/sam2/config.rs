@@ -1,8 +1,9 @@
 //! SAM2 geometry. Sa2VA's `config.json` has no SAM2 section and Meta's `.pt` files carry no
 //! config, so the geometry is read from the checkpoint itself (widths from tensor shapes, stage
-//! depths from the block keys); what shapes cannot show (attention heads, window sizes after the
-//! first stage, global-attention blocks) comes from the known Meta variant with those stage
-//! depths, and an explicit `sam2` block in `config.json` (all fields optional) overrides both.
+//! depths from the block keys, stage and MLP growth from the `proj`/`mlp` shapes); what shapes
+//! cannot show (attention heads, window sizes after the first stage, global-attention blocks)
+//! comes from the known Meta variant with those stage depths (Sa2VA always builds hiera-L), and
+//! an explicit `sam2` block in `config.json` (all fields optional) overrides both.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -119,16 +120,40 @@ impl HieraConfig {
     }
 }
 
-/// Settings of Meta's released Hiera variants that shapes cannot reveal, keyed by
-/// (embed_dim, stages): (name, num_heads, global_att_blocks, window_spec).
-fn known_variant(embed_dim: usize, stages: &[usize]) -> Option<(&'static str, usize, Vec<usize>, Vec<usize>)> {
-    match (embed_dim, stages) {
-        (96, [1, 2, 7, 2]) => Some(("hiera_t", 1, vec![5, 7, 9], vec![8, 4, 14, 7])),
-        (96, [1, 2, 11, 2]) => Some(("hiera_s", 1, vec![7, 10, 13], vec![8, 4, 14, 7])),
-        (112, [2, 3, 16, 3]) => Some(("hiera_b+", 2, vec![12, 16, 20], vec![8, 4, 14, 7])),
-        (144, [2, 6, 36, 4]) => Some(("hiera_l", 2, vec![23, 33, 43], vec![8, 4, 16, 8])),
-        _ => None,
-    }
+/// Settings of Meta's released Hiera variants that shapes cannot reveal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub name: &'static str,
+    pub stages: [usize; 4],
+    pub num_heads: usize,
+    pub global_att_blocks: &'static [usize],
+    pub window_spec: [usize; 4],
+}
+
+/// Meta's Hiera variants (SAM2 and SAM2.1 share them), told apart by their stage depths alone,
+/// so a checkpoint with a variant's depths but other widths still gets its heads and windows.
+pub const VARIANTS: [Variant; 4] = [
+    Variant { name: "hiera_t", stages: [1, 2, 7, 2], num_heads: 1, global_att_blocks: &[5, 7, 9], window_spec: [8, 4, 14, 7] },
+    Variant { name: "hiera_s", stages: [1, 2, 11, 2], num_heads: 1, global_att_blocks: &[7, 10, 13], window_spec: [8, 4, 14, 7] },
+    Variant { name: "hiera_b+", stages: [2, 3, 16, 3], num_heads: 2, global_att_blocks: &[12, 16, 20], window_spec: [8, 4, 14, 7] },
+    Variant { name: "hiera_l", stages: [2, 6, 36, 4], num_heads: 2, global_att_blocks: &[23, 33, 43], window_spec: [8, 4, 16, 8] },
+];
+
+/// The variant Sa2VA builds for every checkpoint (`SAM2_HIERA_L` in its `sam2.py`, SAM2 not 2.1).
+pub const SA2VA_VARIANT: &Variant = &VARIANTS[3];
+
+/// The known variant with these stage depths.
+pub fn variant_by_stages(stages: &[usize]) -> Option<&'static Variant> {
+    VARIANTS.iter().find(|v| v.stages.as_slice() == stages)
+}
+
+/// Where the SAM2 tensors came from: it decides the default variant when the depths match none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Meta's checkpoints (`.pt` or converted safetensors).
+    Meta,
+    /// A Sa2VA model directory (`grounding_encoder.sam2_model.*`), always hiera-L in Sa2VA's code.
+    Sa2va,
 }
 
 /// The optional `sam2` block of `config.json` (or a standalone JSON file): any field given wins.
@@ -204,7 +229,7 @@ fn count_indexed(idx: &ShapeIndex, prefix: &str) -> usize {
 impl Sam2Config {
     /// Resolve the geometry of the SAM2 whose tensors (names relative to the SAM2 root, e.g.
     /// `image_encoder.trunk.pos_embed`) are in `idx`. `src` names the checkpoint in errors.
-    pub fn infer(idx: &ShapeIndex, ov: &Sam2Overrides, src: &str) -> Result<Self> {
+    pub fn infer(idx: &ShapeIndex, ov: &Sam2Overrides, layout: Layout, src: &str) -> Result<Self> {
         let shape = |k: &str| -> Result<&Vec<usize>> {
             idx.get(k).ok_or_else(|| Error::at(src, format!("not a SAM2 checkpoint: tensor `{k}` is missing")))
         };
@@ -229,29 +254,39 @@ impl Sam2Config {
         if pe.len() != 4 || pew.len() != 4 {
             return Err(Error::at(src, format!("trunk.pos_embed{pe:?} / pos_embed_window{pew:?} must be 4-d")));
         }
-        let known = known_variant(embed_dim, &stages);
-        let need = |what: &str| {
-            Error::at(
-                src,
-                format!(
-                    "SAM2 trunk with embed_dim {embed_dim} and stages {stages:?} is not one of Meta's variants (tiny, small, base+, large); \
-                     give `{what}` in a `sam2` block of config.json (see docs/formats.md)"
-                ),
-            )
+        // Stage widths grow by `dim_mul` at each `proj`, the MLP by `mlp_ratio`: both read off the shapes.
+        let dim_mul = match starts.get(1) {
+            Some(&b) => dim(&format!("image_encoder.trunk.blocks.{b}.proj.weight"), 0)? as f64 / dim(&format!("image_encoder.trunk.blocks.{b}.proj.weight"), 1)?.max(1) as f64,
+            None => 2.0,
         };
-        let num_heads = match (t.num_heads, &known) {
+        let mlp_ratio = dim("image_encoder.trunk.blocks.0.mlp.layers.0.weight", 0)? as f64 / embed_dim.max(1) as f64;
+        let known = variant_by_stages(&stages);
+        let need = |what: &str| {
+            let why = match layout {
+                Layout::Sa2va => format!(
+                    "Sa2VA builds SAM2 hiera-L (stages {:?}) but this checkpoint's trunk has stages {stages:?} (embed_dim {embed_dim})",
+                    SA2VA_VARIANT.stages
+                ),
+                Layout::Meta => format!(
+                    "SAM2 trunk with embed_dim {embed_dim} and stages {stages:?} is not one of Meta's variants (tiny, small, base+, large: \
+                     stages [1, 2, 7, 2], [1, 2, 11, 2], [2, 3, 16, 3], [2, 6, 36, 4])"
+                ),
+            };
+            Error::at(src, format!("{why}; give `{what}` in a `sam2` block of config.json (see docs/formats.md)"))
+        };
+        let num_heads = match (t.num_heads, known) {
             (Some(h), _) => h,
-            (None, Some(k)) => k.1,
+            (None, Some(k)) => k.num_heads,
             (None, None) => return Err(need("trunk.num_heads")),
         };
-        let global_att_blocks = match (&t.global_att_blocks, &known) {
+        let global_att_blocks = match (&t.global_att_blocks, known) {
             (Some(g), _) => g.clone(),
-            (None, Some(k)) => k.2.clone(),
+            (None, Some(k)) => k.global_att_blocks.to_vec(),
             (None, None) => return Err(need("trunk.global_att_blocks")),
         };
-        let mut window_spec = match (&t.window_spec, &known) {
+        let mut window_spec = match (&t.window_spec, known) {
             (Some(w), _) => w.clone(),
-            (None, Some(k)) => k.3.clone(),
+            (None, Some(k)) => k.window_spec.to_vec(),
             (None, None) => return Err(need("trunk.window_spec")),
         };
         if t.window_spec.is_none() {
@@ -269,10 +304,19 @@ impl Sam2Config {
             window_pos_embed_bkg_spatial_size: t.window_pos_embed_bkg_spatial_size.unwrap_or((pe[2], pe[3])),
             q_pool: t.q_pool.unwrap_or(3),
             q_stride: t.q_stride.unwrap_or((2, 2)),
-            dim_mul: t.dim_mul.unwrap_or(2.0),
+            dim_mul: t.dim_mul.unwrap_or(dim_mul),
             head_mul: t.head_mul.unwrap_or(2.0),
-            mlp_ratio: t.mlp_ratio.unwrap_or(4.0),
+            mlp_ratio: t.mlp_ratio.unwrap_or(mlp_ratio),
         };
+        let n_blocks: usize = trunk.stages.iter().sum();
+        if let Some(b) = trunk.global_att_blocks.iter().find(|&&b| b >= n_blocks) {
+            return Err(Error::at(src, format!("sam2.trunk.global_att_blocks names block {b} but the trunk has {n_blocks} blocks")));
+        }
+        for (i, b) in trunk.blocks().iter().enumerate() {
+            if b.heads == 0 || b.dim_out % b.heads != 0 {
+                return Err(Error::at(src, format!("Hiera block {i}: {} heads do not divide its width {}; set sam2.trunk.num_heads", b.heads, b.dim_out)));
+            }
+        }
         if trunk.stages.is_empty() || trunk.q_pool > trunk.stages.len() - 1 {
             return Err(Error::at(src, format!("sam2.trunk.q_pool {} is larger than the number of stage changes", trunk.q_pool)));
         }
@@ -345,7 +389,7 @@ impl Sam2Config {
 
     /// Name of the Meta variant these settings correspond to, if any.
     pub fn variant_name(&self) -> Option<&'static str> {
-        known_variant(self.trunk.embed_dim, &self.trunk.stages).map(|k| k.0)
+        variant_by_stages(&self.trunk.stages).map(|k| k.name)
     }
 
     /// (H, W) of the image embedding (backbone stride 16).

@@ -135,10 +135,10 @@ impl Sam2 {
     /// Build from a tensor index and a var builder over the same files, finding the SAM2 root
     /// (plain or Sa2VA-prefixed). `Ok(None)` when there is no SAM2 in the files.
     pub fn from_index(idx: &ShapeIndex, block: Option<&serde_json::Value>, vb: VarBuilder, src: &str) -> Result<Option<Self>> {
-        let (sub, vb) = if idx.keys().any(|k| k.starts_with(SA2VA_PREFIX)) {
-            (config::strip_prefix(idx, SA2VA_PREFIX), vb.pp(SA2VA_PREFIX.trim_end_matches('.')))
+        let (sub, vb, layout) = if idx.keys().any(|k| k.starts_with(SA2VA_PREFIX)) {
+            (config::strip_prefix(idx, SA2VA_PREFIX), vb.pp(SA2VA_PREFIX.trim_end_matches('.')), config::Layout::Sa2va)
         } else if idx.contains_key("image_encoder.trunk.patch_embed.proj.weight") {
-            (idx.clone(), vb)
+            (idx.clone(), vb, config::Layout::Meta)
         } else {
             return Ok(None);
         };
@@ -146,7 +146,7 @@ impl Sam2 {
             Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::at(src, format!("invalid `sam2` config block: {e}")))?,
             None => Sam2Overrides::default(),
         };
-        let cfg = Sam2Config::infer(&sub, &ov, src)?;
+        let cfg = Sam2Config::infer(&sub, &ov, layout, src)?;
         let m = Self::new(cfg, vb).map_err(|e| Error::at(src, format!("SAM2 weights do not match the config: {}", crate::error::candle_message(&e))))?;
         Ok(Some(m))
     }
