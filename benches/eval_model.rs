@@ -6,10 +6,11 @@
 mod sa2va;
 
 use candle_core::{DType, Device};
-use perceptio::eval::predict::runs::{refcoco, RunOptions};
-use perceptio::eval::predict::Shard;
+use perceptio::run::benchmarks::{refcoco, RunOptions};
+use perceptio::run::Shard;
 use perceptio::models::generate::GenerateOptions;
-use perceptio::models::perceptio::Grounder;
+use perceptio::models::checkpoint::Checkpoint;
+use perceptio::models::perceptio::{Grounder, LoadOptions};
 use std::path::Path;
 
 fn main() {
@@ -29,7 +30,7 @@ fn main() {
         image::imageops::resize(&photo, w, h, image::imageops::FilterType::Triangle).save(&p).unwrap();
     }
     let gt = perceptio::eval::refcoco::refer::load_refer(&root.join("refcoco"), "refcoco", "unc", "val", perceptio::eval::refcoco::GtOverlap::Union).unwrap();
-    let mut g = Grounder::load(&model, &Device::Cpu, DType::F32).unwrap();
+    let mut g = Grounder::load(&Checkpoint::open(&model, DType::F32, &Device::Cpu).unwrap(), &LoadOptions { require_grounding: true, ..Default::default() }).unwrap();
     let images: std::collections::HashSet<_> = gt.samples.iter().map(|s| s.image_id).collect();
     println!("fixture RefCOCO val: {} sentences on {} images, tiny Sa2VA (SAM2 at 1024², InternViT 2 tiles), {} threads", gt.samples.len(), images.len(), candle_core::utils::get_num_threads());
     for reuse in [true, false, true, false] {

@@ -9,7 +9,7 @@
 
 use perceptio::eval::mmbench::{self, matching::Matcher, MissingPolicy};
 use perceptio::eval::refcoco::{self, refer, GtOverlap};
-use perceptio::eval::rle::{from_polygon, Rle};
+use perceptio::mask::{from_polygon, Rle};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ pub mod exit {
     pub const OK: i32 = 0;
     /// Bad input or a runtime failure (missing file, malformed annotation, I/O error).
     pub const FAILURE: i32 = 1;
-    /// Usage error (bad flags) or a command that is not implemented yet.
+    /// Usage error (bad flags or arguments that contradict each other).
     pub const USAGE: i32 = 2;
     /// `segment`: the model answered without a `[SEG]` token, so the mask is empty (the outputs
     /// are still written).
@@ -30,9 +30,10 @@ pub enum Error {
     /// The command line asks for something inconsistent.
     #[error("{0}")]
     Usage(String),
-    /// A subcommand that exists in the interface but has no implementation yet.
-    #[error("`{0}` is not implemented yet")]
-    NotImplemented(String),
+    /// A candle error raised while building or running a model (shown without the backtrace
+    /// candle appends when `RUST_BACKTRACE` is set).
+    #[error("model: {}", candle_message(.0))]
+    Model(#[from] candle_core::Error),
 }
 
 impl Error {
@@ -57,18 +58,19 @@ impl Error {
 
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::NotImplemented(_) => exit::USAGE,
+            Error::Usage(_) => exit::USAGE,
             _ => exit::FAILURE,
         }
+    }
+
+    /// Writing to a closed pipe (`perceptio ... | head`): the reader has all it wanted, so the
+    /// CLI ends quietly with success, as ripgrep does.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// A candle error raised while running a model, as a user-facing error.
-pub fn model_error(e: candle_core::Error) -> Error {
-    Error::at("model", candle_message(&e))
-}
 
 /// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set.
 pub fn candle_message(e: &candle_core::Error) -> String {

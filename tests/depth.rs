@@ -6,7 +6,10 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::fixture;
-use perceptio::models::vqvae::{self, io, preprocess, Config, VqVae};
+use perceptio::depthmap::{DepthMap, DepthScale};
+use perceptio::models::vqvae::{self, preprocess, Config, VqVae};
+use perceptio::preprocess::load_depth_image;
+use perceptio::render::depth as io;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
@@ -102,10 +105,10 @@ fn soft_merge_decode_matches_ait() {
 fn aurora_preprocessing_of_the_middlebury_map_is_exact() {
     let g = goldens();
     let m = meta();
-    let map = io::load_depth_image(&fixture("depth/motorcycle_disp_80x120.png")).unwrap();
-    assert_eq!((map.width(), map.height()), (120, 80));
-    assert!(matches!(map, preprocess::DepthMap::Float { .. }));
-    let u8map = map.to_gray8().unwrap();
+    let map = load_depth_image(&fixture("depth/motorcycle_disp_80x120.png")).unwrap();
+    assert_eq!((map.width, map.height), (120, 80));
+    assert_eq!(map.scale, DepthScale::Float);
+    let u8map = preprocess::to_gray8(&map).unwrap();
     assert_eq!(sha(&u8map), m["real_map"]["u8_sha256"].as_str().unwrap(), "Depth Anything min-max to 8 bits");
     let r96 = preprocess::resize_nearest(&u8map, 120, 80, 96, 96);
     assert_eq!(sha(&r96), m["real_map"]["resized_sha256"].as_str().unwrap(), "Pillow NEAREST to 96²");
@@ -172,9 +175,9 @@ fn bad_checkpoints_and_configs_are_clear_errors() {
     let vq = tiny();
     let big = Tensor::from_vec(vec![16u32], (1, 1, 1), &Device::Cpu).unwrap();
     assert!(vq.decode(&big).unwrap_err().to_string().contains("out of range"));
-    let flat = preprocess::DepthMap::Float { width: 2, height: 1, data: vec![f32::NAN, f32::INFINITY] };
+    let flat = DepthMap::new(2, 1, vec![f32::NAN, f32::INFINITY], DepthScale::Float);
     assert!(preprocess::normalize_depth(&flat, 8, &Device::Cpu).is_err());
-    let short = preprocess::DepthMap::Gray8 { width: 3, height: 3, data: vec![0; 4] };
+    let short = DepthMap::new(3, 3, vec![0.0; 4], DepthScale::Gray8);
     assert!(preprocess::normalize_depth(&short, 8, &Device::Cpu).is_err());
 }
 
@@ -184,7 +187,7 @@ fn real_aurora_size_runs_the_same_path() {
     // (torch.argmin's first index); decode gives 320² back.
     let cfg = Config::default();
     let vq = VqVae::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap();
-    let map = io::load_depth_image(&fixture("depth/motorcycle_disp_80x120.png")).unwrap();
+    let map = load_depth_image(&fixture("depth/motorcycle_disp_80x120.png")).unwrap();
     let x = preprocess::normalize_depth(&map, cfg.image_size, &Device::Cpu).unwrap();
     let c = vq.encode(&x).unwrap();
     assert_eq!(c.dims(), &[1, 10, 10]);
@@ -205,8 +208,8 @@ fn depth_writers_round_trip() {
     let raw = img.into_luma16().into_raw();
     assert_eq!(raw.iter().map(|&v| v as u32).collect::<Vec<_>>(), data.iter().map(|&v| (v * 65535.0).round() as u32).collect::<Vec<_>>());
     assert_eq!((raw[0], raw[w * h - 1]), (0, 65535));
-    match io::load_depth_image(&p).unwrap() {
-        preprocess::DepthMap::Float { width, height, data: back } => {
+    match load_depth_image(&p).unwrap() {
+        DepthMap { width, height, data: back, scale: DepthScale::Float } => {
             assert_eq!((width, height), (w, h));
             assert!(back.iter().zip(&data).all(|(a, b)| (a - b).abs() <= 0.5 / 65535.0 + 1e-7));
         }

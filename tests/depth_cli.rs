@@ -8,7 +8,8 @@ mod sa2va;
 use candle_core::{DType, Device};
 use common::{assert_fails, fixture, run, stderr, stdout};
 use perceptio::models::generate::GenerateOptions;
-use perceptio::models::perceptio::{Grounder, RespondOptions};
+use perceptio::models::checkpoint::Checkpoint;
+use perceptio::models::perceptio::{Grounder, LoadOptions, RespondOptions};
 use std::path::Path;
 
 fn perceptio_model(dir: &Path) {
@@ -20,7 +21,7 @@ fn perceptio_model(dir: &Path) {
 fn constrained_decoding_always_yields_a_full_block() {
     let dir = tempfile::tempdir().unwrap();
     perceptio_model(dir.path());
-    let mut g = Grounder::load_any(dir.path(), &Device::Cpu, DType::F32, &perceptio::hub::HubConfig::from_env()).unwrap();
+    let mut g = Grounder::load(&Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap(), &LoadOptions::default()).unwrap();
     assert!(g.depth.is_some() && g.sam2.is_some());
     for file in ["images/chelsea.png", "images/coffee_portrait.png"] {
         let img = perceptio::preprocess::load_rgb(&fixture(file)).unwrap();
@@ -37,7 +38,7 @@ fn constrained_decoding_always_yields_a_full_block() {
             assert_eq!(b.codes.len(), 9);
             assert!(b.codes.iter().all(|&c| c < 16));
             let m = d.map.unwrap();
-            assert_eq!((m.width, m.height), (img.width(), img.height()));
+            assert_eq!((m.width, m.height), (img.width() as usize, img.height() as usize));
             assert!(m.data.iter().all(|v| (0.0..=1.0).contains(v)));
             assert!(r.text_with_spatial_tokens.starts_with("<DEPTH_START>"), "{}", r.text_with_spatial_tokens);
             assert!(!r.answer.contains("<DEPTH_"), "{}", r.answer);
@@ -141,7 +142,7 @@ fn teacher_maps_and_tokens_for_a_folder() {
     let m = ta.predict_depth(&perceptio::preprocess::load_rgb(&img).unwrap()).unwrap();
     let c: perceptio::models::vqvae::Config = serde_json::from_value(vq["tiny_config"].clone()).unwrap();
     let v = perceptio::models::vqvae::load(&fixture("depth/tiny_vqvae.pt"), &c, DType::F32, &Device::Cpu).unwrap();
-    let map = perceptio::models::vqvae::preprocess::DepthMap::Float { width: m.width, height: m.height, data: m.data };
+    let map = m;
     let codes = perceptio::models::perceptio::depth::DepthHead::encode_map(&v, &map).unwrap();
     let got: Vec<u32> = lines[0]["codes"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
     assert_eq!(got, codes);
@@ -156,7 +157,7 @@ fn segment_keeps_depth_blocks_well_formed() {
     use perceptio::models::perceptio::SegmentOptions;
     let dir = tempfile::tempdir().unwrap();
     perceptio_model(dir.path());
-    let mut g = Grounder::load_any(dir.path(), &Device::Cpu, DType::F32, &perceptio::hub::HubConfig::from_env()).unwrap();
+    let mut g = Grounder::load(&Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap(), &LoadOptions::default()).unwrap();
     let img = perceptio::preprocess::load_rgb(&fixture("images/chelsea.png")).unwrap();
     let vision = g.vision(&img, 2).unwrap();
     let max_new_tokens = 24;

@@ -1,7 +1,7 @@
 //! COCO RLE: bit-exact parity with pycocotools (goldens from tools/gen_rle_goldens.py) and
 //! property tests of the codec.
 
-use perceptio::eval::rle::{from_bbox, from_polygon, parse_mask_json, MaskJson, Rle};
+use perceptio::mask::{from_bbox, from_polygon, parse_mask_json, MaskJson, Rle};
 use proptest::prelude::*;
 use serde_json::Value;
 

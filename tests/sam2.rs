@@ -61,7 +61,7 @@ fn prompt_encoder_matches_meta_in_both_key_layouts() {
 // abs on crops and 1e-4 relative on per-channel sums; decoder logits 1e-4 abs on crops; IoU and
 // object scores 1e-4; masks bit-equal except where |logit| < 1e-3.
 
-use perceptio::models::sam2::{upscale_logits, Mask, PointPrompt, Preprocess, Sam2};
+use perceptio::models::sam2::{mask_from_logits, upscale_logits, PointPrompt, Preprocess, Sam2};
 
 /// What shapes cannot tell about the tiny checkpoint (fixtures/sam2/tiny_sam2_config.json).
 fn tiny_block() -> serde_json::Value {
@@ -199,7 +199,7 @@ fn sa2va_seg_path_matches_the_reference() {
     assert_close(&hi.narrow(1, 0, 32).unwrap().narrow(2, 0, 32).unwrap(), &g["sa2va.high_res.crop_tl"], 1e-4, "256→1024");
     let fin = upscale_logits(&p.low_res, (img.height(), img.width()), Some(1024)).unwrap();
     assert_bits(&fin, &g["sa2va.final_mask_bits"], "sa2va final mask");
-    let mask = Mask::from_logits(&fin).unwrap();
+    let mask = mask_from_logits(&fin).unwrap();
     assert!(mask.area() > 0);
     // Same image again: the features come from the cache.
     let (_, hit) = m.features(&img, Preprocess::Sa2va).unwrap();

@@ -10,7 +10,8 @@ use sa2va::assemble;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_fails, fixture, run, stderr, stdout};
 use perceptio::models::generate::GenerateOptions;
-use perceptio::models::perceptio::{Grounder, SegmentOptions};
+use perceptio::models::checkpoint::Checkpoint;
+use perceptio::models::perceptio::{Grounder, LoadOptions, SegmentOptions};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -47,7 +48,7 @@ fn sa2va_grounding_matches_the_reference_on_two_photos() {
     let dir = tempfile::tempdir().unwrap();
     assemble(dir.path());
     let g = goldens();
-    let mut m = Grounder::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let mut m = Grounder::load(&Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap(), &LoadOptions { require_grounding: true, ..Default::default() }).unwrap();
     for (name, file, expr) in [("chelsea", "images/chelsea.png", "the cat"), ("portrait", "images/coffee_portrait.png", "the cup")] {
         let img = perceptio::preprocess::load_rgb(&fixture(file)).unwrap();
         let vision = m.vision(&img, 6).unwrap();
@@ -91,7 +92,7 @@ fn segment_cli_writes_mask_rle_overlay_and_json() {
     assert_eq!(v["prompt"], "<image>\n Please segment the cat in this image.");
     assert_eq!(v["seg_count"], 1);
     assert_eq!(v["mask"]["size"], serde_json::json!([300, 451]));
-    let rle = perceptio::eval::rle::Rle::from_compressed(v["mask"]["counts"].as_str().unwrap(), 300, 451).unwrap();
+    let rle = perceptio::mask::Rle::from_compressed(v["mask"]["counts"].as_str().unwrap(), 300, 451).unwrap();
     assert_mask(&rle.decode_row_major(), &want, "CLI RLE");
     assert_eq!(v["area"].as_u64().unwrap(), rle.area());
     assert_eq!(v["timings"]["sam2_cached"], false);

@@ -2,7 +2,7 @@
 //! round trip (strings need not be canonical: "P0" is a padded 0, as pycocotools also accepts).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use perceptio::eval::rle::Rle;
+use perceptio::mask::Rle;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {

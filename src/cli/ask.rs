@@ -2,7 +2,6 @@
 
 use crate::error::{Error, Result};
 use super::runtime::RuntimeArgs;
-use crate::hub;
 use crate::models::generate::GenerateOptions;
 use crate::models::perceptio::{Grounder, RespondOptions};
 use clap::Args;
@@ -46,10 +45,11 @@ pub fn run(a: AskArgs) -> Result<()> {
     }
     let (device, dtype) = a.rt.device_dtype()?;
     let img = crate::preprocess::image_io::load_rgb(&a.image)?;
-    let hub_cfg = a.rt.hub();
-    let dir = hub::resolve_model(&a.model, &hub_cfg)?;
     let t_load = std::time::Instant::now();
-    let mut g = Grounder::load_any(&dir, &device, dtype, &hub_cfg)?;
+    let (ck, lo) = a.rt.open_model(&a.model, &device, dtype)?;
+    let dir = ck.dir.clone();
+    let mut g = Grounder::load(&ck, &lo)?;
+    drop(ck);
     let load_secs = t_load.elapsed().as_secs_f64();
     let cfg = g.chat.config();
     let max_tiles = a.rt.tiles(&device, cfg.default_max_tiles());
@@ -79,10 +79,11 @@ pub fn run(a: AskArgs) -> Result<()> {
     let segments: Vec<serde_json::Value> = r
         .segments
         .iter()
-        .map(|(m, score, obj)| -> Result<serde_json::Value> {
-            let rle = crate::render::mask_rle(m)?;
-            let area = rle.area();
-            Ok(serde_json::json!({"mask": crate::render::rle_json(&rle), "area": area, "bbox": if area > 0 { serde_json::json!(rle.bbox()) } else { serde_json::Value::Null }, "score": score, "object_score": obj}))
+        .map(|s| -> Result<serde_json::Value> {
+            let mut v = super::segment::mask_summary(&s.mask)?;
+            v["score"] = serde_json::json!(s.score);
+            v["object_score"] = serde_json::json!(s.object_score);
+            Ok(v)
         })
         .collect::<Result<_>>()?;
     let depth = match &r.depth {
@@ -94,16 +95,17 @@ pub fn run(a: AskArgs) -> Result<()> {
     };
     if let Some(dir) = &a.save_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        for (i, (m, _, _)) in r.segments.iter().enumerate() {
-            crate::util::atomic::write(&dir.join(format!("mask-{}.png", i + 1)), &crate::render::mask_png(m)?)?;
+        for (i, s) in r.segments.iter().enumerate() {
+            crate::util::atomic::write(&dir.join(format!("mask-{}.png", i + 1)), &crate::render::mask_png(&s.mask)?)?;
         }
         if !r.segments.is_empty() {
-            let ms: Vec<&crate::models::sam2::Mask> = r.segments.iter().map(|s| &s.0).collect();
+            let ms: Vec<&crate::mask::Mask> = r.segments.iter().map(|s| &s.mask).collect();
             crate::util::atomic::write(&dir.join("overlay.png"), &crate::render::overlay_png(&img, &ms)?)?;
         }
         if let Some(map) = r.depth.as_ref().and_then(|d| d.map.as_ref()) {
-            crate::models::vqvae::io::write_png16(&dir.join("depth.png"), &map.data, map.width as usize, map.height as usize)?;
-            crate::models::vqvae::io::write_turbo_png(&dir.join("depth_color.png"), &map.data, map.width as usize, map.height as usize)?;
+            let unit = map.to_unit();
+            crate::render::depth::write_png16(&dir.join("depth.png"), &unit, map.width, map.height)?;
+            crate::render::depth::write_turbo_png(&dir.join("depth_color.png"), &unit, map.width, map.height)?;
         }
     }
     let v = serde_json::json!({

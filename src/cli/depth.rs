@@ -3,13 +3,16 @@
 //! (`--tokens`, for a file or a folder of images: how Perceptio-style training targets are made).
 
 use crate::error::{exit, Error, Result};
-use crate::hub::{self, HubConfig};
+use crate::hub;
 use crate::models::depth_anything::DepthAnything;
 use super::runtime::RuntimeArgs;
 use crate::models::generate::GenerateOptions;
-use crate::models::perceptio::depth::{token_string, DepthConfig, DepthHead, PerceptioBlock};
+use crate::models::internvl::chat::ChatModel;
+use crate::models::perceptio::depth::{token_string, DepthConfig, DepthHead};
 use crate::models::perceptio::{Grounder, RespondOptions};
-use crate::models::vqvae::{self, io as dio, VqVae};
+use crate::depthmap::DepthMap;
+use crate::models::vqvae::{self, VqVae};
+use crate::render::depth as dio;
 use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,22 +73,11 @@ pub struct DepthArgs {
     pub rt: RuntimeArgs,
 }
 
-/// min, max of the finite values.
-fn range(d: &[f32]) -> (f32, f32) {
-    d.iter().filter(|v| v.is_finite()).fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)))
-}
-
-/// Min-max to [0, 1] (a constant map becomes 0).
-fn unit(d: &[f32]) -> Vec<f32> {
-    let (lo, hi) = range(d);
-    let s = if hi > lo { 1.0 / (hi - lo) } else { 0.0 };
-    d.iter().map(|&v| if v.is_finite() { (v - lo) * s } else { 0.0 }).collect()
-}
-
-/// Write the requested files; `in_unit` is the map already in [0, 1] (else min-max is applied
-/// for the PNGs; the .npy always holds the raw values).
-fn write_outputs(a: &DepthArgs, raw: &[f32], w: usize, h: usize, in_unit: bool) -> Result<serde_json::Value> {
-    let shown = if in_unit { raw.to_vec() } else { unit(raw) };
+/// Write the requested files: the PNGs get the map in [0, 1] (see `DepthMap::to_unit`), the
+/// .npy the raw values.
+fn write_outputs(a: &DepthArgs, map: &DepthMap) -> Result<serde_json::Value> {
+    let (w, h) = (map.width, map.height);
+    let shown = map.to_unit();
     let mut files = serde_json::Map::new();
     if let Some(p) = &a.output {
         dio::write_png16(p, &shown, w, h)?;
@@ -96,13 +88,11 @@ fn write_outputs(a: &DepthArgs, raw: &[f32], w: usize, h: usize, in_unit: bool) 
         files.insert("colormap".into(), p.display().to_string().into());
     }
     if let Some(p) = &a.npy {
-        dio::write_npy(p, raw, w, h)?;
+        dio::write_npy(p, &map.data, w, h)?;
         files.insert("npy".into(), p.display().to_string().into());
     }
     Ok(files.into())
 }
-
-
 
 /// Images of a directory (PNG/JPEG by extension), sorted; a file is itself.
 fn inputs(p: &Path) -> Result<Vec<PathBuf>> {
@@ -122,7 +112,7 @@ fn inputs(p: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The VQ-VAE and token spec for --tokens: --vqvae (+ --depth-config), else --model's block.
-fn tokens_vqvae(a: &DepthArgs, hub_cfg: &HubConfig, device: &candle_core::Device) -> Result<(DepthConfig, VqVae)> {
+fn tokens_vqvae(a: &DepthArgs, device: &candle_core::Device) -> Result<(DepthConfig, VqVae)> {
     let read_block = |p: &Path| -> Result<serde_json::Value> {
         let v: serde_json::Value = serde_json::from_slice(&crate::util::read_file(p)?).map_err(|e| Error::input(p, format!("not valid JSON: {e}")))?;
         Ok(v.get("perceptio").and_then(|x| x.get("depth")).or_else(|| v.get("depth")).cloned().unwrap_or(v))
@@ -137,22 +127,18 @@ fn tokens_vqvae(a: &DepthArgs, hub_cfg: &HubConfig, device: &candle_core::Device
         let vq = vqvae::load(file, &d.vqvae_config, candle_core::DType::F32, device)?;
         return Ok((d, vq));
     }
-    let dir = hub::resolve_model(&a.model, hub_cfg)?;
-    let cfg_path = dir.join("config.json");
-    let cfg: serde_json::Value = serde_json::from_slice(&crate::util::read_file(&cfg_path)?).map_err(|e| Error::input(&cfg_path, format!("not valid JSON: {e}")))?;
-    let b: PerceptioBlock = match cfg.get("perceptio") {
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::input(&cfg_path, format!("invalid `perceptio` block: {e}")))?,
-        None => PerceptioBlock::default(),
-    };
-    let d = b.depth.ok_or_else(|| Error::input(&cfg_path, "has no `perceptio.depth` block: give the VQ-VAE with --vqvae FILE"))?;
-    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| Error::input(dir.join("tokenizer.json"), e.to_string()))?;
-    let head = DepthHead::load(&dir, &cfg, &tok, device, hub_cfg)?.expect("block present");
+    let (ck, lo) = a.rt.open_model(&a.model, device, candle_core::DType::F32)?;
+    let cfg_path = ck.dir.join("config.json");
+    let d = DepthConfig::from_model_config(&ck.config, &cfg_path)?
+        .ok_or_else(|| Error::input(&cfg_path, "has no `perceptio.depth` block: give the VQ-VAE with --vqvae FILE"))?;
+    let tok = ChatModel::load_tokenizer(&ck.dir)?;
+    let head = DepthHead::from_checkpoint(&ck, &tok, lo.vqvae_dir.as_deref())?
+        .ok_or_else(|| Error::input(&cfg_path, "has no `perceptio.depth` block: give the VQ-VAE with --vqvae FILE"))?;
     Ok((d, head.vqvae))
 }
 
 pub fn run(a: DepthArgs) -> Result<i32> {
     let (device, dtype) = a.rt.device_dtype()?;
-    let hub_cfg = a.rt.hub();
     let any_file = a.output.is_some() || a.colormap.is_some() || a.npy.is_some();
     if a.tokens && (any_file || a.force_depth) {
         return Err(Error::Usage("--tokens prints depth tokens; it takes no -o/--colormap/--npy/--force-depth".into()));
@@ -160,69 +146,79 @@ pub fn run(a: DepthArgs) -> Result<i32> {
     if !a.tokens && a.image.is_dir() {
         return Err(Error::Usage(format!("{} is a directory: only --tokens handles folders", a.image.display())));
     }
-
     if a.tokens || a.source == Source::Teacher {
         let t = Instant::now();
-        let teacher = DepthAnything::load(&hub::resolve_model(&a.teacher, &hub_cfg)?, &device, dtype)?;
+        let teacher = DepthAnything::load(&hub::resolve_model(&a.teacher, &a.rt.hub())?, &device, dtype)?;
         let load_s = t.elapsed().as_secs_f64();
-        if a.tokens {
-            let (d, vq) = tokens_vqvae(&a, &hub_cfg, &device)?;
-            let files = inputs(&a.image)?;
-            let pb = crate::eval::predict::progress(files.len() as u64, "depth tokens");
-            let mut lines = String::new();
-            let mut stdout = std::io::stdout().lock();
-            for f in &files {
-                let img = crate::preprocess::load_rgb(f)?;
-                let m = teacher.predict_depth(&img).map_err(crate::error::model_error)?;
-                let map = vqvae::preprocess::DepthMap::Float { width: m.width, height: m.height, data: m.data };
-                let codes = DepthHead::encode_map(&vq, &map)?;
-                let v = serde_json::json!({
-                    "image": f.display().to_string(),
-                    "grid": [d.tokens.grid.0, d.tokens.grid.1],
-                    "codes": codes,
-                    "tokens": token_string(&d.tokens, &codes),
-                });
-                if a.out.is_some() {
-                    lines.push_str(&format!("{v}\n"));
-                } else {
-                    writeln!(stdout, "{v}").map_err(|e| Error::io("<stdout>", e))?;
-                }
-                pb.inc(1);
-            }
-            pb.finish_and_clear();
-            if let Some(p) = &a.out {
-                crate::util::atomic::write(p, lines.as_bytes())?;
-            }
-            return Ok(exit::OK);
-        }
-        let img = crate::preprocess::load_rgb(&a.image)?;
-        let t = Instant::now();
-        let m = teacher.predict_depth(&img).map_err(crate::error::model_error)?;
-        let infer_s = t.elapsed().as_secs_f64();
-        let files = write_outputs(&a, &m.data, m.width, m.height, false)?;
-        if a.json || !any_file {
-            let (lo, hi) = range(&m.data);
-            super::print_json_line(&serde_json::json!({
-                "image": a.image.display().to_string(), "source": "teacher", "teacher": a.teacher,
-                "width": m.width, "height": m.height, "min": lo, "max": hi,
-                "convention": "relative inverse depth (larger = nearer); PNGs are min-max scaled",
-                "files": files, "timings": {"load_s": load_s, "infer_s": infer_s},
-            }))?;
-        }
-        return Ok(exit::OK);
+        return if a.tokens { run_tokens(&a, &teacher, &device) } else { run_teacher(&a, &teacher, load_s, any_file) };
     }
+    run_model(&a, &device, dtype, any_file)
+}
 
-    // --source model
+/// `--tokens`: the teacher's map of each image as VQ-VAE depth tokens, one JSON line each.
+fn run_tokens(a: &DepthArgs, teacher: &DepthAnything, device: &candle_core::Device) -> Result<i32> {
+        let (d, vq) = tokens_vqvae(a, device)?;
+        let files = inputs(&a.image)?;
+        let pb = crate::run::progress(files.len() as u64, "depth tokens");
+        let mut lines = String::new();
+        let mut stdout = std::io::stdout().lock();
+        for f in &files {
+            let img = crate::preprocess::load_rgb(f)?;
+            let map = teacher.predict_depth(&img)?;
+            let codes = DepthHead::encode_map(&vq, &map)?;
+            let v = serde_json::json!({
+                "image": f.display().to_string(),
+                "grid": [d.tokens.grid.0, d.tokens.grid.1],
+                "codes": codes,
+                "tokens": token_string(&d.tokens, &codes),
+            });
+            if a.out.is_some() {
+                lines.push_str(&format!("{v}\n"));
+            } else {
+                writeln!(stdout, "{v}").map_err(|e| Error::io("<stdout>", e))?;
+            }
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        if let Some(p) = &a.out {
+            crate::util::atomic::write(p, lines.as_bytes())?;
+        }
+        Ok(exit::OK)
+}
+
+/// `--source teacher`: the Depth Anything V2 map.
+fn run_teacher(a: &DepthArgs, teacher: &DepthAnything, load_s: f64, any_file: bool) -> Result<i32> {
     let img = crate::preprocess::load_rgb(&a.image)?;
-    let dir = hub::resolve_model(&a.model, &hub_cfg)?;
     let t = Instant::now();
-    let mut g = Grounder::load_any(&dir, &device, dtype, &hub_cfg)?;
+    let m = teacher.predict_depth(&img)?;
+    let infer_s = t.elapsed().as_secs_f64();
+    let files = write_outputs(a, &m)?;
+    if a.json || !any_file {
+        let (lo, hi) = m.range();
+        super::print_json_line(&serde_json::json!({
+            "image": a.image.display().to_string(), "source": "teacher", "teacher": a.teacher,
+            "width": m.width, "height": m.height, "min": lo, "max": hi,
+            "convention": "relative inverse depth (larger = nearer); PNGs are min-max scaled",
+            "files": files, "timings": {"load_s": load_s, "infer_s": infer_s},
+        }))?;
+    }
+    Ok(exit::OK)
+}
+
+/// `--source model`: the model's own depth block, decoded by its VQ-VAE.
+fn run_model(a: &DepthArgs, device: &candle_core::Device, dtype: candle_core::DType, any_file: bool) -> Result<i32> {
+    let img = crate::preprocess::load_rgb(&a.image)?;
+    let t = Instant::now();
+    let (ck, lo) = a.rt.open_model(&a.model, device, dtype)?;
+    let dir = ck.dir.clone();
+    let mut g = Grounder::load(&ck, &lo)?;
+    drop(ck);
     let load_s = t.elapsed().as_secs_f64();
     let Some(head) = &g.depth else {
         return Err(Error::input(&dir, "this model has no depth tokens (no `perceptio.depth` block in config.json); use --source teacher for a Depth Anything V2 map"));
     };
     let prompt = head.prompt.clone();
-    let max_tiles = a.rt.tiles(&device, g.chat.config().default_max_tiles());
+    let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
     let vision = g.vision(&img, max_tiles)?;
     let o = RespondOptions {
         generation: GenerateOptions { max_new_tokens: a.rt.max_new_tokens, ..Default::default() },
@@ -247,10 +243,10 @@ pub fn run(a: DepthArgs) -> Result<i32> {
             return Ok(exit::NO_MASK);
         }
     };
-    let map = outcome.map.expect("decoded with the block");
-    let files = write_outputs(&a, &map.data, map.width as usize, map.height as usize, true)?;
+    let map = outcome.map.ok_or_else(|| Error::at("model", "the depth block parsed but was not decoded"))?;
+    let files = write_outputs(a, &map)?;
     if a.json || !any_file {
-        let (lo, hi) = range(&map.data);
+        let (lo, hi) = map.range();
         super::print_json_line(&serde_json::json!({
             "image": a.image.display().to_string(), "source": "model", "model": dir,
             "prompt": prompt, "grid": [block.grid.0, block.grid.1], "tokens": block.codes,

@@ -1,7 +1,11 @@
 //! `perceptio eval ...`: read files, call the scorers, print a table or JSON.
 
 use crate::error::{Error, Result};
-use crate::eval::{hardblink, mmbench, predict, refcoco};
+use crate::eval::{hardblink, mmbench, refcoco};
+use crate::models::checkpoint::Checkpoint;
+use crate::models::internvl::chat::ChatModel;
+use crate::models::perceptio::{Grounder, LoadOptions};
+use crate::run;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -208,19 +212,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 /// Load what `--model` runs need and translate the shared options.
-fn model_setup(r: &ModelRunArgs, predictions: &Path) -> Result<(PathBuf, candle_core::Device, candle_core::DType, predict::runs::RunOptions)> {
+fn model_setup(r: &ModelRunArgs, predictions: &Path) -> Result<(Checkpoint, LoadOptions, candle_core::Device, run::benchmarks::RunOptions)> {
     if predictions.as_os_str() == "-" {
         return Err(Error::Usage("--model writes --predictions: give a file, not `-`".into()));
     }
     let spec = r.model.as_deref().expect("called with --model");
     let (device, dtype) = r.rt.device_dtype()?;
-    let hub_cfg = r.rt.hub();
-    let dir = crate::hub::resolve_model(spec, &hub_cfg)?;
+    let (ck, lo) = r.rt.open_model(spec, &device, dtype)?;
     let shard = match &r.shard {
-        Some(s) => predict::Shard::parse(s)?,
-        None => predict::Shard::ALL,
+        Some(s) => run::Shard::parse(s)?,
+        None => run::Shard::ALL,
     };
-    let opts = predict::runs::RunOptions {
+    let opts = run::benchmarks::RunOptions {
         shard,
         limit: r.limit,
         log_samples: r.log_samples.clone(),
@@ -230,10 +233,10 @@ fn model_setup(r: &ModelRunArgs, predictions: &Path) -> Result<(PathBuf, candle_
         reuse_features: !r.no_feature_reuse,
         model_id: spec.to_string(),
     };
-    Ok((dir, device, dtype, opts))
+    Ok((ck, lo, device, opts))
 }
 
-fn report_run(s: &predict::runs::RunSummary, o: &predict::runs::RunOptions, out: &Path) {
+fn report_run(s: &run::benchmarks::RunSummary, o: &run::benchmarks::RunOptions, out: &Path) {
     eprintln!(
         "perceptio: {} of {} samples predicted now, {} resumed from {} ({:.2} samples/s){}",
         s.predicted,
@@ -246,33 +249,33 @@ fn report_run(s: &predict::runs::RunSummary, o: &predict::runs::RunOptions, out:
 }
 
 /// After a model run: whether to go on and score (a shard alone is not scored).
-fn should_score(s: &predict::runs::RunSummary, o: &predict::runs::RunOptions, out: &Path) -> bool {
+fn should_score(s: &run::benchmarks::RunSummary, o: &run::benchmarks::RunOptions, out: &Path) -> Result<bool> {
     if o.shard.n > 1 {
-        println!(
-            "shard {}/{} {}: {}; combine all shards with `perceptio eval merge --out MERGED {}...` and score the merged file",
+        print_text(&format!(
+            "shard {}/{} {}: {}; combine all shards with `perceptio eval merge --out MERGED {}...` and score the merged file\n",
             o.shard.k,
             o.shard.n,
             if s.complete { "complete" } else { "incomplete" },
             out.display(),
             out.display()
-        );
-        return false;
+        ))?;
+        return Ok(false);
     }
-    true
+    Ok(true)
 }
 
 fn run_merge(a: MergeArgs) -> Result<()> {
     if a.inputs.iter().all(|p| p.is_dir()) {
         std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
         for n in hardblink::VARIANTS {
-            let files: Vec<PathBuf> = a.inputs.iter().map(|d| predict::runs::hardblink_output(d, n)).collect();
-            let k = predict::merge(&files, &predict::runs::hardblink_output(&a.out, n))?;
-            println!("{}: {k} lines", predict::runs::hardblink_output(&a.out, n).display());
+            let files: Vec<PathBuf> = a.inputs.iter().map(|d| run::benchmarks::hardblink_output(d, n)).collect();
+            let k = run::merge(&files, &run::benchmarks::hardblink_output(&a.out, n))?;
+            print_text(&format!("{}: {k} lines\n", run::benchmarks::hardblink_output(&a.out, n).display()))?;
         }
         return Ok(());
     }
-    let k = predict::merge(&a.inputs, &a.out)?;
-    println!("{}: {k} lines from {} shards", a.out.display(), a.inputs.len());
+    let k = run::merge(&a.inputs, &a.out)?;
+    print_text(&format!("{}: {k} lines from {} shards\n", a.out.display(), a.inputs.len()))?;
     Ok(())
 }
 
@@ -345,8 +348,9 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
         (gt, label, json!({"dataset": dataset.dir(), "split": split.name(), "split_by": sb}))
     };
     if a.run.model.is_some() {
-        let (dir, device, dtype, mut o) = model_setup(&a.run, &a.predictions)?;
-        let mut g = crate::models::perceptio::Grounder::load(&dir, &device, dtype)?;
+        let (ck, lo, device, mut o) = model_setup(&a.run, &a.predictions)?;
+        let mut g = Grounder::load(&ck, &LoadOptions { require_grounding: true, ..lo })?;
+        drop(ck);
         o.max_tiles = a.run.rt.tiles(&device, g.chat.config().default_max_tiles());
         o.force_seg = a.force_seg;
         let mut run = meta.clone();
@@ -354,14 +358,14 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
         run["force_seg"] = json!(a.force_seg);
         run["max_tiles"] = json!(o.max_tiles);
         run["max_new_tokens"] = json!(a.run.rt.max_new_tokens);
-        let s = predict::runs::refcoco(&mut g, &gt, a.images.as_deref().expect("checked"), &a.predictions, &run, &o)?;
+        let s = run::benchmarks::refcoco(&mut g, &gt, a.images.as_deref().expect("checked"), &a.predictions, &run, &o)?;
         report_run(&s, &o, &a.predictions);
-        if !should_score(&s, &o, &a.predictions) {
+        if !should_score(&s, &o, &a.predictions)? {
             return Ok(());
         }
         if o.limit.is_some() {
             // A quick look: score the sentences predicted so far.
-            let done = predict::PredictionFile::open(&a.predictions, "sent_id")?.done;
+            let done = run::PredictionFile::open(&a.predictions, "sent_id")?.done;
             gt.samples.retain(|x| done.contains(&x.sent_id));
         }
     }
@@ -400,13 +404,14 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
 
 fn run_mmbench(a: MmbenchArgs) -> Result<()> {
     if a.run.model.is_some() {
-        let (dir, device, dtype, mut o) = model_setup(&a.run, &a.predictions)?;
-        let mut chat = crate::models::internvl::chat::ChatModel::load(&dir, &device, dtype)?;
+        let (ck, _, device, mut o) = model_setup(&a.run, &a.predictions)?;
+        let mut chat = ChatModel::from_checkpoint(&ck)?;
+        drop(ck);
         o.max_tiles = a.run.rt.tiles(&device, chat.config().default_max_tiles());
         let run = json!({"annotations": crate::util::sha256_file(&a.annotations)?, "model": o.model_id, "max_tiles": o.max_tiles, "max_new_tokens": a.run.rt.max_new_tokens});
-        let s = predict::runs::mmbench(&mut chat, &a.annotations, &a.predictions, &run, &o)?;
+        let s = run::benchmarks::mmbench(&mut chat, &a.annotations, &a.predictions, &run, &o)?;
         report_run(&s, &o, &a.predictions);
-        if !should_score(&s, &o, &a.predictions) {
+        if !should_score(&s, &o, &a.predictions)? {
             return Ok(());
         }
     }
@@ -450,14 +455,15 @@ fn run_mmbench(a: MmbenchArgs) -> Result<()> {
 
 fn run_hardblink(a: HardblinkArgs) -> Result<()> {
     if a.run.model.is_some() {
-        let (dir, device, dtype, mut o) = model_setup(&a.run, &a.predictions)?;
-        let mut chat = crate::models::internvl::chat::ChatModel::load(&dir, &device, dtype)?;
+        let (ck, _, device, mut o) = model_setup(&a.run, &a.predictions)?;
+        let mut chat = ChatModel::from_checkpoint(&ck)?;
+        drop(ck);
         o.max_tiles = a.run.rt.tiles(&device, chat.config().default_max_tiles());
         let images = a.images.clone().unwrap_or_else(|| a.annotations.join("images"));
         let run = json!({"model": o.model_id, "max_tiles": o.max_tiles, "max_new_tokens": a.run.rt.max_new_tokens});
-        let s = predict::runs::hardblink(&mut chat, &a.annotations, &images, &a.predictions, &run, &o)?;
+        let s = run::benchmarks::hardblink(&mut chat, &a.annotations, &images, &a.predictions, &run, &o)?;
         report_run(&s, &o, &a.predictions);
-        if !should_score(&s, &o, &a.predictions) {
+        if !should_score(&s, &o, &a.predictions)? {
             return Ok(());
         }
     }

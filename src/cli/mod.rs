@@ -49,6 +49,7 @@ pub fn main() -> i32 {
     };
     match run(cli) {
         Ok(code) => code,
+        Err(e) if e.is_broken_pipe() => exit::OK,
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()

@@ -2,7 +2,10 @@
 
 use crate::error::Result;
 use crate::hub::HubConfig;
+use crate::models::checkpoint::Checkpoint;
 use crate::models::device::{parse_device, parse_dtype};
+use crate::models::perceptio::depth::DepthConfig;
+use crate::models::perceptio::LoadOptions;
 use candle_core::{DType, Device};
 use clap::Args;
 
@@ -42,6 +45,20 @@ impl RuntimeArgs {
         let mut c = HubConfig::from_env();
         c.offline |= self.offline;
         c
+    }
+
+    /// Resolve `--model` (a directory, or a hub repo fetched or found in the cache with these
+    /// settings), open it once, and resolve a VQ-VAE its `perceptio.depth` block places in another
+    /// repo with the same settings, so `--offline` and the cache location hold for both.
+    pub fn open_model(&self, spec: &str, device: &Device, dtype: DType) -> Result<(Checkpoint, LoadOptions)> {
+        let hub = self.hub();
+        let dir = crate::hub::resolve_model(spec, &hub)?;
+        let ck = Checkpoint::open(&dir, dtype, device)?;
+        let vqvae_dir = match DepthConfig::from_model_config(&ck.config, &dir.join("config.json"))? {
+            Some(d) => d.vqvae_repo().map(|r| crate::hub::resolve_model(r, &hub)).transpose()?,
+            None => None,
+        };
+        Ok((ck, LoadOptions { require_grounding: false, vqvae_dir }))
     }
 
     /// --max-tiles, else the model's default (capped at 6 on CPU).

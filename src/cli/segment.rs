@@ -5,9 +5,11 @@ use crate::error::{exit, Error, Result};
 use super::runtime::RuntimeArgs;
 use crate::hub;
 use crate::models::generate::GenerateOptions;
-use crate::models::perceptio::{Grounder, SegmentOptions};
-use crate::models::sam2::{upscale_logits, Mask, PointPrompt, Preprocess, Sam2};
+use crate::models::perceptio::{Grounder, LoadOptions, SegmentOptions};
+use crate::mask::Mask;
+use crate::models::sam2::{PointPrompt, Preprocess, Prompt, Sam2};
 use crate::render;
+use candle_core::{DType, Device};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -138,7 +140,7 @@ impl Outputs<'_> {
         }
         if let Some(p) = &self.a.rle {
             let p = numbered(p, i, self.n);
-            let v = render::rle_json(&render::mask_rle(mask)?);
+            let v = mask.to_rle().map_err(|e| Error::at("mask", e.0))?.to_coco_json();
             crate::util::atomic::write(&p, format!("{v}\n").as_bytes())?;
             files.insert("rle".into(), p.display().to_string().into());
         }
@@ -151,14 +153,8 @@ impl Outputs<'_> {
     }
 }
 
-fn mask_summary(mask: &Mask) -> Result<serde_json::Value> {
-    let r = render::mask_rle(mask)?;
-    let area = r.area();
-    Ok(serde_json::json!({
-        "mask": render::rle_json(&r),
-        "area": area,
-        "bbox": if area > 0 { serde_json::json!(r.bbox()) } else { serde_json::Value::Null },
-    }))
+pub(super) fn mask_summary(mask: &Mask) -> Result<serde_json::Value> {
+    mask.summary_json().map_err(|e| Error::at("mask", e.0))
 }
 
 fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
@@ -187,8 +183,16 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     }
     let (device, dtype) = a.rt.device_dtype()?;
     let img = crate::preprocess::image_io::load_rgb(&a.image)?;
-    let (w, h) = (img.width(), img.height());
-    let prompt = if classic { Some(parse_prompt(&a.points, a.bbox.as_deref(), (w, h))?) } else { None };
+    if classic {
+        let prompt = parse_prompt(&a.points, a.bbox.as_deref(), (img.width(), img.height()))?;
+        run_points(&a, &img, &prompt, &device, dtype)
+    } else {
+        run_expressions(&a, &img, &device, dtype)
+    }
+}
+
+/// Plain SAM2 with `--point`/`--box` (as `SAM2ImagePredictor`).
+fn run_points(a: &SegmentArgs, img: &image::RgbImage, prompt: &PointPrompt, device: &Device, dtype: DType) -> Result<i32> {
     let overrides = match &a.sam2_config {
         Some(p) => {
             let v: serde_json::Value = serde_json::from_slice(&crate::util::read_file(p)?).map_err(|e| Error::input(p, format!("not valid JSON: {e}")))?;
@@ -196,73 +200,67 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
         }
         None => None,
     };
-    let hub_cfg = a.rt.hub();
-    let n = if classic { 1 } else { a.expressions.len() };
-    let outs = Outputs { a: &a, n };
-    let show_json = a.json || !outs.any_file();
-    let image_name = a.image.display().to_string();
-
-    if let Some(prompt) = prompt {
-        let src = a.sam2.clone().unwrap_or_else(|| a.model.clone());
-        let path = PathBuf::from(&src);
-        let path = if path.is_file() { path } else { hub::resolve_model(&src, &hub_cfg)? };
-        let t = Instant::now();
-        let sam = Sam2::load(&path, overrides.as_ref(), &device, dtype)?;
-        let load_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let (feats, _) = sam.features(&img, Preprocess::Sam2).map_err(crate::error::model_error)?;
-        let encode_s = t.elapsed().as_secs_f64();
-        let multimask = a.multimask.unwrap_or(prompt.points.len() == 1 && prompt.bbox.is_none());
-        let t = Instant::now();
-        let out = sam.predict(&feats, &prompt, (w, h), multimask).map_err(crate::error::model_error)?;
-        let iou: Vec<f32> = out.iou.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1()).map_err(crate::error::model_error)?;
-        let best = crate::models::sam2::mask_decoder::argmax(&out.iou.flatten_all().map_err(crate::error::model_error)?).map_err(crate::error::model_error)?;
-        let logits = upscale_logits(&out.low_res_masks.narrow(1, best, 1).map_err(crate::error::model_error)?, (h, w), None).map_err(crate::error::model_error)?;
-        let mask = Mask::from_logits(&logits.to_device(&candle_core::Device::Cpu).map_err(crate::error::model_error)?).map_err(crate::error::model_error)?;
-        let obj: f32 = out.object_score.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.get(0)).and_then(|t| t.to_scalar()).map_err(crate::error::model_error)?;
-        let decode_s = t.elapsed().as_secs_f64();
-        let files = outs.write(0, &img, &mask)?;
-        if show_json {
-            let v = serde_json::json!({
-                "image": image_name,
-                "prompt": {"points": prompt.points.iter().map(|p| [p.0 as f64, p.1 as f64, p.2 as f64]).collect::<Vec<_>>(), "box": prompt.bbox},
-                "score": iou[best],
-                "scores": iou,
-                "multimask": multimask,
-                "object_score": obj,
-                "model": path,
-                "sam2_variant": sam.config.variant_name(),
-                "files": files,
-                "timings": {"load_s": load_s, "sam2_encode_s": encode_s, "sam2_decode_s": decode_s},
-            });
-            super::print_json_line(&merge(v, mask_summary(&mask)?))?;
-        }
-        return Ok(exit::OK);
-    }
-
-    let dir = hub::resolve_model(&a.model, &hub_cfg)?;
+    let outs = Outputs { a, n: 1 };
+    let src = a.sam2.clone().unwrap_or_else(|| a.model.clone());
+    let path = PathBuf::from(&src);
+    let path = if path.is_file() { path } else { hub::resolve_model(&src, &a.rt.hub())? };
     let t = Instant::now();
-    let mut g = Grounder::load(&dir, &device, dtype)?;
+    let sam = Sam2::load(&path, overrides.as_ref(), device, dtype)?;
     let load_s = t.elapsed().as_secs_f64();
-    let max_tiles = a.rt.tiles(&device, g.chat.config().default_max_tiles());
+    let t = Instant::now();
+    let (feats, _) = sam.features(img, Preprocess::Sam2)?;
+    let encode_s = t.elapsed().as_secs_f64();
+    let multimask = a.multimask.unwrap_or(prompt.points.len() == 1 && prompt.bbox.is_none());
+    let t = Instant::now();
+    let p = sam.predict_mask(&feats, Prompt::Points { prompt, multimask }, (img.width(), img.height()))?;
+    let decode_s = t.elapsed().as_secs_f64();
+    let files = outs.write(0, img, &p.mask)?;
+    if a.json || !outs.any_file() {
+        let v = serde_json::json!({
+            "image": a.image.display().to_string(),
+            "prompt": {"points": prompt.points.iter().map(|p| [p.0 as f64, p.1 as f64, p.2 as f64]).collect::<Vec<_>>(), "box": prompt.bbox},
+            "score": p.scores[p.best],
+            "scores": p.scores,
+            "multimask": multimask,
+            "object_score": p.object_score,
+            "model": path,
+            "sam2_variant": sam.config.variant_name(),
+            "files": files,
+            "timings": {"load_s": load_s, "sam2_encode_s": encode_s, "sam2_decode_s": decode_s},
+        });
+        super::print_json_line(&merge(v, mask_summary(&p.mask)?))?;
+    }
+    Ok(exit::OK)
+}
+
+/// Referring expressions through the Sa2VA-style model (`[SEG]` → SAM2).
+fn run_expressions(a: &SegmentArgs, img: &image::RgbImage, device: &Device, dtype: DType) -> Result<i32> {
+    let outs = Outputs { a, n: a.expressions.len() };
+    let t = Instant::now();
+    let (ck, lo) = a.rt.open_model(&a.model, device, dtype)?;
+    let dir = ck.dir.clone();
+    let mut g = Grounder::load(&ck, &LoadOptions { require_grounding: true, ..lo })?;
+    drop(ck);
+    let load_s = t.elapsed().as_secs_f64();
+    let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
     let opts = SegmentOptions {
         max_tiles,
         force_seg: a.force_seg,
         generation: GenerateOptions { max_new_tokens: a.rt.max_new_tokens, ..Default::default() },
     };
-    let vision = g.vision(&img, max_tiles)?;
+    let vision = g.vision(img, max_tiles)?;
     let mut code = exit::OK;
     for (i, expr) in a.expressions.iter().enumerate() {
-        let r = g.segment(&img, &vision, expr, &opts)?;
+        let r = g.segment(img, &vision, expr, &opts)?;
         if r.seg_count == 0 {
             eprintln!("perceptio: the model produced no [SEG] token for {expr:?} (reply: {:?}); the mask is empty. --force-seg always yields a mask.", r.text);
             code = exit::NO_MASK;
         }
-        let files = outs.write(i, &img, &r.mask)?;
-        if show_json {
+        let files = outs.write(i, img, &r.mask)?;
+        if a.json || !outs.any_file() {
             let best = r.scores.iter().cloned().fold(None, |m: Option<f32>, s| Some(m.map_or(s, |m| m.max(s))));
             let v = serde_json::json!({
-                "image": image_name,
+                "image": a.image.display().to_string(),
                 "expression": r.expression,
                 "prompt": r.prompt,
                 "text": r.text,

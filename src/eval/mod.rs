@@ -2,6 +2,4 @@
 
 pub mod hardblink;
 pub mod mmbench;
-pub mod predict;
 pub mod refcoco;
-pub mod rle;

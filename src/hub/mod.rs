@@ -121,11 +121,6 @@ struct Sibling {
     rfilename: String,
 }
 
-#[derive(Deserialize)]
-struct SafetensorsIndex {
-    weight_map: std::collections::BTreeMap<String, String>,
-}
-
 /// Resolve `--model`: an existing directory is used as is; anything else is a repo id fetched
 /// (or found, offline) in the cache. Returns the directory holding the files.
 pub fn resolve_model(spec: &str, cfg: &HubConfig) -> Result<PathBuf> {
@@ -179,11 +174,7 @@ pub fn download(repo: &RepoSpec, cfg: &HubConfig, filter: &Filter) -> Result<Sna
     if names.iter().any(|n| n == index_name) && !filter.exclude.iter().any(|g| select::fnmatch(g, index_name)) {
         let r = fetch_file(&client, &rc, cfg, repo, &commit, index_name, &bars)?;
         let p = rc.snapshot(&commit).join(index_name);
-        let idx: SafetensorsIndex = serde_json::from_slice(&crate::util::read_file(&p)?)
-            .map_err(|e| Error::input(&p, format!("not a safetensors index: {e}")))?;
-        let mut s: Vec<String> = idx.weight_map.into_values().collect();
-        s.sort();
-        s.dedup();
+        let s = crate::util::safetensors_index_shards(&p)?;
         if let Some(missing) = s.iter().find(|f| !names.contains(f)) {
             return Err(Error::input(&p, format!("names shard {missing} which the repo does not have")));
         }
@@ -225,11 +216,7 @@ fn offline_snapshot(repo: &RepoSpec, rc: &RepoCache, filter: &Filter) -> Result<
     let index = dir.join("model.safetensors.index.json");
     let mut shards = None;
     if index.is_file() {
-        let idx: SafetensorsIndex = serde_json::from_slice(&crate::util::read_file(&index)?)
-            .map_err(|e| Error::input(&index, format!("not a safetensors index: {e}")))?;
-        let mut s: Vec<String> = idx.weight_map.into_values().collect();
-        s.sort();
-        s.dedup();
+        let s = crate::util::safetensors_index_shards(&index)?;
         missing.extend(s.iter().filter(|f| !dir.join(f).is_file()).cloned());
         shards = Some(s);
     } else if !names.iter().any(|n| n.ends_with(".safetensors") || n.ends_with(".pt") || n.ends_with(".pth") || n.ends_with(".bin")) {

@@ -1,26 +1,37 @@
-//! A model directory: `config.json`, `model.safetensors` or shards named by
-//! `model.safetensors.index.json`, tokenizer files. Errors name the file and, for tensors,
-//! the key with its expected and found shapes.
+//! A model directory opened once: `config.json` parsed, `model.safetensors` or the shards
+//! named by `model.safetensors.index.json` validated and memory-mapped into one
+//! [`VarBuilder`], and the shape of every tensor read from the headers. The chat model, SAM2
+//! and the depth head are all built from the same [`Checkpoint`]. Errors name the file and,
+//! for tensors, the key with its expected and found shapes.
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone)]
+/// Tensor name → shape, without loading any data.
+pub type ShapeIndex = BTreeMap<String, Vec<usize>>;
+
+#[derive(Clone)]
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub config: serde_json::Value,
     pub weights: Vec<PathBuf>,
+    /// Every tensor's shape, from the safetensors headers.
+    pub shapes: ShapeIndex,
+    vb: VarBuilder<'static>,
 }
 
-#[derive(serde::Deserialize)]
-struct Index {
-    weight_map: std::collections::BTreeMap<String, String>,
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint").field("dir", &self.dir).field("weights", &self.weights).field("tensors", &self.shapes.len()).finish()
+    }
 }
 
 impl Checkpoint {
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Open a model directory for `dtype` on `device` (weights are mapped, not read).
+    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::input(dir, "not a model directory"));
         }
@@ -32,11 +43,7 @@ impl Checkpoint {
             .map_err(|e| Error::input(&cfg_path, format!("not valid JSON: {e}")))?;
         let index = dir.join("model.safetensors.index.json");
         let weights = if index.is_file() {
-            let idx: Index = serde_json::from_slice(&crate::util::read_file(&index)?)
-                .map_err(|e| Error::input(&index, format!("not a safetensors index: {e}")))?;
-            let mut files: Vec<String> = idx.weight_map.into_values().collect();
-            files.sort();
-            files.dedup();
+            let files = crate::util::safetensors_index_shards(&index)?;
             let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
             if let Some(m) = paths.iter().find(|p| !p.is_file()) {
                 return Err(Error::input(&index, format!("names shard {} which is missing", m.display())));
@@ -56,22 +63,32 @@ impl Checkpoint {
             }
             v
         };
-        Ok(Checkpoint { dir: dir.to_path_buf(), config, weights })
+        let mut shapes = ShapeIndex::new();
+        for w in &weights {
+            shapes.extend(safetensors_header(w)?);
+        }
+        // SAFETY: the files are not modified while mapped (they live in the model directory).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, dtype, device) }
+            .map_err(|e| Error::at(dir.display().to_string(), format!("cannot load weights: {}", crate::error::candle_message(&e))))?;
+        Ok(Checkpoint { dir: dir.to_path_buf(), config, weights, shapes, vb })
+    }
+
+    /// The var builder over all the weights, in the dtype the checkpoint was opened with.
+    pub fn vb(&self) -> VarBuilder<'static> {
+        self.vb.clone()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.vb.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.vb.dtype()
     }
 
     /// Parse the config into a typed struct, naming the file on error.
     pub fn config_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_value(self.config.clone()).map_err(|e| Error::input(self.dir.join("config.json"), format!("unexpected config: {e}")))
-    }
-
-    /// Memory-map the safetensors files (headers are validated here: a truncated file fails).
-    pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-        for w in &self.weights {
-            check_safetensors_header(w)?;
-        }
-        // SAFETY: the files are not modified while mapped (they live in the model directory).
-        unsafe { VarBuilder::from_mmaped_safetensors(&self.weights, dtype, device) }
-            .map_err(|e| Error::at(self.dir.display().to_string(), format!("cannot load weights: {}", crate::error::candle_message(&e))))
     }
 
     /// Map a candle error raised while building a model to an Error naming this checkpoint.
@@ -80,8 +97,9 @@ impl Checkpoint {
     }
 }
 
-/// A safetensors file must hold its whole header and every tensor's bytes.
-pub fn check_safetensors_header(path: &Path) -> Result<()> {
+/// The tensor shapes of a safetensors file, from its header; the file must hold its whole
+/// header and every tensor's bytes (a truncated download fails here, naming the file).
+pub fn safetensors_header(path: &Path) -> Result<ShapeIndex> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -101,5 +119,11 @@ pub fn check_safetensors_header(path: &Path) -> Result<()> {
     if 8 + hlen + end > len {
         return Err(Error::input(path, format!("truncated safetensors file: tensors need {} bytes, the file has {len}", 8 + hlen + end)));
     }
-    Ok(())
+    let mut shapes = ShapeIndex::new();
+    for (name, t) in header.as_object().into_iter().flatten().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let shape = t.get("shape").and_then(|s| s.as_array()).and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>());
+        let shape = shape.ok_or_else(|| Error::input(path, format!("corrupt safetensors header: tensor `{name}` has no shape")))?;
+        shapes.insert(name.clone(), shape);
+    }
+    Ok(shapes)
 }

@@ -295,7 +295,7 @@ impl DepthConstraint {
     }
 
     /// Record the emitted token; an id the constraint did not allow is refused (state unchanged).
-    pub fn advance(&mut self, id: u32) -> Result<(), String> {
+    pub fn step(&mut self, id: u32) -> Result<(), String> {
         if !self.allowed().permits(id) {
             return Err(format!("token id {id} is not allowed in depth-decoding state {:?}", self.state));
         }
@@ -310,9 +310,18 @@ impl DepthConstraint {
         Ok(())
     }
 
+}
+
+/// Constrained decoding plugs the constraint into the generation loop directly.
+impl crate::models::generate::LogitsConstraint for DepthConstraint {
     /// Logits with every token the constraint forbids set to −inf; logits are (…, vocab).
-    pub fn apply(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
+    fn apply(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
         apply_allowed(logits, &self.allowed())
+    }
+
+    /// The loop only feeds tokens `apply` allowed; anything else leaves the state unchanged.
+    fn advance(&mut self, id: u32) {
+        let _ = self.step(id);
     }
 }
 
@@ -335,6 +344,7 @@ pub fn apply_allowed(logits: &Tensor, allowed: &Allowed) -> candle_core::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::generate::LogitsConstraint;
 
     /// Vocabulary: 0..10 text, 10 start, 11 end, 12.. codes (K = 5), grid 2×3.
     fn ids() -> DepthTokenIds {
@@ -430,7 +440,7 @@ mod tests {
                 let logits = Tensor::from_vec(raw, (1, vocab), &candle_core::Device::Cpu).unwrap();
                 let masked = c.apply(&logits).unwrap();
                 let id = masked.argmax(D::Minus1).unwrap().squeeze(0).unwrap().to_scalar::<u32>().unwrap();
-                c.advance(id).unwrap_or_else(|e| panic!("trial {trial} step {step}: {e}"));
+                c.step(id).unwrap_or_else(|e| panic!("trial {trial} step {step}: {e}"));
                 stream.push(id);
                 // The decoder may stop at any step outside the block (EOS is free text).
                 if !c.in_block() && rng.unit() < 0.02 {
@@ -442,7 +452,7 @@ mod tests {
                     Allowed::Only(s) => s[(rng.next() % s.len() as u64) as usize],
                     _ => unreachable!(),
                 };
-                c.advance(id).unwrap();
+                c.step(id).unwrap();
                 stream.push(id);
             }
             match t.parse(&stream) {
@@ -462,10 +472,10 @@ mod tests {
     fn constraint_refuses_disallowed_ids_and_masks_logits() {
         let t = ids();
         let mut c = DepthConstraint::new(t);
-        assert!(c.advance(11).is_err() && c.advance(12).is_err());
-        c.advance(10).unwrap();
+        assert!(c.step(11).is_err() && c.step(12).is_err());
+        c.step(10).unwrap();
         assert!(c.in_block());
-        assert!(c.advance(3).is_err());
+        assert!(c.step(3).is_err());
         let l = Tensor::zeros((2, 20), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
         let m: Vec<Vec<f32>> = c.apply(&l).unwrap().to_vec2().unwrap();
         for row in m {

@@ -268,3 +268,27 @@ mod tests {
         assert!(e.contains("x.png") && e.contains("30000x30000"), "{e}");
     }
 }
+
+/// Read a depth PNG/JPEG: 8-bit gray stays 8-bit (AURORA's input as is); 16-bit gray becomes a
+/// float map v/65535; colour images contribute their blue channel, as AURORA's
+/// `cv2.imread(...)[:, :, 0]` does (the three channels are equal in a `--grayscale` file).
+pub fn load_depth_image(path: &Path) -> Result<crate::depthmap::DepthMap> {
+    use crate::depthmap::{DepthMap, DepthScale};
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let img = image::load_from_memory(&bytes).map_err(|e| Error::input(path, format!("not a readable image: {e}")))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let gray8 = |data: Vec<u8>| DepthMap::new(w, h, data.iter().map(|&v| v as f32).collect(), DepthScale::Gray8);
+    let float16 = |data: Vec<u16>| DepthMap::new(w, h, data.iter().map(|&v| v as f32 / 65535.0).collect(), DepthScale::Float);
+    Ok(match img {
+        DynamicImage::ImageLuma8(i) => gray8(i.into_raw()),
+        DynamicImage::ImageLumaA8(i) => gray8(i.pixels().map(|p| p[0]).collect()),
+        DynamicImage::ImageRgb8(i) => gray8(i.pixels().map(|p| p[2]).collect()),
+        DynamicImage::ImageRgba8(i) => gray8(i.pixels().map(|p| p[2]).collect()),
+        DynamicImage::ImageLuma16(i) => float16(i.into_raw()),
+        DynamicImage::ImageLumaA16(i) => float16(i.pixels().map(|p| p[0]).collect()),
+        DynamicImage::ImageRgb16(i) => float16(i.pixels().map(|p| p[2]).collect()),
+        DynamicImage::ImageRgba16(i) => float16(i.pixels().map(|p| p[2]).collect()),
+        other => return Err(Error::input(path, format!("unsupported depth image type {:?}", other.color()))),
+    })
+}
+

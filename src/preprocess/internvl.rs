@@ -23,10 +23,7 @@ use image::RgbImage;
 
 use super::resize::{resize_bicubic_compat, PillowCompat};
 
-/// ImageNet mean / std (InternVL's `IMAGENET_MEAN` / `IMAGENET_STD`). Kept as f64 literals and
-/// rounded to f32 at use, as `torch.as_tensor(mean, dtype=float32)` does.
-pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+pub use super::{IMAGENET_MEAN, IMAGENET_STD};
 
 /// The tile grid chosen for an image: `cols × rows` tiles (InternVL's `target_aspect_ratio`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

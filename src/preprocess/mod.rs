@@ -11,12 +11,18 @@
 //! Pillow 12.3.0 and 12.1.1) writes
 //! `fixtures/preprocess/`; `tests/preprocess.rs` checks every tile byte for byte.
 
+/// ImageNet mean / std, as InternVL (`IMAGENET_MEAN` / `IMAGENET_STD`), SAM2 and Depth
+/// Anything's processor all use them. Kept as f64 literals and rounded to f32 at use, as
+/// `torch.as_tensor(mean, dtype=float32)` does (each rounds to the same f32 as its f32 literal).
+pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+
 pub mod image_io;
 pub mod internvl;
 pub mod resize;
 pub mod sam2;
 
-pub use image_io::{load_rgb, MAX_PIXELS};
+pub use image_io::{load_depth_image, load_rgb, MAX_PIXELS};
 pub use internvl::{
     dynamic_tiles, dynamic_tiles_compat, find_closest_aspect_ratio, normalize_tiles, target_ratios, TileGrid,
 };

@@ -259,3 +259,53 @@ mod tests {
         assert_eq!(resize_bicubic(&img, 3, 2), img);
     }
 }
+
+/// Precision in which the cubic coefficients are computed: torch evaluates them in the
+/// tensor's accumulation type, which differs between the two places that need them (SAM2's
+/// pos-embed resize in f64, Depth Anything's post-processing in f32), and the goldens see it.
+pub trait CubicFloat: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> {
+    fn of(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl CubicFloat for f32 {
+    fn of(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl CubicFloat for f64 {
+    fn of(x: f32) -> Self {
+        x as f64
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+}
+
+/// The row-major (n_out, n_in) matrix of `F.interpolate(mode="bicubic", align_corners=False)`
+/// along one axis (no antialias, A = −0.75): source coordinate `(i + 0.5)·in/out − 0.5` in f32,
+/// four taps clamped to the edge (clamped taps add up on the edge pixel), coefficients in `T`.
+pub fn bicubic_matrix<T: CubicFloat>(n_in: usize, n_out: usize) -> Vec<f32> {
+    let a = T::of(-0.75);
+    let (one, two, three, four, five, eight) = (T::of(1.0), T::of(2.0), T::of(3.0), T::of(4.0), T::of(5.0), T::of(8.0));
+    let c1 = |x: T| ((a + two) * x - (a + three)) * x * x + one; // |x| <= 1
+    let c2 = |x: T| ((a * x - five * a) * x + eight * a) * x - four * a; // 1 < |x| < 2
+    let mut m = vec![0f32; n_out * n_in];
+    let scale = n_in as f32 / n_out as f32;
+    for o in 0..n_out {
+        let src = scale * (o as f32 + 0.5) - 0.5;
+        let x0 = src.floor();
+        let t = T::of(src - x0);
+        let x2 = one - t;
+        let w = [c2(t + one), c1(t), c1(x2), c2(x2 + one)];
+        for (k, wk) in w.iter().enumerate() {
+            let i = (x0 as i64 - 1 + k as i64).clamp(0, n_in as i64 - 1) as usize;
+            m[o * n_in + i] += wk.to_f32();
+        }
+    }
+    m
+}

@@ -10,8 +10,8 @@
 use super::resize::resize_bicubic;
 use image::RgbImage;
 
-pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+const MEAN: [f32; 3] = [super::IMAGENET_MEAN[0] as f32, super::IMAGENET_MEAN[1] as f32, super::IMAGENET_MEAN[2] as f32];
+const STD: [f32; 3] = [super::IMAGENET_STD[0] as f32, super::IMAGENET_STD[1] as f32, super::IMAGENET_STD[2] as f32];
 
 /// Taps of one output pixel: first input index and normalised weights.
 struct Taps {

@@ -4,7 +4,7 @@
 pub mod refer;
 
 use crate::error::{Error, Result};
-use crate::eval::rle::parse_mask_json;
+use crate::mask::parse_mask_json;
 use rayon::prelude::*;
 use refer::GroundTruth;
 use serde::Serialize;
@@ -29,7 +29,7 @@ pub enum GtOverlap {
 struct PredLine {
     line: usize,
     sent_id: i64,
-    mask: crate::eval::rle::MaskJson,
+    mask: crate::mask::MaskJson,
 }
 
 /// Read `PRED.jsonl` (`{"sent_id": int, "mask": RLE | {"polygons": ...} | null}` per line),

@@ -4,7 +4,7 @@
 
 use super::GtOverlap;
 use crate::error::{Error, Result};
-use crate::eval::rle::{from_polygon, parse_mask_json, MaskJson, Rle};
+use crate::mask::{from_polygon, parse_mask_json, MaskJson, Rle};
 use rayon::prelude::*;
 use serde::Deserialize;
 use serde_pickle::{HashableValue, Value as Pv};
@@ -176,7 +176,7 @@ pub fn load_refs(path: &Path) -> Result<Vec<Ref>> {
 
 /// Rasterise a COCO `segmentation` (polygon list or RLE) into one mask, combining parts per `overlap`.
 pub fn segmentation_mask(seg: &serde_json::Value, h: u32, w: u32, overlap: GtOverlap) -> std::result::Result<Rle, String> {
-    crate::eval::rle::check_size(h, w).map_err(|e| e.to_string())?;
+    crate::mask::check_size(h, w).map_err(|e| e.to_string())?;
     let parts: Vec<Rle> = match seg {
         serde_json::Value::Null => vec![],
         serde_json::Value::Array(items) if items.is_empty() => vec![],
@@ -313,7 +313,7 @@ pub fn load_gt_jsonl(path: &Path) -> Result<GroundTruth> {
         if let Some(prev) = seen.insert(g.sent_id, line) {
             return Err(Error::at_line(path, line, format!("sent_id {} already given on line {prev}", g.sent_id)));
         }
-        crate::eval::rle::check_size(g.height, g.width).map_err(|e| Error::at_line(path, line, e.to_string()))?;
+        crate::mask::check_size(g.height, g.width).map_err(|e| Error::at_line(path, line, e.to_string()))?;
         let m = parse_mask_json(&g.mask)
             .and_then(|m| m.resolve(g.height, g.width))
             .map_err(|e| Error::at_line(path, line, e.to_string()))?

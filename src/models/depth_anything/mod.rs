@@ -1,7 +1,7 @@
 //! Depth Anything V2 (Small/Base/Large, relative or metric) in the transformers layout of the
 //! hub repos `depth-anything/Depth-Anything-V2-*-hf`: `config.json` (`model_type:
 //! "depth_anything"`), `model.safetensors` with keys `backbone.*` (DINOv2), `neck.*`, `head.*`,
-//! and `preprocessor_config.json`. The depth teacher of issue #5.
+//! and `preprocessor_config.json`. The teacher whose maps become depth-token targets.
 //!
 //! Checked against transformers 5.24 `DepthAnythingForDepthEstimation` + `DPTImageProcessor`
 //! (torchvision backend) on a tiny random checkpoint: tests/depth_anything.rs,
@@ -18,6 +18,7 @@ pub mod dinov2;
 pub mod dpt;
 pub mod preprocess;
 
+pub use crate::depthmap::{DepthMap, DepthScale};
 pub use config::{BackboneConfig, Config};
 pub use preprocess::PreprocessorConfig;
 
@@ -27,15 +28,6 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use image::RgbImage;
 use std::path::Path;
-
-/// A depth map at an image's size, row-major (`data[y·width + x]`). Relative models give
-/// affine-invariant inverse depth (larger = nearer); metric models give metres.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DepthMap {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<f32>,
-}
 
 /// `DepthAnythingForDepthEstimation` plus its image processor.
 #[derive(Debug, Clone)]
@@ -80,7 +72,7 @@ impl DepthAnything {
     /// Load a model directory (`config.json`, safetensors, optional `preprocessor_config.json`).
     /// Errors name the file, or the tensor key with expected and found shapes.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> UserResult<Self> {
-        let ck = Checkpoint::open(dir)?;
+        let ck = Checkpoint::open(dir, dtype, device)?;
         let cfg: Config = ck.config_as()?;
         cfg.validate().map_err(|m| Error::input(dir.join("config.json"), format!("unsupported Depth Anything config: {m}")))?;
         let pre_path = dir.join("preprocessor_config.json");
@@ -92,8 +84,7 @@ impl DepthAnything {
         } else {
             PreprocessorConfig::default()
         };
-        let vb = ck.var_builder(dtype, device)?;
-        let model = Self::new(&cfg, vb).map_err(|e| ck.weight_error(e))?;
+        let model = Self::new(&cfg, ck.vb()).map_err(|e| ck.weight_error(e))?;
         Ok(model.with_preprocessor(preprocessor))
     }
 
@@ -158,6 +149,7 @@ impl DepthAnything {
         let px = self.pixel_values(img)?;
         let pred = self.forward(&px)?.squeeze(0)?;
         let out = Self::post_process(&pred, height, width)?;
-        Ok(DepthMap { width, height, data: out.flatten_all()?.to_vec1::<f32>()? })
+        // Relative models give affine-invariant inverse depth (larger = nearer); metric ones metres.
+        Ok(DepthMap::new(width, height, out.flatten_all()?.to_vec1::<f32>()?, DepthScale::Float))
     }
 }

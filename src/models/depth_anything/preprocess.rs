@@ -12,12 +12,13 @@
 //!   `ImagingResample{Horizontal,Vertical}`), bit-exact.
 //! - Rescale + normalise fused as the backend does: `mean·(1/rescale)` and `std·(1/rescale)` in
 //!   f32, then `(x − m) / s` in f32.
-//! - [`bicubic_matrix`]: `F.interpolate(mode="bicubic", align_corners=False)` without antialias
+//! - [`resize_bicubic`] (with [`crate::preprocess::resize::bicubic_matrix`]): `F.interpolate(mode="bicubic", align_corners=False)` without antialias
 //!   (Keys' a = −0.75, clamped taps) as a dense (out, in) matrix, so a separable resize is two
 //!   matmuls on any device: the DINOv2 position-embedding interpolation and
 //!   `post_process_depth_estimation` both use it.
 
-use candle_core::{DType, Device, Result, Tensor};
+use crate::preprocess::resize::bicubic_matrix;
+use candle_core::{Device, Result, Tensor};
 use image::RgbImage;
 
 /// `preprocessor_config.json` fields the Depth Anything processor reads (defaults: the hub
@@ -75,10 +76,10 @@ fn rescale() -> f64 {
     1.0 / 255.0
 }
 fn mean() -> Vec<f64> {
-    vec![0.485, 0.456, 0.406]
+    crate::preprocess::IMAGENET_MEAN.to_vec()
 }
 fn std() -> Vec<f64> {
-    vec![0.229, 0.224, 0.225]
+    crate::preprocess::IMAGENET_STD.to_vec()
 }
 
 impl Default for PreprocessorConfig {
@@ -304,32 +305,6 @@ pub fn resize_u8_bicubic_aa(src: &[u8], w: usize, h: usize, nw: usize, nh: usize
 }
 
 /// ATen's non-antialiased cubic convolution coefficients (a = −0.75) for fraction `t`, in f32.
-fn cubic_coeffs(t: f32) -> [f32; 4] {
-    const A: f32 = -0.75;
-    let c1 = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
-    let c2 = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
-    let x2 = 1.0 - t;
-    [c2(t + 1.0), c1(t), c1(x2), c2(x2 + 1.0)]
-}
-
-/// The (n_out, n_in) matrix of `F.interpolate(mode="bicubic", align_corners=False, size=...)`
-/// along one axis: source coordinate `(i + 0.5)·in/out − 0.5`, four taps clamped to the edge
-/// (clamped taps add up on the edge pixel).
-pub fn bicubic_matrix(n_in: usize, n_out: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; n_out * n_in];
-    let scale = n_in as f32 / n_out as f32;
-    for i in 0..n_out {
-        let real = scale * (i as f32 + 0.5) - 0.5;
-        let idx = real.floor();
-        let coeffs = cubic_coeffs(real - idx);
-        for (j, c) in coeffs.iter().enumerate() {
-            let src = (idx as i64 - 1 + j as i64).clamp(0, n_in as i64 - 1) as usize;
-            m[i * n_in + src] += c;
-        }
-    }
-    Tensor::from_vec(m, (n_out, n_in), device)?.to_dtype(dtype)
-}
-
 /// Bicubic resize of the last two dims of `x` (…, h, w) → (…, nh, nw) as `Wy · x · Wxᵀ`.
 pub fn resize_bicubic(x: &Tensor, nh: usize, nw: usize) -> Result<Tensor> {
     let dims = x.dims();
@@ -342,8 +317,8 @@ pub fn resize_bicubic(x: &Tensor, nh: usize, nw: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let lead: usize = dims[..r - 2].iter().product();
-    let wy = bicubic_matrix(h, nh, x.dtype(), x.device())?;
-    let wx = bicubic_matrix(w, nw, x.dtype(), x.device())?;
+    let wy = Tensor::from_vec(bicubic_matrix::<f32>(h, nh), (nh, h), x.device())?.to_dtype(x.dtype())?;
+    let wx = Tensor::from_vec(bicubic_matrix::<f32>(w, nw), (nw, w), x.device())?.to_dtype(x.dtype())?;
     let x3 = x.reshape((lead, h, w))?;
     // (lead, h, w) · (w, nw) → (lead, h, nw); then Wy (nh, h) on each slice
     let t = x3.broadcast_matmul(&wx.t()?)?;
@@ -369,12 +344,12 @@ mod tests {
 
     #[test]
     fn bicubic_matrix_rows_sum_to_one_and_identity_at_same_size() {
-        let m = bicubic_matrix(4, 7, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
-        for r in &m {
+        let m = bicubic_matrix::<f32>(4, 7);
+        for r in m.chunks(4) {
             assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         }
-        let id = bicubic_matrix(5, 5, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
-        for (i, r) in id.iter().enumerate() {
+        let id = bicubic_matrix::<f32>(5, 5);
+        for (i, r) in id.chunks(5).enumerate() {
             for (j, v) in r.iter().enumerate() {
                 assert_eq!(*v, if i == j { 1.0 } else { 0.0 });
             }

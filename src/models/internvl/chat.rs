@@ -31,24 +31,37 @@ pub struct Answer {
 }
 
 impl ChatModel {
+    /// Open the model directory and build the chat model from it.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let ck = Checkpoint::open(dir)?;
+        Self::from_checkpoint(&Checkpoint::open(dir, dtype, device)?)
+    }
+
+    /// Build from an opened checkpoint: the InternVL weights, `tokenizer.json` beside them, the
+    /// template the config names.
+    pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self> {
+        let dir = ck.dir.as_path();
+        let (device, dtype) = (ck.device(), ck.dtype());
         let config: Config = ck.config_as()?;
         config.llm_arch().map_err(|m| Error::input(dir.join("config.json"), m))?;
         let template = Template::by_name(&config.template)
             .ok_or_else(|| Error::input(dir.join("config.json"), format!("unknown template {:?} (supported: qwen_chat, internlm2_chat, phi3_chat)", config.template)))?;
+        let tokenizer = Self::load_tokenizer(dir)?;
         let tok_path = dir.join("tokenizer.json");
-        if !tok_path.is_file() {
-            return Err(Error::input(dir, "no tokenizer.json in the model directory"));
-        }
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| Error::input(&tok_path, format!("cannot load tokenizer: {e}")))?;
         let image_token_id = tokenizer
             .token_to_id(IMG_CONTEXT)
             .ok_or_else(|| Error::input(&tok_path, "the tokenizer has no <IMG_CONTEXT> token"))?;
         let stop_ids = template.stop_words.iter().filter_map(|w| tokenizer.token_to_id(w)).collect();
-        let vb = ck.var_builder(dtype, device)?;
-        let model = InternVl::new(config, vb).map_err(|e| ck.weight_error(e))?;
+        let model = InternVl::new(config, ck.vb()).map_err(|e| ck.weight_error(e))?;
         Ok(Self { model, tokenizer, template, image_token_id, stop_ids, device: device.clone(), dtype })
+    }
+
+    /// The tokenizer of a model directory (`tokenizer.json`).
+    pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(Error::input(dir, "no tokenizer.json in the model directory"));
+        }
+        Tokenizer::from_file(&tok_path).map_err(|e| Error::input(&tok_path, format!("cannot load tokenizer: {e}")))
     }
 
     pub fn config(&self) -> &Config {
@@ -63,7 +76,7 @@ impl ChatModel {
         let (tiles, grid) = dynamic_tiles(img, s, cfg.min_dynamic_patch.min(max), max, cfg.use_thumbnail);
         let n = tiles.len();
         let data = normalize_tiles(&tiles);
-        let t = Tensor::from_vec(data, (n, 3, s, s), &self.device).and_then(|t| t.to_dtype(self.dtype)).map_err(crate::error::model_error)?;
+        let t = Tensor::from_vec(data, (n, 3, s, s), &self.device).and_then(|t| t.to_dtype(self.dtype))?;
         Ok((t, grid, n))
     }
 
@@ -78,9 +91,9 @@ impl ChatModel {
     /// Embeddings of the prompt with the image features spliced in, plus timing of the ViT.
     pub fn prompt_embeds(&self, ids: &[u32], pixel_values: &Tensor) -> Result<(Tensor, f64)> {
         let t = std::time::Instant::now();
-        let feats = self.model.extract_feature(pixel_values).map_err(crate::error::model_error)?;
+        let feats = self.model.extract_feature(pixel_values)?;
         let secs = t.elapsed().as_secs_f64();
-        let e = self.model.embed_with_images(ids, self.image_token_id, Some(&feats)).map_err(crate::error::model_error)?;
+        let e = self.model.embed_with_images(ids, self.image_token_id, Some(&feats))?;
         Ok((e, secs))
     }
 
@@ -88,14 +101,14 @@ impl ChatModel {
     pub fn vision(&self, img: &image::RgbImage, max_tiles: usize) -> Result<Vision> {
         let (px, grid, n_tiles) = self.pixel_values(img, max_tiles)?;
         let t = std::time::Instant::now();
-        let feats = self.model.extract_feature(&px).map_err(crate::error::model_error)?;
+        let feats = self.model.extract_feature(&px)?;
         Ok(Vision { feats, grid, n_tiles, secs: t.elapsed().as_secs_f64() })
     }
 
     /// Prompt ids and embeddings of a user turn (containing `<image>`) over `vision`.
     pub fn embed_prompt(&self, vision: &Vision, user: &str) -> Result<(Vec<u32>, Tensor)> {
         let ids = self.prompt_ids(user, vision.n_tiles)?;
-        let e = self.model.embed_with_images(&ids, self.image_token_id, Some(&vision.feats)).map_err(crate::error::model_error)?;
+        let e = self.model.embed_with_images(&ids, self.image_token_id, Some(&vision.feats))?;
         Ok((ids, e))
     }
 
@@ -106,10 +119,17 @@ impl ChatModel {
         if opts.stop_ids.is_empty() {
             opts.stop_ids = self.stop_ids.clone();
         }
-        let generation = generate(&mut self.model, &embeds, &opts, on_token).map_err(crate::error::model_error)?;
-        let text_ids: Vec<u32> = generation.ids.iter().copied().filter(|i| !opts.stop_ids.contains(i)).collect();
-        let text = self.tokenizer.decode(&text_ids, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
-        Ok(Answer { text: text.trim().to_string(), generation, n_tiles: vision.n_tiles, grid: vision.grid, prompt_ids, vision_secs: vision.secs })
+        let generation = generate(&mut self.model, &embeds, &opts, on_token)?;
+        let text = self.decode_reply(&generation.ids, &opts.stop_ids)?;
+        Ok(Answer { text, generation, n_tiles: vision.n_tiles, grid: vision.grid, prompt_ids, vision_secs: vision.secs })
+    }
+
+    /// The text of generated ids: stop tokens dropped, special tokens such as `[SEG]` kept,
+    /// surrounding whitespace trimmed (as Sa2VA's `predict_forward` returns it).
+    pub fn decode_reply(&self, ids: &[u32], stop_ids: &[u32]) -> Result<String> {
+        let kept: Vec<u32> = ids.iter().copied().filter(|i| !stop_ids.contains(i)).collect();
+        let text = self.tokenizer.decode(&kept, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
+        Ok(text.trim().to_string())
     }
 
     /// Teacher-force the assistant reply `reply` after the user turn and return its token ids
@@ -121,7 +141,7 @@ impl ChatModel {
         if ids.is_empty() {
             return Err(Error::Usage("the forced reply is empty".into()));
         }
-        let h = teacher_force(&mut self.model, &embeds, &ids).map_err(crate::error::model_error)?;
+        let h = teacher_force(&mut self.model, &embeds, &ids)?;
         Ok((ids, h))
     }
 

@@ -2,8 +2,10 @@
 //! strings and grid, where the VQ-VAE weights are, the depth prompt), the resolved token ids, the
 //! VQ-VAE, and code grid → depth map at the photo's size.
 
+use crate::depthmap::{DepthMap, DepthScale};
 use crate::error::{Error, Result};
 use crate::models::depth_tokens::{DepthBlock, DepthConstraint, DepthTokenIds, DepthTokenSpec};
+use crate::models::checkpoint::Checkpoint;
 use crate::models::vqvae::{self, VqVae};
 use candle_core::{DType, Device};
 use serde::Deserialize;
@@ -56,21 +58,28 @@ pub struct DepthHead {
     pub prompt: String,
 }
 
-/// A decoded depth map, row-major, AURORA's [0, 1] disparity scale (brighter = closer).
-#[derive(Debug, Clone)]
-pub struct DepthImage {
-    pub width: u32,
-    pub height: u32,
-    pub data: Vec<f32>,
+impl DepthConfig {
+    /// The `perceptio.depth` block of a model's `config.json` (`cfg_path` names it in errors);
+    /// `Ok(None)` when there is none.
+    pub fn from_model_config(config: &serde_json::Value, cfg_path: &Path) -> Result<Option<Self>> {
+        let Some(block) = config.get("perceptio") else { return Ok(None) };
+        let b: PerceptioBlock = serde_json::from_value(block.clone()).map_err(|e| Error::input(cfg_path, format!("invalid `perceptio` block: {e}")))?;
+        Ok(b.depth)
+    }
+
+    /// The hub repo holding the VQ-VAE, when the block names one: the caller resolves it (the
+    /// models never touch the hub) and passes the directory to [`DepthHead::from_checkpoint`].
+    pub fn vqvae_repo(&self) -> Option<&str> {
+        self.vqvae.repo.as_deref()
+    }
 }
 
 impl DepthHead {
-    /// Read the `perceptio.depth` block of a model directory; `Ok(None)` when there is none.
-    pub fn load(dir: &Path, config: &serde_json::Value, tokenizer: &tokenizers::Tokenizer, device: &Device, hub: &crate::hub::HubConfig) -> Result<Option<Self>> {
-        let Some(block) = config.get("perceptio") else { return Ok(None) };
-        let cfg_path = dir.join("config.json");
-        let b: PerceptioBlock = serde_json::from_value(block.clone()).map_err(|e| Error::input(&cfg_path, format!("invalid `perceptio` block: {e}")))?;
-        let Some(d) = b.depth else { return Ok(None) };
+    /// The depth head of an opened checkpoint, from its `perceptio.depth` block; `Ok(None)` when
+    /// there is none. `vqvae_dir` is the resolved directory of the block's `vqvae.repo`.
+    pub fn from_checkpoint(ck: &Checkpoint, tokenizer: &tokenizers::Tokenizer, vqvae_dir: Option<&Path>) -> Result<Option<Self>> {
+        let cfg_path = ck.dir.join("config.json");
+        let Some(d) = DepthConfig::from_model_config(&ck.config, &cfg_path)? else { return Ok(None) };
         let ids = d.tokens.resolve(tokenizer)?;
         if d.vqvae_config.grid() != d.tokens.grid || d.vqvae_config.num_tokens != d.tokens.codebook_size {
             return Err(Error::input(
@@ -85,18 +94,19 @@ impl DepthHead {
             ));
         }
         d.vqvae_config.validate()?;
+        // The VQ-VAE runs in f32 whatever the LLM's dtype (its codebook distances decide codes).
         let vqvae = match (&d.vqvae.prefix, &d.vqvae.file, &d.vqvae.repo) {
-            (Some(prefix), None, None) => {
-                let ck = crate::models::checkpoint::Checkpoint::open(dir)?;
-                let vb = ck.var_builder(DType::F32, device)?;
-                VqVae::new(&d.vqvae_config, vb.pp(prefix.trim_end_matches('.'))).map_err(|e| Error::input(&cfg_path, format!("VQ-VAE under `{prefix}`: {}", crate::error::candle_message(&e))))?
-            }
+            (Some(prefix), None, None) => VqVae::new(&d.vqvae_config, ck.vb().set_dtype(DType::F32).pp(prefix.trim_end_matches('.')))
+                .map_err(|e| Error::input(&cfg_path, format!("VQ-VAE under `{prefix}`: {}", crate::error::candle_message(&e))))?,
             (None, Some(file), repo) => {
-                let base: PathBuf = match repo {
-                    None => dir.to_path_buf(),
-                    Some(r) => crate::hub::resolve_model(r, hub)?,
+                let base: PathBuf = match (repo, vqvae_dir) {
+                    (None, _) => ck.dir.clone(),
+                    (Some(_), Some(d)) => d.to_path_buf(),
+                    (Some(r), None) => {
+                        return Err(Error::input(&cfg_path, format!("perceptio.depth.vqvae names the repo {r:?}: resolve it and pass its directory")))
+                    }
                 };
-                vqvae::load(&base.join(file), &d.vqvae_config, DType::F32, device)?
+                vqvae::load(&base.join(file), &d.vqvae_config, DType::F32, ck.device())?
             }
             _ => return Err(Error::input(&cfg_path, "perceptio.depth.vqvae: give either {\"prefix\"} or {\"file\"[, \"repo\"]}")),
         };
@@ -109,13 +119,13 @@ impl DepthHead {
 
     /// Code grid → depth map at (w, h): VQ-VAE decode (its `image_size`²), back to [0, 1],
     /// bilinear (half-pixel) to the photo's size.
-    pub fn decode(&self, block: &DepthBlock, (w, h): (u32, u32)) -> candle_core::Result<DepthImage> {
+    pub fn decode(&self, block: &DepthBlock, (w, h): (u32, u32)) -> candle_core::Result<DepthMap> {
         let dev = self.vqvae.codebook().device();
         let codes = block.to_tensor(dev)?;
         let x = vqvae::preprocess::denormalize(&self.vqvae.decode(&codes)?.to_dtype(DType::F32)?)?;
         let x = x.upsample_bilinear2d(h as usize, w as usize, false)?.clamp(0f32, 1f32)?;
         let data: Vec<f32> = x.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
-        Ok(DepthImage { width: w, height: h, data })
+        Ok(DepthMap::new(w as usize, h as usize, data, DepthScale::Unit))
     }
 
     /// A depth map (disparity-like, brighter = closer) → its code grid, as AURORA made training

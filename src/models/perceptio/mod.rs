@@ -12,10 +12,12 @@ pub mod depth;
 use crate::error::{Error, Result};
 use crate::models::depth_tokens::{DepthBlock, DepthParseError};
 use crate::models::generate::{generate_constrained, GenerateOptions, LogitsConstraint};
-use depth::{DepthHead, DepthImage};
+use crate::depthmap::DepthMap;
+use depth::DepthHead;
 use crate::models::internvl::chat::{ChatModel, Vision};
-use crate::models::sam2::{upscale_logits, Mask, Preprocess, Sam2};
-use candle_core::{DType, Device, IndexOp, Tensor};
+use crate::mask::{Mask, Segment};
+use crate::models::sam2::{Preprocess, Prompt, Sam2};
+use candle_core::{IndexOp, Tensor};
 use image::RgbImage;
 use crate::models::checkpoint::Checkpoint;
 use std::path::Path;
@@ -75,6 +77,15 @@ pub struct Grounder {
     pub depth: Option<DepthHead>,
 }
 
+/// What [`Grounder::load`] must find and where the parts outside the checkpoint are.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Fail unless the checkpoint can ground `[SEG]` (`text_hidden_fcs`, SAM2, the token).
+    pub require_grounding: bool,
+    /// The resolved directory of a VQ-VAE that the depth block places in another repo.
+    pub vqvae_dir: Option<std::path::PathBuf>,
+}
+
 /// How `respond` decodes.
 #[derive(Debug, Clone)]
 pub struct RespondOptions {
@@ -91,7 +102,7 @@ pub struct DepthOutcome {
     /// The parsed block, or why the token stream is not a well-formed block.
     pub block: std::result::Result<DepthBlock, DepthParseError>,
     /// The decoded map at the photo's size (when the block parsed).
-    pub map: Option<DepthImage>,
+    pub map: Option<DepthMap>,
 }
 
 /// The whole spatial chain of one reply.
@@ -102,7 +113,7 @@ pub struct SpatialAnswer {
     pub text_with_spatial_tokens: String,
     pub token_ids: Vec<u32>,
     /// One mask per `[SEG]` with its predicted IoU and object score.
-    pub segments: Vec<(Mask, f32, f32)>,
+    pub segments: Vec<Segment>,
     /// `None` when the reply has no depth block (or the model has no depth tokens).
     pub depth: Option<DepthOutcome>,
     pub prompt_tokens: usize,
@@ -110,50 +121,31 @@ pub struct SpatialAnswer {
     pub sam2_s: f64,
 }
 
-/// Adapts the depth constraint to the generation loop.
-struct DepthGuard(crate::models::depth_tokens::DepthConstraint);
-
-impl LogitsConstraint for DepthGuard {
-    fn apply(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
-        self.0.apply(logits)
-    }
-    fn advance(&mut self, id: u32) {
-        let _ = self.0.advance(id);
-    }
-}
-
 impl Grounder {
-    /// Load a Sa2VA-layout directory: the chat model, its SAM2 under
-    /// `grounding_encoder.sam2_model.`, `text_hidden_fcs`, and the `[SEG]` token.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let chat = ChatModel::load(dir, device, dtype)?;
-        if chat.model.text_hidden_fcs.is_none() {
-            return Err(Error::input(dir, "the checkpoint has no text_hidden_fcs ([SEG] projection): it is not a Sa2VA-style grounding model"));
-        }
-        let seg_id = chat.tokenizer.token_to_id(SEG_TOKEN).ok_or_else(|| Error::input(dir.join("tokenizer.json"), "the tokenizer has no [SEG] token"))?;
-        let sam2 = Sam2::load(dir, None, device, dtype)?;
-        check_projection(&chat, &sam2, dir)?;
-        let depth = DepthHead::load(dir, &Checkpoint::open(dir)?.config, &chat.tokenizer, device, &crate::hub::HubConfig::from_env())?;
-        Ok(Self { chat, sam2: Some(sam2), seg_id: Some(seg_id), depth })
-    }
-
-    /// Load whatever the checkpoint has: the chat model always; SAM2 + `[SEG]` when it has
-    /// `text_hidden_fcs`, SAM2 tensors and the token; the depth head when `config.json` has a
-    /// `perceptio.depth` block.
-    pub fn load_any(dir: &Path, device: &Device, dtype: DType, hub: &crate::hub::HubConfig) -> Result<Self> {
-        let chat = ChatModel::load(dir, device, dtype)?;
-        let ck = Checkpoint::open(dir)?;
+    /// Build whatever an opened checkpoint has: the chat model always; SAM2 + `[SEG]` when it
+    /// has `text_hidden_fcs`, SAM2 tensors and the token (required with
+    /// `require_grounding`); the depth head when `config.json` has a `perceptio.depth` block.
+    pub fn load(ck: &Checkpoint, o: &LoadOptions) -> Result<Self> {
+        let dir = ck.dir.as_path();
+        let chat = ChatModel::from_checkpoint(ck)?;
         let seg_id = chat.tokenizer.token_to_id(SEG_TOKEN);
-        let mut sam2 = None;
-        if chat.model.text_hidden_fcs.is_some() && seg_id.is_some() {
-            let idx = crate::models::sam2::config::safetensors_shapes(&ck.weights)?;
-            if idx.contains_key(&format!("{}image_encoder.trunk.patch_embed.proj.weight", crate::models::sam2::SA2VA_PREFIX)) {
-                let m = Sam2::load(dir, None, device, dtype)?;
-                check_projection(&chat, &m, dir)?;
-                sam2 = Some(m);
-            }
-        }
-        let depth = DepthHead::load(dir, &ck.config, &chat.tokenizer, device, hub)?;
+        let has_fcs = chat.model.text_hidden_fcs.is_some();
+        let sam2 = if has_fcs && seg_id.is_some() && Sam2::present_in(ck) {
+            let m = Sam2::from_checkpoint(ck, None)?;
+            check_projection(&chat, &m, dir)?;
+            Some(m)
+        } else if o.require_grounding {
+            return Err(if !has_fcs {
+                Error::input(dir, "the checkpoint has no text_hidden_fcs ([SEG] projection): it is not a Sa2VA-style grounding model")
+            } else if seg_id.is_none() {
+                Error::input(dir.join("tokenizer.json"), "the tokenizer has no [SEG] token")
+            } else {
+                Error::input(dir, "the checkpoint holds no SAM2 (no grounding_encoder.sam2_model.* tensors)")
+            });
+        } else {
+            None
+        };
+        let depth = DepthHead::from_checkpoint(ck, &chat.tokenizer, o.vqvae_dir.as_deref())?;
         let seg_id = if sam2.is_some() { seg_id } else { None };
         Ok(Self { chat, sam2, seg_id, depth })
     }
@@ -163,7 +155,7 @@ impl Grounder {
     }
 
     /// Masks of `[SEG]` hidden states on `img` (SAM2 features cached per image).
-    fn masks(&self, img: &RgbImage, seg_hidden: &[Tensor], timings: &mut SegmentTimings) -> Result<Vec<(Mask, f32, f32)>> {
+    fn masks(&self, img: &RgbImage, seg_hidden: &[Tensor], timings: &mut SegmentTimings) -> Result<Vec<Segment>> {
         let mut out = Vec::new();
         if seg_hidden.is_empty() {
             return Ok(out);
@@ -171,16 +163,14 @@ impl Grounder {
         let sam2 = self.sam2()?;
         let (w, h) = (img.width(), img.height());
         let t = Instant::now();
-        let (feats, hit) = sam2.features(img, Preprocess::Sa2va).map_err(crate::error::model_error)?;
+        let (feats, hit) = sam2.features(img, Preprocess::Sa2va)?;
         timings.sam2_encode_s = t.elapsed().as_secs_f64();
         timings.sam2_cached = hit;
         let t = Instant::now();
         for hs in seg_hidden {
-            let e = self.chat.model.seg_projection(&hs.unsqueeze(0).map_err(crate::error::model_error)?).map_err(crate::error::model_error)?.expect("checked at load");
-            let p = sam2.predict_seg(&feats, &e.to_device(&sam2.device).map_err(crate::error::model_error)?).map_err(crate::error::model_error)?;
-            let logits = upscale_logits(&p.low_res, (h, w), Some(sam2.config.image_size)).map_err(crate::error::model_error)?;
-            let m = Mask::from_logits(&logits.to_device(&Device::Cpu).map_err(crate::error::model_error)?).map_err(crate::error::model_error)?;
-            out.push((m, p.iou[p.best], p.object_score));
+            let e = self.chat.model.seg_projection(&hs.unsqueeze(0)?)?.ok_or_else(|| Error::at("model", "the checkpoint has no text_hidden_fcs"))?;
+            let p = sam2.predict_mask(&feats, Prompt::Seg(&e.to_device(&sam2.device)?), (w, h))?;
+            out.push(Segment { mask: p.mask, score: p.scores[p.best], object_score: p.object_score });
         }
         timings.sam2_decode_s = t.elapsed().as_secs_f64();
         Ok(out)
@@ -195,20 +185,20 @@ impl Grounder {
         if opts.stop_ids.is_empty() {
             opts.stop_ids = self.chat.stop_ids.clone();
         }
-        let mut guard = self.depth.as_ref().map(|d| DepthGuard(d.constraint()));
+        let mut guard = self.depth.as_ref().map(|d| d.constraint());
         let mut prefix: Vec<u32> = Vec::new();
         if o.force_depth {
             let d = self.depth.as_ref().ok_or_else(|| Error::at("model", "this checkpoint has no depth tokens (no `perceptio.depth` block in config.json)"))?;
             let start = d.ids.start;
-            let e = self.chat.model.llm.embed(&Tensor::new(&[[start]], embeds.device()).map_err(crate::error::model_error)?).map_err(crate::error::model_error)?;
-            embeds = Tensor::cat(&[&embeds, &e], 1).map_err(crate::error::model_error)?;
+            let e = self.chat.model.llm.embed(&Tensor::new(&[[start]], embeds.device())?)?;
+            embeds = Tensor::cat(&[&embeds, &e], 1)?;
             if let Some(g) = guard.as_mut() {
                 g.advance(start);
             }
             prefix.push(start);
         }
         let c: Option<&mut dyn LogitsConstraint> = if o.constrain { guard.as_mut().map(|g| g as &mut dyn LogitsConstraint) } else { None };
-        let g = generate_constrained(&mut self.chat.model, &embeds, &opts, c, on_token).map_err(crate::error::model_error)?;
+        let g = generate_constrained(&mut self.chat.model, &embeds, &opts, c, on_token)?;
         let llm_s = t.elapsed().as_secs_f64();
         let seg_hidden: Vec<Tensor> = match self.seg_id {
             Some(sid) => seg_rows(&g, sid),
@@ -216,8 +206,7 @@ impl Grounder {
         };
         let mut ids: Vec<u32> = prefix;
         ids.extend(g.ids.iter().copied().filter(|i| !opts.stop_ids.contains(i)));
-        let decode = |v: &[u32]| self.chat.tokenizer.decode(v, false).map_err(|e| Error::at("tokenizer", e.to_string()));
-        let text_with_spatial_tokens = decode(&ids)?.trim().to_string();
+        let text_with_spatial_tokens = self.chat.decode_reply(&ids, &opts.stop_ids)?;
         let (w, h) = (img.width(), img.height());
         let mut depth = None;
         let mut spatial: Vec<bool> = vec![false; ids.len()];
@@ -225,7 +214,7 @@ impl Grounder {
             match d.ids.parse(&ids) {
                 Ok(Some(block)) => {
                     spatial[block.start_pos..=block.end_pos].iter_mut().for_each(|x| *x = true);
-                    let map = d.decode(&block, (w, h)).map_err(crate::error::model_error)?;
+                    let map = d.decode(&block, (w, h))?;
                     depth = Some(DepthOutcome { block: Ok(block), map: Some(map) });
                 }
                 Ok(None) => {}
@@ -236,7 +225,7 @@ impl Grounder {
             ids.iter().zip(spatial.iter_mut()).for_each(|(&id, s)| *s |= id == sid);
         }
         let plain: Vec<u32> = ids.iter().zip(&spatial).filter(|(_, s)| !**s).map(|(&i, _)| i).collect();
-        let answer = decode(&plain)?.trim().to_string();
+        let answer = self.chat.decode_reply(&plain, &opts.stop_ids)?;
         let mut timings = SegmentTimings::default();
         let segments = self.masks(img, &seg_hidden, &mut timings)?;
         Ok(SpatialAnswer {
@@ -268,7 +257,7 @@ impl Grounder {
         let (token_ids, text, seg_hidden) = if opts.force_seg {
             let (ids, h) = self.chat.force_reply(vision, prompt, FORCED_REPLY)?;
             let sid = self.seg_id.ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
-            let rows: Vec<Tensor> = ids.iter().enumerate().filter(|(_, &id)| id == sid).map(|(i, _)| h.i(i)).collect::<candle_core::Result<_>>().map_err(crate::error::model_error)?;
+            let rows: Vec<Tensor> = ids.iter().enumerate().filter(|(_, &id)| id == sid).map(|(i, _)| h.i(i)).collect::<candle_core::Result<_>>()?;
             (ids, FORCED_REPLY.to_string(), rows)
         } else {
             // Same decoding as `respond`: a model with depth tokens keeps any depth block it
@@ -278,26 +267,24 @@ impl Grounder {
             if gen.stop_ids.is_empty() {
                 gen.stop_ids = self.chat.stop_ids.clone();
             }
-            let mut guard = self.depth.as_ref().map(|d| DepthGuard(d.constraint()));
+            let mut guard = self.depth.as_ref().map(|d| d.constraint());
             let c = guard.as_mut().map(|g| g as &mut dyn LogitsConstraint);
-            let g = &generate_constrained(&mut self.chat.model, &embeds, &gen, c, |_| {}).map_err(crate::error::model_error)?;
+            let g = &generate_constrained(&mut self.chat.model, &embeds, &gen, c, |_| {})?;
             let sid = self.seg_id.ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
             let rows = seg_rows(g, sid);
-            let stops = &gen.stop_ids;
-            let kept: Vec<u32> = g.ids.iter().copied().filter(|i| !stops.contains(i)).collect();
-            let text = self.chat.tokenizer.decode(&kept, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
-            (g.ids.clone(), text.trim().to_string(), rows)
+            let text = self.chat.decode_reply(&g.ids, &gen.stop_ids)?;
+            (g.ids.clone(), text, rows)
         };
         let llm_s = t.elapsed().as_secs_f64();
         let (w, h) = (img.width(), img.height());
         let mut timings = SegmentTimings { vision_s: vision.secs, llm_s, ..Default::default() };
         let segs = self.masks(img, &seg_hidden, &mut timings)?;
         let mut mask = Mask::empty(w, h);
-        for (m, _, _) in &segs {
-            mask.or(m);
+        for s in &segs {
+            mask.or(&s.mask);
         }
-        let scores = segs.iter().map(|s| s.1).collect();
-        let object_scores = segs.iter().map(|s| s.2).collect();
+        let scores = segs.iter().map(|s| s.score).collect();
+        let object_scores = segs.iter().map(|s| s.object_score).collect();
         Ok(SegmentResult {
             expression: expression.to_string(),
             prompt: prompt.to_string(),

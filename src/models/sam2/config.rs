@@ -7,11 +7,9 @@
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Tensor name → shape of a checkpoint, without loading any data.
-pub type ShapeIndex = BTreeMap<String, Vec<usize>>;
+pub use crate::models::checkpoint::ShapeIndex;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HieraConfig {
@@ -396,20 +394,6 @@ impl Sam2Config {
     pub fn embedding_size(&self) -> usize {
         self.image_size / 16
     }
-}
-
-/// Shapes of every tensor in safetensors files, from their headers (names kept as stored).
-pub fn safetensors_shapes(files: &[impl AsRef<Path>]) -> Result<ShapeIndex> {
-    let mut idx = ShapeIndex::new();
-    for f in files {
-        let f = f.as_ref();
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
-            .map_err(|e| Error::input(f, format!("not a safetensors file: {}", crate::error::candle_message(&e))))?;
-        for (name, view) in st.tensors() {
-            idx.insert(name, view.shape().to_vec());
-        }
-    }
-    Ok(idx)
 }
 
 /// Shapes of the tensors of a PyTorch checkpoint (`torch.save({"model": state_dict})`, Meta's layout,

@@ -3,31 +3,12 @@
 //! with PyTorch's bicubic), then multi-scale blocks with windowed or global attention and 2×2 max
 //! pooling of the queries where a stage starts. Activations are channels-last (B, H, W, C).
 
+use crate::preprocess::resize::bicubic_matrix;
 use super::config::{BlockSpec, HieraConfig};
 use crate::models::fastops;
 use crate::models::nn::{LayerNorm, Linear};
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-
-/// PyTorch's `upsample_bicubic2d` (align_corners=False, A=-0.75) as an (out × in) matrix.
-pub fn bicubic_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
-    const A: f64 = -0.75;
-    let c1 = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0; // |x| <= 1
-    let c2 = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A; // 1 < |x| < 2
-    let mut m = vec![0f32; n_out * n_in];
-    let scale = n_in as f32 / n_out as f32;
-    for o in 0..n_out {
-        let src = scale * (o as f32 + 0.5) - 0.5;
-        let x0 = src.floor();
-        let t = (src - x0) as f64;
-        let w = [c2(t + 1.0), c1(t), c1(1.0 - t), c2(2.0 - t)];
-        for (k, wk) in w.iter().enumerate() {
-            let i = (x0 as i64 - 1 + k as i64).clamp(0, n_in as i64 - 1) as usize;
-            m[o * n_in + i] += *wk as f32;
-        }
-    }
-    m
-}
 
 /// Pad (B, H, W, C) to multiples of `ws` and cut into (B·nW, ws, ws, C) windows.
 fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
@@ -227,8 +208,8 @@ impl Hiera {
     fn pos_embed(&self, h: usize, w: usize) -> Result<Tensor> {
         let (_, c, bh, bw) = self.pos_embed.dims4()?;
         let dev = self.pos_embed.device();
-        let my = Tensor::from_vec(bicubic_matrix(bh, h), (h, bh), dev)?;
-        let mx = Tensor::from_vec(bicubic_matrix(bw, w), (w, bw), dev)?;
+        let my = Tensor::from_vec(bicubic_matrix::<f64>(bh, h), (h, bh), dev)?;
+        let mx = Tensor::from_vec(bicubic_matrix::<f64>(bw, w), (w, bw), dev)?;
         let p = self.pos_embed.squeeze(0)?.to_dtype(candle_core::DType::F32)?; // (c, bh, bw)
         let p = my.unsqueeze(0)?.broadcast_matmul(&p)?.broadcast_matmul(&mx.t()?.unsqueeze(0)?)?; // (c, h, w)
         let ws = self.pos_embed_window.dim(2)?;
@@ -261,11 +242,11 @@ mod tests {
 
     #[test]
     fn bicubic_rows_sum_to_one_and_identity_at_same_size() {
-        let m = bicubic_matrix(7, 256);
+        let m = bicubic_matrix::<f64>(7, 256);
         for r in m.chunks(7) {
             assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
-        let m = bicubic_matrix(5, 5);
+        let m = bicubic_matrix::<f64>(5, 5);
         for (i, r) in m.chunks(5).enumerate() {
             for (j, v) in r.iter().enumerate() {
                 assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-6);

@@ -14,6 +14,8 @@ pub mod prompt_encoder;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use crate::mask::Mask;
+use crate::models::checkpoint::Checkpoint;
 use config::{Sam2Config, Sam2Overrides, ShapeIndex};
 use image::RgbImage;
 pub use image_encoder::ImageFeatures;
@@ -104,19 +106,15 @@ impl Sam2 {
                     return Self::load(&pts[0], block.as_ref(), device, dtype);
                 }
             }
-            let ck = crate::models::checkpoint::Checkpoint::open(path)?;
-            let vb = ck.var_builder(dtype, device)?;
-            let idx = config::safetensors_shapes(&ck.weights)?;
-            let block = overrides.or_else(|| ck.config.get("sam2"));
-            return Self::from_index(&idx, block, vb, &name)?.ok_or_else(|| Error::input(path, "the checkpoint holds no SAM2 (no image_encoder.* or grounding_encoder.sam2_model.* tensors)"));
+            let ck = Checkpoint::open(path, dtype, device)?;
+            return Self::from_checkpoint(&ck, overrides);
         }
         if !path.is_file() {
             return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
         }
         let is_st = path.extension().is_some_and(|e| e == "safetensors");
         let (idx, vb) = if is_st {
-            crate::models::checkpoint::check_safetensors_header(path)?;
-            let idx = config::safetensors_shapes(&[path])?;
+            let idx = crate::models::checkpoint::safetensors_header(path)?;
             let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }
                 .map_err(|e| Error::input(path, format!("cannot load weights: {}", crate::error::candle_message(&e))))?;
             (idx, vb)
@@ -130,6 +128,19 @@ impl Sam2 {
             (idx, vb)
         };
         Self::from_index(&idx, overrides, vb, &name)?.ok_or_else(|| Error::input(path, "not a SAM2 checkpoint (no image_encoder.* tensors)"))
+    }
+
+    /// The SAM2 of an opened model directory (Sa2VA layout or plain SAM2 keys; `config.json`'s
+    /// optional `sam2` block applies unless `overrides` is given).
+    pub fn from_checkpoint(ck: &Checkpoint, overrides: Option<&serde_json::Value>) -> Result<Self> {
+        let block = overrides.or_else(|| ck.config.get("sam2"));
+        Self::from_index(&ck.shapes, block, ck.vb(), &ck.dir.display().to_string())?
+            .ok_or_else(|| Error::input(&ck.dir, "the checkpoint holds no SAM2 (no image_encoder.* or grounding_encoder.sam2_model.* tensors)"))
+    }
+
+    /// Whether an opened checkpoint carries a SAM2 (either layout).
+    pub fn present_in(ck: &Checkpoint) -> bool {
+        ck.shapes.contains_key(&format!("{SA2VA_PREFIX}image_encoder.trunk.patch_embed.proj.weight")) || ck.shapes.contains_key("image_encoder.trunk.patch_embed.proj.weight")
     }
 
     /// Build from a tensor index and a var builder over the same files, finding the SAM2 root
@@ -235,6 +246,47 @@ impl Sam2 {
     }
 }
 
+/// What a SAM2 prompt is: classic points/box (`SAM2ImagePredictor`) or a projected `[SEG]`
+/// hidden state (Sa2VA).
+#[derive(Debug, Clone, Copy)]
+pub enum Prompt<'a> {
+    Points { prompt: &'a PointPrompt, multimask: bool },
+    Seg(&'a Tensor),
+}
+
+/// The kept mask of one prompt at the photo's size.
+#[derive(Debug, Clone)]
+pub struct MaskPrediction {
+    pub mask: Mask,
+    /// Predicted IoU of every candidate; `best` is the kept one.
+    pub scores: Vec<f32>,
+    pub best: usize,
+    pub object_score: f32,
+}
+
+impl Sam2 {
+    /// Decode a prompt and post-process as its reference does: the candidate with the best
+    /// predicted IoU, logits upsampled bilinearly to the (w, h) photo (Sa2VA via S×S, Meta
+    /// directly), thresholded at 0 on the device; only the bits come back to the host.
+    pub fn predict_mask(&self, feats: &ImageFeatures, prompt: Prompt, (w, h): (u32, u32)) -> candle_core::Result<MaskPrediction> {
+        let (low, via, scores, best, object_score) = match prompt {
+            Prompt::Points { prompt, multimask } => {
+                let out = self.predict(feats, prompt, (w, h), multimask)?;
+                let scores: Vec<f32> = out.iou.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let best = argmax(&out.iou.flatten_all()?)?;
+                let obj: f32 = out.object_score.to_dtype(DType::F32)?.flatten_all()?.get(0)?.to_scalar()?;
+                (out.low_res_masks.narrow(1, best, 1)?, None, scores, best, obj)
+            }
+            Prompt::Seg(seg) => {
+                let p = self.predict_seg(feats, seg)?;
+                (p.low_res, Some(self.config.image_size), p.iou, p.best, p.object_score)
+            }
+        };
+        let mask = mask_from_logits(&upscale_logits(&low, (h, w), via)?)?;
+        Ok(MaskPrediction { mask, scores, best, object_score })
+    }
+}
+
 /// Low-res logits (1, 1, h', w') → logits at (h, w) by bilinear (align_corners=False); with
 /// `via` = Some(S) first to S×S, as Sa2VA does (256 → 1024 → original size).
 pub fn upscale_logits(low: &Tensor, (h, w): (u32, u32), via: Option<usize>) -> candle_core::Result<Tensor> {
@@ -245,34 +297,11 @@ pub fn upscale_logits(low: &Tensor, (h, w): (u32, u32), via: Option<usize>) -> c
     x.upsample_bilinear2d(h as usize, w as usize, false)
 }
 
-/// A binary mask (row-major, 0/1) of a photo.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mask {
-    pub width: u32,
-    pub height: u32,
-    pub data: Vec<u8>,
-}
-
-impl Mask {
-    /// Threshold logits (1, 1, h, w) at 0 (≡ sigmoid > 0.5).
-    pub fn from_logits(logits: &Tensor) -> candle_core::Result<Self> {
-        let (_, _, h, w) = logits.dims4()?;
-        let v: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-        Ok(Self { width: w as u32, height: h as u32, data: v.iter().map(|&x| u8::from(x > 0.0)).collect() })
-    }
-
-    pub fn empty(width: u32, height: u32) -> Self {
-        Self { width, height, data: vec![0; (width * height) as usize] }
-    }
-
-    /// Pixel-wise OR (several `[SEG]`s for one expression).
-    pub fn or(&mut self, other: &Mask) {
-        self.data.iter_mut().zip(&other.data).for_each(|(a, b)| *a |= *b);
-    }
-
-    pub fn area(&self) -> u64 {
-        self.data.iter().map(|&v| v as u64).sum()
-    }
+/// Threshold (1, 1, h, w) logits at 0 on their device, then copy the bits to the host.
+pub fn mask_from_logits(logits: &Tensor) -> candle_core::Result<Mask> {
+    let (_, _, h, w) = logits.dims4()?;
+    let bits: Vec<u8> = logits.gt(0f64)?.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
+    Ok(Mask { width: w as u32, height: h as u32, data: bits })
 }
 
 impl Sam2 {

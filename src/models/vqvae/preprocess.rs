@@ -11,45 +11,20 @@
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 
-/// A single-channel depth map, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DepthMap {
-    /// 8-bit map already in AURORA's convention (a Depth Anything `--grayscale` PNG): used as is.
-    Gray8 { width: usize, height: usize, data: Vec<u8> },
-    /// Any float disparity-like map (brighter = closer); NaN/±inf mark missing values.
-    Float { width: usize, height: usize, data: Vec<f32> },
-}
+pub use crate::depthmap::{DepthMap, DepthScale};
 
-impl DepthMap {
-    pub fn width(&self) -> usize {
-        match self {
-            DepthMap::Gray8 { width, .. } | DepthMap::Float { width, .. } => *width,
-        }
-    }
-
-    pub fn height(&self) -> usize {
-        match self {
-            DepthMap::Gray8 { height, .. } | DepthMap::Float { height, .. } => *height,
-        }
-    }
-
-    /// The 8-bit map AURORA's VQ-VAE reads: `Gray8` unchanged; `Float` with missing values
-    /// filled by the smallest valid value (farthest), then Depth Anything's min-max to 8 bits.
-    pub fn to_gray8(&self) -> Result<Vec<u8>> {
-        let (w, h) = (self.width(), self.height());
-        match self {
-            DepthMap::Gray8 { data, .. } => {
-                check_len(data.len(), w, h)?;
-                Ok(data.clone())
+/// The 8-bit map AURORA's VQ-VAE reads: an 8-bit map unchanged; a float map with missing
+/// values filled by the smallest valid value (farthest), then Depth Anything's min-max to 8 bits.
+pub fn to_gray8(map: &DepthMap) -> Result<Vec<u8>> {
+    check_len(map.data.len(), map.width, map.height)?;
+    match map.scale {
+        DepthScale::Gray8 => Ok(map.data.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect()),
+        DepthScale::Unit | DepthScale::Float => {
+            let mut d = map.data.clone();
+            if fill_non_finite(&mut d).is_none() {
+                return Err(Error::at("depth map", "no finite value to normalise"));
             }
-            DepthMap::Float { data, .. } => {
-                check_len(data.len(), w, h)?;
-                let mut d = data.clone();
-                if fill_non_finite(&mut d).is_none() {
-                    return Err(Error::at("depth map", "no finite value to normalise"));
-                }
-                Ok(minmax_u8(&d))
-            }
+            Ok(minmax_u8(&d))
         }
     }
 }
@@ -123,14 +98,14 @@ pub fn u8_to_unit_range(data: &[u8]) -> Vec<f32> {
     data.iter().map(|&v| (v as f32 / 255.0 - 0.5) / 0.5).collect()
 }
 
-/// AURORA's VQ-VAE input for a map: 8 bits (see [`DepthMap::to_gray8`]), NEAREST to `size`²,
+/// AURORA's VQ-VAE input for a map: 8 bits (see [`to_gray8`]), NEAREST to `size`²,
 /// `(x/255 − 0.5)/0.5`; returns (1, 1, size, size) f32 on `device`.
 pub fn normalize_depth(map: &DepthMap, size: usize, device: &Device) -> Result<Tensor> {
     if size == 0 {
         return Err(Error::Usage("depth input size must be positive".into()));
     }
-    let g = map.to_gray8()?;
-    let r = resize_nearest(&g, map.width(), map.height(), size, size);
+    let g = to_gray8(map)?;
+    let r = resize_nearest(&g, map.width, map.height, size, size);
     Tensor::from_vec(u8_to_unit_range(&r), (1, 1, size, size), device)
         .map_err(|e| Error::at("depth map", crate::error::candle_message(&e)))
 }

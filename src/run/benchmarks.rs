@@ -85,6 +85,43 @@ fn open_log(o: &RunOptions, key: &'static str) -> Result<Option<PredictionFile>>
     o.log_samples.as_deref().map(|p| PredictionFile::open(p, key)).transpose()
 }
 
+/// A predictions file opened for resuming, saying so when a torn last line was dropped.
+fn open_output(path: &Path, key: &'static str) -> Result<PredictionFile> {
+    let f = PredictionFile::open(path, key)?;
+    if f.repaired {
+        eprintln!("perceptio: {}: dropped an incomplete last line (interrupted run); redoing that sample", path.display());
+    }
+    Ok(f)
+}
+
+/// What every benchmark loop shares: the clock, the progress bar (resumed samples already
+/// counted) and the tallies of the summary.
+struct Progress {
+    t0: Instant,
+    pb: indicatif::ProgressBar,
+    planned: usize,
+    resumed: usize,
+    predicted: usize,
+}
+
+impl Progress {
+    fn start(what: &str, planned: usize, resumed: usize) -> Self {
+        let pb = progress(planned as u64, what);
+        pb.inc(resumed as u64);
+        Self { t0: Instant::now(), pb, planned, resumed, predicted: 0 }
+    }
+
+    fn one_done(&mut self) {
+        self.predicted += 1;
+        self.pb.inc(1);
+    }
+
+    fn finish(self, complete: bool) -> RunSummary {
+        self.pb.finish_and_clear();
+        RunSummary { planned: self.planned, resumed: self.resumed, predicted: self.predicted, complete, seconds: self.t0.elapsed().as_secs_f64() }
+    }
+}
+
 fn finish(file: &PredictionFile, benchmark: &str, run: &Value, o: &RunOptions, planned: &[i64]) -> Result<bool> {
     file.sync()?;
     let complete = o.limit.is_none() && planned.iter().all(|k| file.done.contains(k));
@@ -94,26 +131,16 @@ fn finish(file: &PredictionFile, benchmark: &str, run: &Value, o: &RunOptions, p
     Ok(complete)
 }
 
-fn gen_opts(o: &RunOptions) -> GenerateOptions {
-    o.generation.clone()
-}
-
 /// RefCOCO/+/g: one `{"sent_id", "mask"}` line per sentence of the split.
 pub fn refcoco(g: &mut Grounder, gt: &GroundTruth, images: &Path, out: &Path, run: &Value, o: &RunOptions) -> Result<RunSummary> {
-    let t0 = Instant::now();
     let image_keys: Vec<String> = gt.samples.iter().map(|s| s.file_name.clone().or(s.image_id.map(|i| i.to_string())).unwrap_or_default()).collect();
     let group_of = groups(&image_keys);
     let planned = plan(&group_of, o);
-    let mut file = PredictionFile::open(out, "sent_id")?;
+    let mut file = open_output(out, "sent_id")?;
     let mut log = open_log(o, "sent_id")?;
-    if file.repaired {
-        eprintln!("perceptio: {}: dropped an incomplete last line (interrupted run); redoing that sample", out.display());
-    }
     let resumed = planned.iter().filter(|&&i| file.done.contains(&gt.samples[i].sent_id)).count();
-    let pb = progress(planned.len() as u64, "refcoco");
-    pb.inc(resumed as u64);
-    let sopts = SegmentOptions { max_tiles: o.max_tiles, force_seg: o.force_seg, generation: gen_opts(o) };
-    let mut predicted = 0;
+    let mut prog = Progress::start("refcoco", planned.len(), resumed);
+    let sopts = SegmentOptions { max_tiles: o.max_tiles, force_seg: o.force_seg, generation: o.generation.clone() };
     let mut i = 0;
     while i < planned.len() {
         let grp = group_of[planned[i]];
@@ -144,10 +171,10 @@ pub fn refcoco(g: &mut Grounder, gt: &GroundTruth, images: &Path, out: &Path, ru
                 vision = Some(g.vision(&img, o.max_tiles)?);
             }
             let r = g.segment(&img, vision.as_ref().expect("set above"), text, &sopts)?;
-            let mask = if r.seg_count > 0 { crate::render::rle_json(&crate::render::mask_rle(&r.mask)?) } else { Value::Null };
+            let pred = r.mask.to_rle().map_err(|e| Error::at(format!("sent_id {}", s.sent_id), e.0))?;
+            let mask = if r.seg_count > 0 { pred.to_coco_json() } else { Value::Null };
             file.append(&json!({"sent_id": s.sent_id, "mask": mask}))?;
             if let Some(l) = log.as_mut() {
-                let pred = crate::render::mask_rle(&r.mask)?;
                 let (inter, union) = pred.intersection_union(&gt.masks[s.mask]).map_err(|e| Error::at(format!("sent_id {}", s.sent_id), e.0))?;
                 l.append(&json!({
                     "sent_id": s.sent_id, "image": name, "sentence": text, "prompt": r.prompt, "output": r.text,
@@ -156,14 +183,12 @@ pub fn refcoco(g: &mut Grounder, gt: &GroundTruth, images: &Path, out: &Path, ru
                     "scores": r.scores, "timings": r.timings,
                 }))?;
             }
-            predicted += 1;
-            pb.inc(1);
+            prog.one_done();
         }
     }
-    pb.finish_and_clear();
     let keys: Vec<i64> = planned.iter().map(|&k| gt.samples[k].sent_id).collect();
     let complete = finish(&file, "refcoco", run, o, &keys)?;
-    Ok(RunSummary { planned: planned.len(), resumed, predicted, complete, seconds: t0.elapsed().as_secs_f64() })
+    Ok(prog.finish(complete))
 }
 
 #[derive(serde::Deserialize)]
@@ -195,7 +220,6 @@ pub fn hardblink_output(dir: &Path, n: usize) -> PathBuf {
 /// HardBLINK: LLaVA-style answers files (`{"question_id", "prompt", "text", "answer_id",
 /// "model_id", "metadata"}`) per variant in `out_dir`.
 pub fn hardblink(chat: &mut ChatModel, root: &Path, images: &Path, out_dir: &Path, run: &Value, o: &RunOptions) -> Result<RunSummary> {
-    let t0 = Instant::now();
     // All items of the three variants, in file order; each item is its own image group.
     let mut items: Vec<(usize, i64, String, String)> = Vec::new();
     let mut gold: HashMap<(usize, i64), char> = HashMap::new();
@@ -221,17 +245,11 @@ pub fn hardblink(chat: &mut ChatModel, root: &Path, images: &Path, out_dir: &Pat
     let planned = plan(&group_of, o);
     let mut files: HashMap<usize, PredictionFile> = HashMap::new();
     for n in hardblink::VARIANTS {
-        let f = PredictionFile::open(&hardblink_output(out_dir, n), "question_id")?;
-        if f.repaired {
-            eprintln!("perceptio: {}: dropped an incomplete last line (interrupted run)", f.path.display());
-        }
-        files.insert(n, f);
+        files.insert(n, open_output(&hardblink_output(out_dir, n), "question_id")?);
     }
     let mut log = open_log(o, "log_id")?;
     let resumed = planned.iter().filter(|&&i| files[&items[i].0].done.contains(&items[i].1)).count();
-    let pb = progress(planned.len() as u64, "hardblink");
-    pb.inc(resumed as u64);
-    let mut predicted = 0;
+    let mut prog = Progress::start("hardblink", planned.len(), resumed);
     for &i in &planned {
         let (n, id, image, text) = &items[i];
         if files[n].done.contains(id) {
@@ -240,7 +258,7 @@ pub fn hardblink(chat: &mut ChatModel, root: &Path, images: &Path, out_dir: &Pat
         let path = images.join(format!("blink{n}pointscenter")).join(image);
         let img = crate::preprocess::load_rgb(&path)?;
         let vision = chat.vision(&img, o.max_tiles)?;
-        let a = chat.reply(&vision, &format!("<image>\n{text}"), &gen_opts(o), |_| {})?;
+        let a = chat.reply(&vision, &format!("<image>\n{text}"), &o.generation, |_| {})?;
         let answer = clean_response(&a.text);
         files.get_mut(n).expect("opened").append(&json!({
             "question_id": id, "prompt": text, "text": answer, "answer_id": "", "model_id": o.model_id, "metadata": {},
@@ -254,10 +272,8 @@ pub fn hardblink(chat: &mut ChatModel, root: &Path, images: &Path, out_dir: &Pat
                 "gold": g.map(String::from), "correct": g.is_some() && parsed == g,
             }))?;
         }
-        predicted += 1;
-        pb.inc(1);
+        prog.one_done();
     }
-    pb.finish_and_clear();
     let mut complete = true;
     for n in hardblink::VARIANTS {
         let keys: Vec<i64> = planned.iter().filter(|&&i| items[i].0 == n).map(|&i| items[i].1).collect();
@@ -265,7 +281,7 @@ pub fn hardblink(chat: &mut ChatModel, root: &Path, images: &Path, out_dir: &Pat
         r["variant"] = json!(n);
         complete &= finish(&files[&n], &format!("hardblink{n}"), &r, o, &keys)?;
     }
-    Ok(RunSummary { planned: planned.len(), resumed, predicted, complete, seconds: t0.elapsed().as_secs_f64() })
+    Ok(prog.finish(complete))
 }
 
 /// VLMEvalKit's `cn_string`: any CJK unified ideograph.
@@ -294,7 +310,6 @@ pub fn mmbench_prompt(question: &str, hint: Option<&str>, options: &Choices) -> 
 /// MMBench: `{"index", "prediction"}` lines for every row of the TSV (circular copies included).
 pub fn mmbench(chat: &mut ChatModel, tsv: &Path, out: &Path, run: &Value, o: &RunOptions) -> Result<RunSummary> {
     use base64::Engine;
-    let t0 = Instant::now();
     let t = mmbench::table::read_tsv_opts(tsv, true)?;
     let idx = t.indices(tsv)?;
     let question = t.require("question", tsv)?;
@@ -309,15 +324,10 @@ pub fn mmbench(chat: &mut ChatModel, tsv: &Path, out: &Path, run: &Value, o: &Ru
         .collect();
     let group_of = groups(&g_index);
     let planned = plan(&group_of, o);
-    let mut file = PredictionFile::open(out, "index")?;
-    if file.repaired {
-        eprintln!("perceptio: {}: dropped an incomplete last line (interrupted run)", out.display());
-    }
+    let mut file = open_output(out, "index")?;
     let mut log = open_log(o, "index")?;
     let resumed = planned.iter().filter(|&&r| file.done.contains(&idx[r])).count();
-    let pb = progress(planned.len() as u64, "mmbench");
-    pb.inc(resumed as u64);
-    let mut predicted = 0;
+    let mut prog = Progress::start("mmbench", planned.len(), resumed);
     let mut vision_cache: Option<(usize, Vision)> = None;
     for &r in &planned {
         if file.done.contains(&idx[r]) {
@@ -343,7 +353,7 @@ pub fn mmbench(chat: &mut ChatModel, tsv: &Path, out: &Path, run: &Value, o: &Ru
         let q = question[r].as_deref().unwrap_or("");
         let h = hint.and_then(|c| c[r].as_deref());
         let prompt = format!("<image>\n{}", mmbench_prompt(q, h, &options));
-        let a = chat.reply(&vision_cache.as_ref().expect("set").1, &prompt, &gen_opts(o), |_| {})?;
+        let a = chat.reply(&vision_cache.as_ref().expect("set").1, &prompt, &o.generation, |_| {})?;
         let prediction = clean_response(&a.text);
         file.append(&json!({"index": idx[r], "prediction": prediction}))?;
         if let Some(l) = log.as_mut() {
@@ -355,13 +365,11 @@ pub fn mmbench(chat: &mut ChatModel, tsv: &Path, out: &Path, run: &Value, o: &Ru
                 "correct": gold.as_deref().is_some_and(|g| parsed.map(String::from).as_deref() == Some(g.trim())),
             }))?;
         }
-        predicted += 1;
-        pb.inc(1);
+        prog.one_done();
     }
-    pb.finish_and_clear();
     let keys: Vec<i64> = planned.iter().map(|&r| idx[r]).collect();
     let complete = finish(&file, "mmbench", run, o, &keys)?;
-    Ok(RunSummary { planned: planned.len(), resumed, predicted, complete, seconds: t0.elapsed().as_secs_f64() })
+    Ok(prog.finish(complete))
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
-//! COCO run-length encoded masks, bit-exact with pycocotools' `maskApi.c`.
+//! Masks, the core type below models, renderers and scorers: the [`Mask`] bitmap and COCO
+//! run-length encoded masks, bit-exact with pycocotools' `maskApi.c`. No candle here.
 //!
 //! A mask of size h×w is flattened column-major (pixel (y, x) → index x·h + y) and stored as
 //! alternating run lengths starting with a run of zeros. `codec` is the compressed string
 //! form (`rleToString`/`rleFrString`), `poly` the polygon rasteriser (`rleFrPoly`).
 
+mod bitmap;
 mod codec;
 mod json;
 mod poly;
 
+pub use bitmap::{Mask, Segment};
 pub use json::{parse_mask_json, MaskJson};
 pub use poly::{from_bbox, from_polygon};
 
@@ -63,6 +66,11 @@ impl Rle {
     pub fn from_compressed(s: &str, h: u32, w: u32) -> Result<Self, RleError> {
         let counts = codec::decode(s.as_bytes())?;
         Self::from_counts(h, w, counts)
+    }
+
+    /// COCO JSON `{"size": [h, w], "counts": "..."}`.
+    pub fn to_coco_json(&self) -> serde_json::Value {
+        serde_json::json!({"size": [self.h, self.w], "counts": self.to_compressed()})
     }
 
     /// The compressed string form (`rleToString`).

@@ -1,9 +1,9 @@
 //! Producing benchmark predictions with the model (`eval ... --model`): a resumable JSONL
 //! predictions file (each line flushed and self-contained; a torn last line is dropped and redone),
 //! deterministic sharding by image, a completion manifest next to each file, and `eval merge`.
-//! The per-benchmark loops are in [`runs`].
+//! The per-benchmark loops are in [`benchmarks`].
 
-pub mod runs;
+pub mod benchmarks;
 
 use crate::error::{Error, Result};
 use serde_json::Value;

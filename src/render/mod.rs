@@ -1,9 +1,10 @@
 //! Images people look at and files tools read: binary mask PNGs, mask overlays on the photo,
-//! and COCO RLE JSON of a mask.
+//! and depth maps ([`depth`]: 16-bit PNG, turbo colours, `.npy`).
+
+pub mod depth;
 
 use crate::error::{Error, Result};
-use crate::eval::rle::Rle;
-use crate::models::sam2::Mask;
+use crate::mask::Mask;
 use image::{ImageEncoder, RgbImage};
 
 /// Tint colours of successive masks (SAM demo palette, dodger blue first).
@@ -55,16 +56,6 @@ pub fn overlay_png(img: &RgbImage, masks: &[&Mask]) -> Result<Vec<u8>> {
     png(o.as_raw(), o.width(), o.height(), image::ExtendedColorType::Rgb8)
 }
 
-/// COCO RLE of a mask (column-major runs, compressed `counts` string), as pycocotools encodes it.
-pub fn mask_rle(m: &Mask) -> Result<Rle> {
-    Rle::encode_row_major(&m.data, m.height, m.width).map_err(|e| Error::at("mask", e.0))
-}
-
-/// `{"size": [h, w], "counts": "..."}`.
-pub fn rle_json(r: &Rle) -> serde_json::Value {
-    serde_json::json!({"size": [r.height(), r.width()], "counts": r.to_compressed()})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,7 +68,7 @@ mod tests {
                 m.data[y * 7 + x] = 1;
             }
         }
-        let r = mask_rle(&m).unwrap();
+        let r = m.to_rle().unwrap();
         assert_eq!(r.area(), 12);
         assert_eq!(r.decode_row_major(), m.data);
         let img = RgbImage::from_pixel(7, 5, image::Rgb([0, 0, 0]));

@@ -1,33 +1,9 @@
-//! Depth-map files: read a grayscale PNG into a [`DepthMap`]; write 16-bit grayscale PNG, a
-//! turbo-coloured PNG for people, and `.npy` f32 for tools. Writers are atomic
-//! (`util::atomic`). Maps written here are in [0, 1] with brighter = closer (AURORA).
+//! Depth-map files: 16-bit grayscale PNG, a turbo-coloured PNG for people, and `.npy` f32 for
+//! tools. Writers are atomic (`util::atomic`). Maps written here are in [0, 1] with brighter =
+//! closer (AURORA); [`crate::depthmap::DepthMap::to_unit`] scales others.
 
-use super::preprocess::DepthMap;
 use crate::error::{Error, Result};
-use image::DynamicImage;
 use std::path::Path;
-
-/// Read a depth PNG/JPEG: 8-bit gray stays 8-bit (AURORA's input as is); 16-bit gray becomes a
-/// float map v/65535; colour images contribute their blue channel, as AURORA's
-/// `cv2.imread(...)[:, :, 0]` does (the three channels are equal in a `--grayscale` file).
-pub fn load_depth_image(path: &Path) -> Result<DepthMap> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| Error::input(path, format!("not a readable image: {e}")))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let gray8 = |data: Vec<u8>| DepthMap::Gray8 { width: w, height: h, data };
-    let float16 = |data: Vec<u16>| DepthMap::Float { width: w, height: h, data: data.iter().map(|&v| v as f32 / 65535.0).collect() };
-    Ok(match img {
-        DynamicImage::ImageLuma8(i) => gray8(i.into_raw()),
-        DynamicImage::ImageLumaA8(i) => gray8(i.pixels().map(|p| p[0]).collect()),
-        DynamicImage::ImageRgb8(i) => gray8(i.pixels().map(|p| p[2]).collect()),
-        DynamicImage::ImageRgba8(i) => gray8(i.pixels().map(|p| p[2]).collect()),
-        DynamicImage::ImageLuma16(i) => float16(i.into_raw()),
-        DynamicImage::ImageLumaA16(i) => float16(i.pixels().map(|p| p[0]).collect()),
-        DynamicImage::ImageRgb16(i) => float16(i.pixels().map(|p| p[2]).collect()),
-        DynamicImage::ImageRgba16(i) => float16(i.pixels().map(|p| p[2]).collect()),
-        other => return Err(Error::input(path, format!("unsupported depth image type {:?}", other.color()))),
-    })
-}
 
 fn check(data: &[f32], w: usize, h: usize) -> Result<()> {
     if w == 0 || h == 0 || w.checked_mul(h) != Some(data.len()) || w > u32::MAX as usize || h > u32::MAX as usize {
@@ -41,7 +17,7 @@ pub fn png16(data: &[f32], w: usize, h: usize) -> Result<Vec<u8>> {
     check(data, w, h)?;
     // PNG stores 16-bit samples big-endian; the encoder takes native-endian u16 bytes.
     let raw: Vec<u8> = data.iter().flat_map(|&v| to_u16(v).to_ne_bytes()).collect();
-    crate::render::png(&raw, w as u32, h as u32, image::ExtendedColorType::L16)
+    super::png(&raw, w as u32, h as u32, image::ExtendedColorType::L16)
 }
 
 fn to_u16(v: f32) -> u16 {
@@ -68,7 +44,7 @@ pub fn turbo(x: f32) -> [u8; 3] {
 pub fn turbo_png(data: &[f32], w: usize, h: usize) -> Result<Vec<u8>> {
     check(data, w, h)?;
     let raw: Vec<u8> = data.iter().flat_map(|&v| turbo(v)).collect();
-    crate::render::png(&raw, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+    super::png(&raw, w as u32, h as u32, image::ExtendedColorType::Rgb8)
 }
 
 /// `.npy` (format 1.0, little-endian f32, C order) bytes of an (h, w) map.
