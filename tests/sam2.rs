@@ -226,3 +226,67 @@ fn padded_windows_match_meta() {
     assert_close(&out.iou, &g["win.point.multi.iou"], 1e-4, "iou");
     assert_close(&out.low_res_masks.squeeze(0).unwrap().narrow(1, 112, 32).unwrap().narrow(2, 112, 32).unwrap(), &g["win.point.multi.low_res_masks.crop_c"], 1e-4, "logits");
 }
+
+/// A Sa2VA-layout checkpoint (`grounding_encoder.sam2_model.*`) whose trunk has hiera-L's stage
+/// depths [2, 6, 36, 4] but embed_dim 4, loaded with no `sam2` block: heads, windows and global
+/// blocks must come from hiera-L, picked by the depths alone. Goldens from
+/// tools/gen_sam2_hiera_l_depths.py (Meta's sam2 1.1.0, `sam2_hiera_l.yaml`, seed 25).
+#[test]
+fn sa2va_hiera_l_depths_use_hiera_l_settings() {
+    let g = candle_core::safetensors::load(fixture("sam2/goldens_hiera_l_depths.safetensors"), &Device::Cpu).unwrap();
+    let m = Sam2::load(&fixture("sam2/tiny_sa2va_hiera_l_depths.safetensors"), None, &Device::Cpu, DType::F32).unwrap();
+    let t = &m.config.trunk;
+    assert_eq!(t.stages, vec![2, 6, 36, 4]);
+    assert_eq!(t.embed_dim, 4);
+    assert_eq!(t.num_heads, 2);
+    assert_eq!(t.global_att_blocks, vec![23, 33, 43]);
+    assert_eq!(t.window_spec, vec![8, 4, 16, 8]);
+    assert_eq!(t.window_pos_embed_bkg_spatial_size, (7, 7));
+    assert_eq!((t.q_pool, t.dim_mul, t.head_mul, t.mlp_ratio), (3, 2.0, 2.0, 4.0));
+    assert_eq!(m.config.variant_name(), Some("hiera_l"));
+    assert_eq!(m.config.neck.backbone_channel_list, vec![32, 16, 8, 4]);
+    // No block: the decoder gets the 8 heads SAM2Base hardcodes (the generator built it with 8).
+    assert_eq!((m.config.decoder.transformer_dim, m.config.decoder.depth, m.config.decoder.num_heads), (32, 2, 8));
+    // Per-block geometry of Meta's Hiera for these settings (windows lag a block).
+    let blocks = t.blocks();
+    assert_eq!(blocks.len(), 48);
+    let windows: Vec<usize> = blocks.iter().map(|b| b.window).collect();
+    let want: Vec<usize> = (0..48).map(|i| match i { 0..=2 => 8, 3..=8 => 4, 23 | 33 | 43 => 0, 9..=44 => 16, _ => 8 }).collect();
+    assert_eq!(windows, want);
+    let heads: Vec<usize> = blocks.iter().map(|b| b.heads).collect();
+    let want: Vec<usize> = (0..48).map(|i| match i { 0..=1 => 2, 2..=7 => 4, 8..=43 => 8, _ => 16 }).collect();
+    assert_eq!(heads, want);
+    let pooled: Vec<usize> = (0..48).filter(|&i| blocks[i].q_pool).collect();
+    assert_eq!(pooled, vec![2, 8, 44]);
+
+    // The Sa2VA [SEG] path, as in sa2va_seg_path_matches_the_reference.
+    let img = chelsea();
+    let px = m.preprocess(&img, Preprocess::Sa2va).unwrap().squeeze(0).unwrap();
+    assert_close(&px.narrow(1, 0, 32).unwrap().narrow(2, 0, 32).unwrap(), &g["sa2va.image.crop_tl"], 1e-5, "hiera-L depths: sa2va input");
+    let (f, hit) = m.features(&img, Preprocess::Sa2va).unwrap();
+    assert!(!hit);
+    let (f0, f1) = f.high_res.as_ref().unwrap();
+    spot(&g, "sa2va.high_res_feat0", &f0.squeeze(0).unwrap(), 5e-5);
+    spot(&g, "sa2va.high_res_feat1", &f1.squeeze(0).unwrap(), 5e-5);
+    spot(&g, "sa2va.image_embed", &f.image_embed.squeeze(0).unwrap(), 5e-5);
+    let p = m.predict_seg(&f, &g["sa2va.seg_embedding"]).unwrap();
+    assert_close(&Tensor::new(p.iou.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &g["sa2va.iou"], 1e-4, "hiera-L depths: iou");
+    let obj = g["sa2va.obj_score"].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    assert!((p.object_score - obj).abs() < 1e-4, "hiera-L depths: obj score {} vs {obj}", p.object_score);
+    assert_eq!(p.best as i64, g["sa2va.best_idx"].to_vec1::<i64>().unwrap()[0]);
+    // The chosen (ungated) low-res logits: two crops and the packed signs.
+    let low = p.low_res.squeeze(0).unwrap();
+    assert_close(&low.narrow(1, 112, 32).unwrap().narrow(2, 112, 32).unwrap(), &g["sa2va.chosen_low_res.crop_c"], 1e-4, "hiera-L depths: chosen centre");
+    assert_close(&low.narrow(1, 0, 16).unwrap().narrow(2, 0, 16).unwrap(), &g["sa2va.chosen_low_res.crop_tl"], 1e-4, "hiera-L depths: chosen top-left");
+    assert_bits(&low, &g["sa2va.chosen_low_res.bits_gt0"], "hiera-L depths: chosen low-res");
+    let hi = upscale_logits(&p.low_res, (1024, 1024), None).unwrap().squeeze(0).unwrap();
+    assert_close(&hi.narrow(1, 0, 32).unwrap().narrow(2, 0, 32).unwrap(), &g["sa2va.high_res.crop_tl"], 1e-4, "hiera-L depths: 256→1024");
+    let fin = upscale_logits(&p.low_res, (img.height(), img.width()), Some(1024)).unwrap();
+    assert_bits(&fin, &g["sa2va.final_mask_bits"], "hiera-L depths: final mask");
+    let mask = mask_from_logits(&fin).unwrap();
+    let set: u64 = g["sa2va.final_mask_bits"].to_vec1::<u8>().unwrap().iter().map(|b| b.count_ones() as u64).sum();
+    assert!(mask.area().abs_diff(set) <= 8, "hiera-L depths: mask area {} vs {set}", mask.area());
+    let (_, hit) = m.features(&img, Preprocess::Sa2va).unwrap();
+    assert!(hit);
+    assert_eq!(m.cached_images(), 1);
+}
