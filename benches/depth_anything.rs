@@ -38,7 +38,10 @@ fn main() -> candle_core::Result<()> {
         v.set(&(Tensor::randn(0f32, 1.0, v.shape(), &dev)? * (1.0 / (fan_in as f64).sqrt()))?)?;
     }
     let model = DepthAnything::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
-    println!("Depth Anything V2 Small (DINOv2 ViT-S/14 + DPT), random f32 weights, {} threads", candle_core::utils::get_num_threads());
+    println!(
+        "Depth Anything V2 Small (DINOv2 ViT-S/14 + DPT), random f32 weights, {} threads",
+        candle_core::utils::get_num_threads()
+    );
     let px = Tensor::randn(0f32, 1.0, (1, 3, 518, 518), &dev)?;
     let t = Instant::now();
     let _ = model.forward(&px)?;
@@ -50,7 +53,10 @@ fn main() -> candle_core::Result<()> {
         runs.push(t.elapsed().as_secs_f64());
         assert_eq!(d.dims(), &[1, 518, 518]);
     }
-    println!("forward 1x3x518x518               median {:.3} s  {runs:.3?}", median(runs.clone()));
+    println!(
+        "forward 1x3x518x518               median {:.3} s  {runs:.3?}",
+        median(runs.clone())
+    );
     let mut bb = vec![];
     for _ in 0..3 {
         let t = Instant::now();

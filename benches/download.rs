@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 const COMMIT: &str = "3333333333333333333333333333333333333333";
 
 fn main() {
-    let size: u64 = std::env::var("PERCEPTIO_BENCH_DOWNLOAD_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024) << 20;
+    let size: u64 = std::env::var("PERCEPTIO_BENCH_DOWNLOAD_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+        << 20;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-download");
     std::fs::create_dir_all(&dir).unwrap();
     let data = dir.join("weights.bin");
@@ -37,7 +41,11 @@ fn main() {
         }
     }
     let sha = format!("{:x}", hasher.finalize());
-    let file = HubFile { name: "model.safetensors".into(), body: Body::File(data.clone(), size, sha.clone()), lfs: true };
+    let file = HubFile {
+        name: "model.safetensors".into(),
+        body: Body::File(data.clone(), size, sha.clone()),
+        lfs: true,
+    };
     let config = HubFile::new("config.json", b"{}".to_vec(), false);
     let mut repo = HubRepo::default();
     repo.refs.insert("main".into(), COMMIT.into());
@@ -53,7 +61,12 @@ fn main() {
         let _ = std::fs::remove_file(&out);
         let t = Instant::now();
         let st = std::process::Command::new("curl")
-            .args(["-sS", "-o", out.to_str().unwrap(), &format!("{}/lfs-cdn/{sha}", server.url)])
+            .args([
+                "-sS",
+                "-o",
+                out.to_str().unwrap(),
+                &format!("{}/lfs-cdn/{sha}", server.url),
+            ])
             .status()
             .expect("curl");
         assert!(st.success());
@@ -77,7 +90,10 @@ fn main() {
         let t = Instant::now();
         let snap = hub::download(&RepoSpec::parse("bench/big", None).unwrap(), &cfg, &Filter::default()).unwrap();
         ours.push(t.elapsed());
-        assert_eq!(std::fs::metadata(snap.path.join("model.safetensors")).unwrap().len(), size);
+        assert_eq!(
+            std::fs::metadata(snap.path.join("model.safetensors")).unwrap().len(),
+            size
+        );
         std::fs::remove_dir_all(&cache).unwrap();
     }
     let med = |v: &mut Vec<Duration>| {
@@ -86,9 +102,25 @@ fn main() {
     };
     let (c, cs, o) = (med(&mut curl_times), med(&mut curl_sync_times), med(&mut ours));
     let mbps = |d: Duration| (size as f64 / (1 << 20) as f64) / d.as_secs_f64();
-    println!("curl -o FILE           median {:>7.2} s  {:>7.0} MiB/s", c.as_secs_f64(), mbps(c));
-    println!("curl -o FILE && sync   median {:>7.2} s  {:>7.0} MiB/s", cs.as_secs_f64(), mbps(cs));
-    println!("perceptio download     median {:>7.2} s  {:>7.0} MiB/s  (sha256 verified, cache layout)", o.as_secs_f64(), mbps(o));
-    println!("perceptio / curl throughput: {:.2} (vs curl + fsync: {:.2})", mbps(o) / mbps(c), mbps(o) / mbps(cs));
+    println!(
+        "curl -o FILE           median {:>7.2} s  {:>7.0} MiB/s",
+        c.as_secs_f64(),
+        mbps(c)
+    );
+    println!(
+        "curl -o FILE && sync   median {:>7.2} s  {:>7.0} MiB/s",
+        cs.as_secs_f64(),
+        mbps(cs)
+    );
+    println!(
+        "perceptio download     median {:>7.2} s  {:>7.0} MiB/s  (sha256 verified, cache layout)",
+        o.as_secs_f64(),
+        mbps(o)
+    );
+    println!(
+        "perceptio / curl throughput: {:.2} (vs curl + fsync: {:.2})",
+        mbps(o) / mbps(c),
+        mbps(o) / mbps(cs)
+    );
     std::fs::remove_file(&data).unwrap();
 }

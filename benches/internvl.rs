@@ -33,10 +33,14 @@ fn main() -> candle_core::Result<()> {
     let mut model = InternVl::new(config(), vb)?;
     // Random weights (the VarMap starts from zeros); values do not change the FLOPs.
     for v in vm.all_vars() {
-        let t = (Tensor::randn(0f32, 1.0, v.shape(), &dev)? * (1.0 / (v.dims().last().copied().unwrap_or(1) as f64).sqrt()))?;
+        let t = (Tensor::randn(0f32, 1.0, v.shape(), &dev)?
+            * (1.0 / (v.dims().last().copied().unwrap_or(1) as f64).sqrt()))?;
         v.set(&t)?;
     }
-    println!("InternVL2.5-1B shapes (InternViT-300M + Qwen2.5-0.5B), random f32 weights, {} threads", candle_core::utils::get_num_threads());
+    println!(
+        "InternVL2.5-1B shapes (InternViT-300M + Qwen2.5-0.5B), random f32 weights, {} threads",
+        candle_core::utils::get_num_threads()
+    );
     let px = Tensor::randn(0f32, 1.0, (1, 3, 448, 448), &dev)?;
     // One untimed warm-up pass, as the PyTorch reference script does: on this VM the first
     // passes over fresh memory run up to 2x slower (pages being backed by the hypervisor).
@@ -50,7 +54,10 @@ fn main() -> candle_core::Result<()> {
         hidden = Some(model.vit_hidden(&px)?);
         vit.push(t.elapsed().as_secs_f64());
     }
-    println!("InternViT-300M, 1 tile 448²       median {:.2} s  {vit:.2?}", median(vit.clone()));
+    println!(
+        "InternViT-300M, 1 tile 448²       median {:.2} s  {vit:.2?}",
+        median(vit.clone())
+    );
     let _ = hidden;
     let mut proj = vec![];
     for _ in 0..5 {
@@ -72,14 +79,22 @@ fn main() -> candle_core::Result<()> {
         }
     }
     let p = median(pre.clone());
-    println!("Qwen2.5-0.5B prefill 300           median {p:.2} s = {:.1} tok/s  {pre:.2?}", 300.0 / p);
+    println!(
+        "Qwen2.5-0.5B prefill 300           median {p:.2} s = {:.1} tok/s  {pre:.2?}",
+        300.0 / p
+    );
     // Decode 32 tokens after the 300-token prompt (KV cache warm), greedy.
     let mut dec = vec![];
     for _ in 0..2 {
         let e = model.llm.embed(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?)?;
         model.llm.clear_kv_cache();
         let h = model.llm.forward_embeds(&e, 0)?;
-        let mut next = model.llm.logits(&h.narrow(1, 299, 1)?)?.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
+        let mut next = model
+            .llm
+            .logits(&h.narrow(1, 299, 1)?)?
+            .flatten_all()?
+            .argmax(0)?
+            .to_scalar::<u32>()?;
         let t = Instant::now();
         for k in 0..32 {
             let x = model.llm.embed(&Tensor::new(&[[next]], &dev)?)?;
@@ -89,6 +104,9 @@ fn main() -> candle_core::Result<()> {
         dec.push(t.elapsed().as_secs_f64() / 32.0);
     }
     let d = median(dec.clone());
-    println!("Qwen2.5-0.5B decode (32 after 300) median {d:.4} s/token = {:.2} tok/s", 1.0 / d);
+    println!(
+        "Qwen2.5-0.5B decode (32 after 300) median {d:.4} s/token = {:.2} tok/s",
+        1.0 / d
+    );
     Ok(())
 }

@@ -16,11 +16,27 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn maxabs(a: &Tensor) -> f32 {
-    a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn main() -> candle_core::Result<()> {
@@ -28,17 +44,29 @@ fn main() -> candle_core::Result<()> {
     let dir = PathBuf::from(std::env::var("PERCEPTIO_SAM2_DIR").unwrap_or_else(|_| "/tmp/perceptio-sam2".into()));
     let models = std::env::var("PERCEPTIO_SAM2_MODELS").unwrap_or_else(|_| "hiera_t,hiera_l".into());
     let dev = Device::Cpu;
-    let img = perceptio::preprocess::load_rgb(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/images/chelsea.png")).expect("chelsea.png");
-    println!("SAM2 image path on chelsea.png (451x300 → 1024²), f32, {} threads", candle_core::utils::get_num_threads());
+    let img =
+        perceptio::preprocess::load_rgb(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/images/chelsea.png"))
+            .expect("chelsea.png");
+    println!(
+        "SAM2 image path on chelsea.png (451x300 → 1024²), f32, {} threads",
+        candle_core::utils::get_num_threads()
+    );
     for name in models.split(',') {
         let ckpt = dir.join(format!("{name}.pt"));
         if !ckpt.is_file() {
-            println!("{name}: {} missing; run tools/gen_sam2_realsize.py first", ckpt.display());
+            println!(
+                "{name}: {} missing; run tools/gen_sam2_realsize.py first",
+                ckpt.display()
+            );
             continue;
         }
         let t = Instant::now();
         let m = Sam2::load(&ckpt, None, &dev, DType::F32).map_err(candle_core::Error::wrap)?;
-        println!("{name} ({:?}): loaded in {:.2} s", m.config.variant_name(), t.elapsed().as_secs_f64());
+        println!(
+            "{name} ({:?}): loaded in {:.2} s",
+            m.config.variant_name(),
+            t.elapsed().as_secs_f64()
+        );
         let px = m.preprocess(&img, Preprocess::Sam2)?;
         let runs = if name == "hiera_l" { 2 } else { 3 };
         let t = Instant::now();
@@ -50,8 +78,14 @@ fn main() -> candle_core::Result<()> {
             feats = m.encode(&px)?;
             times.push(t.elapsed().as_secs_f64());
         }
-        println!("  forward_image 1024²             median {:.2} s  {times:.2?}", median(times.clone()));
-        let prompt = PointPrompt { points: vec![(225.0, 150.0, 1)], bbox: None };
+        println!(
+            "  forward_image 1024²             median {:.2} s  {times:.2?}",
+            median(times.clone())
+        );
+        let prompt = PointPrompt {
+            points: vec![(225.0, 150.0, 1)],
+            bbox: None,
+        };
         let mut dec = vec![];
         let mut out = m.predict(&feats, &prompt, (img.width(), img.height()), true)?;
         for _ in 0..10 {
@@ -63,9 +97,20 @@ fn main() -> candle_core::Result<()> {
         let golden = dir.join(format!("{name}_golden.safetensors"));
         if let Ok(g) = candle_core::safetensors::load(&golden, &dev) {
             let (f0, f1) = feats.high_res.as_ref().unwrap();
-            for (k, ours) in [("image_embed", &feats.image_embed), ("high_res_feat0", f0), ("high_res_feat1", f1), ("low_res_masks", &out.low_res_masks), ("iou", &out.iou), ("obj_score", &out.object_score)] {
+            for (k, ours) in [
+                ("image_embed", &feats.image_embed),
+                ("high_res_feat0", f0),
+                ("high_res_feat1", f1),
+                ("low_res_masks", &out.low_res_masks),
+                ("iou", &out.iou),
+                ("obj_score", &out.object_score),
+            ] {
                 if let Some(want) = g.get(k) {
-                    println!("  parity {k:<15} max |diff| {:.2e} (max |ref| {:.2e})", maxdiff(ours, want), maxabs(want));
+                    println!(
+                        "  parity {k:<15} max |diff| {:.2e} (max |ref| {:.2e})",
+                        maxdiff(ours, want),
+                        maxabs(want)
+                    );
                 }
             }
             if let Some(want) = g.get("low_res_masks") {

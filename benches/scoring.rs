@@ -56,7 +56,9 @@ fn write_refcoco(dir: &Path) -> usize {
     let mut image_id = 0i64;
     while sent_id < 10_000 {
         image_id += 1;
-        images.push(json!({"id": image_id, "height": H, "width": W, "file_name": format!("COCO_train2014_{image_id:012}.jpg")}));
+        images.push(
+            json!({"id": image_id, "height": H, "width": W, "file_name": format!("COCO_train2014_{image_id:012}.jpg")}),
+        );
         for _ in 0..2 {
             if sent_id >= 10_000 {
                 break;
@@ -79,13 +81,23 @@ fn write_refcoco(dir: &Path) -> usize {
                 let (dx, dy, s) = (rng.range(-15.0, 15.0), rng.range(-15.0, 15.0), rng.range(0.8, 1.2));
                 let p = star(&mut rng, cx + dx, cy + dy, r * s, n);
                 let m = from_polygon(&p, H, W).unwrap();
-                writeln!(preds, "{}", json!({"sent_id": sent_id, "mask": {"size": [H, W], "counts": m.to_compressed()}})).unwrap();
+                writeln!(
+                    preds,
+                    "{}",
+                    json!({"sent_id": sent_id, "mask": {"size": [H, W], "counts": m.to_compressed()}})
+                )
+                .unwrap();
             }
             refs.push((ref_id, ann_id, image_id, sents));
         }
     }
     preds.flush().unwrap();
-    std::fs::write(ds.join("instances.json"), serde_json::to_vec(&json!({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]})).unwrap()).unwrap();
+    std::fs::write(
+        ds.join("instances.json"),
+        serde_json::to_vec(&json!({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))
+            .unwrap(),
+    )
+    .unwrap();
     // refs(unc).p as a pickled list of dicts, like the real file
     use serde_pickle::{HashableValue as K, Value as V};
     let s = |x: &str| K::String(x.into());
@@ -112,7 +124,11 @@ fn write_refcoco(dir: &Path) -> usize {
             V::Dict(d)
         })
         .collect();
-    std::fs::write(ds.join("refs(unc).p"), serde_pickle::value_to_vec(&V::List(list), serde_pickle::SerOptions::new().proto_v2()).unwrap()).unwrap();
+    std::fs::write(
+        ds.join("refs(unc).p"),
+        serde_pickle::value_to_vec(&V::List(list), serde_pickle::SerOptions::new().proto_v2()).unwrap(),
+    )
+    .unwrap();
     sent_id as usize
 }
 
@@ -120,22 +136,58 @@ fn write_mmbench(dir: &Path) {
     let mut rng = Rng(42);
     let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("MMBench_DEV_EN_shape.tsv")).unwrap());
     let mut p = std::io::BufWriter::new(std::fs::File::create(dir.join("mmbench_predictions.jsonl")).unwrap());
-    writeln!(f, "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\tsource\tl2-category\tsplit").unwrap();
-    let image: String = (0..20_000).map(|i| b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(i * 7 + 3) % 64] as char).collect();
-    let l2 = ["coarse_perception", "finegrained_perception (instance-level)", "finegrained_perception (cross-instance)", "logic_reasoning", "relation_reasoning", "attribute_reasoning"];
+    writeln!(
+        f,
+        "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\tsource\tl2-category\tsplit"
+    )
+    .unwrap();
+    let image: String = (0..20_000)
+        .map(|i| b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(i * 7 + 3) % 64] as char)
+        .collect();
+    let l2 = [
+        "coarse_perception",
+        "finegrained_perception (instance-level)",
+        "finegrained_perception (cross-instance)",
+        "logic_reasoning",
+        "relation_reasoning",
+        "attribute_reasoning",
+    ];
     let mut rows = 0;
     let mut q = 0;
     while rows < 4329 {
         q += 1;
-        let k = if rows + 4 <= 4329 { 2 + (rng.next() % 3) as usize } else { 4329 - rows };
+        let k = if rows + 4 <= 4329 {
+            2 + (rng.next() % 3) as usize
+        } else {
+            4329 - rows
+        };
         let k = k.max(2).min(4329 - rows).max(1);
         let answer = (rng.next() % k as u64) as usize;
         for r in 0..k {
             let index = q + 1_000_000 * r;
-            let opts: Vec<String> = (0..4).map(|j| if j < k { format!("option {} of question {q}", (j + r) % k) } else { String::new() }).collect();
+            let opts: Vec<String> = (0..4)
+                .map(|j| {
+                    if j < k {
+                        format!("option {} of question {q}", (j + r) % k)
+                    } else {
+                        String::new()
+                    }
+                })
+                .collect();
             let ans = (b'A' + ((answer + k - r % k) % k) as u8) as char;
             let img = if r == 0 { image.clone() } else { q.to_string() };
-            writeln!(f, "{index}\tQuestion {q}?\t{}\t{}\t{}\t{}\t{}\t{ans}\tcat_{}\t{img}\tsrc\t{}\tdev", if q % 3 == 0 { "A hint." } else { "" }, opts[0], opts[1], opts[2], opts[3], q % 20, l2[q % 6]).unwrap();
+            writeln!(
+                f,
+                "{index}\tQuestion {q}?\t{}\t{}\t{}\t{}\t{}\t{ans}\tcat_{}\t{img}\tsrc\t{}\tdev",
+                if q % 3 == 0 { "A hint." } else { "" },
+                opts[0],
+                opts[1],
+                opts[2],
+                opts[3],
+                q % 20,
+                l2[q % 6]
+            )
+            .unwrap();
             let pred = match rng.next() % 5 {
                 0 => ans.to_string(),
                 1 => format!("The answer is {ans}."),
@@ -159,12 +211,19 @@ fn time<T>(label: &str, reps: usize, mut f: impl FnMut() -> T) -> (Duration, T) 
     }
     times.sort();
     let med = times[reps / 2];
-    println!("{label:<48} median {:>8.1} ms  (min {:.1}, max {:.1}, {reps} runs)", med.as_secs_f64() * 1e3, times[0].as_secs_f64() * 1e3, times[reps - 1].as_secs_f64() * 1e3);
+    println!(
+        "{label:<48} median {:>8.1} ms  (min {:.1}, max {:.1}, {reps} runs)",
+        med.as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[reps - 1].as_secs_f64() * 1e3
+    );
     (med, last.unwrap())
 }
 
 fn main() {
-    let dir = std::env::var_os("PERCEPTIO_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"));
+    let dir = std::env::var_os("PERCEPTIO_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"));
     std::fs::create_dir_all(&dir).unwrap();
     println!("data in {} ({} threads)", dir.display(), rayon::current_num_threads());
     let n = write_refcoco(&dir);
@@ -174,15 +233,32 @@ fn main() {
         let gt = refer::load_refer(&dir, "refcoco", "unc", "val", GtOverlap::Union).unwrap();
         refcoco::score(&gt, &pred).unwrap()
     });
-    println!("  cIoU {:.4}  gIoU {:.4}  samples {}", report.ciou, report.giou, report.samples);
+    println!(
+        "  cIoU {:.4}  gIoU {:.4}  samples {}",
+        report.ciou, report.giou, report.samples
+    );
     let gt = refer::load_refer(&dir, "refcoco", "unc", "val", GtOverlap::Union).unwrap();
-    time("refcoco: score only (GT loaded)", 7, || refcoco::score(&gt, &pred).unwrap());
-    time("refcoco: load refer layout + rasterise GT", 7, || refer::load_refer(&dir, "refcoco", "unc", "val", GtOverlap::Union).unwrap());
-    time("refcoco: parse refs(unc).p only", 7, || refer::load_refs(&dir.join("refcoco/refs(unc).p")).unwrap());
-    time("refcoco: parse instances.json only (untyped)", 7, || serde_json::from_slice::<serde_json::Value>(&std::fs::read(dir.join("refcoco/instances.json")).unwrap()).unwrap());
+    time("refcoco: score only (GT loaded)", 7, || {
+        refcoco::score(&gt, &pred).unwrap()
+    });
+    time("refcoco: load refer layout + rasterise GT", 7, || {
+        refer::load_refer(&dir, "refcoco", "unc", "val", GtOverlap::Union).unwrap()
+    });
+    time("refcoco: parse refs(unc).p only", 7, || {
+        refer::load_refs(&dir.join("refcoco/refs(unc).p")).unwrap()
+    });
+    time("refcoco: parse instances.json only (untyped)", 7, || {
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(dir.join("refcoco/instances.json")).unwrap())
+            .unwrap()
+    });
     let masks: Vec<Rle> = gt.masks.clone();
     time("rle: 10k compressed encode+decode round trips", 7, || {
-        masks.iter().cycle().take(10_000).map(|m| Rle::from_compressed(&m.to_compressed(), H, W).unwrap().area()).sum::<u64>()
+        masks
+            .iter()
+            .cycle()
+            .take(10_000)
+            .map(|m| Rle::from_compressed(&m.to_compressed(), H, W).unwrap().area())
+            .sum::<u64>()
     });
     let tsv = dir.join("MMBench_DEV_EN_shape.tsv");
     let mp = dir.join("mmbench_predictions.jsonl");

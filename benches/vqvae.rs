@@ -52,7 +52,9 @@ fn main() -> candle_core::Result<()> {
         candle_core::utils::get_num_threads()
     );
     let codes = |b: usize| -> candle_core::Result<Tensor> {
-        let v: Vec<u32> = (0..b * gh * gw).map(|i| ((i * 37 + 11) % cfg.num_tokens) as u32).collect();
+        let v: Vec<u32> = (0..b * gh * gw)
+            .map(|i| ((i * 37 + 11) % cfg.num_tokens) as u32)
+            .collect();
         Tensor::from_vec(v, (b, gh, gw), &dev)
     };
     let c1 = codes(1)?;

@@ -25,12 +25,20 @@ pub struct DepthMap {
 
 impl DepthMap {
     pub fn new(width: usize, height: usize, data: Vec<f32>, scale: DepthScale) -> Self {
-        Self { width, height, data, scale }
+        Self {
+            width,
+            height,
+            data,
+            scale,
+        }
     }
 
     /// (min, max) of the finite values (±inf when there is none).
     pub fn range(&self) -> (f32, f32) {
-        self.data.iter().filter(|v| v.is_finite()).fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)))
+        self.data
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)))
     }
 
     /// The map in [0, 1] for the image writers: a `Unit` map as is, an 8-bit map as v/255,
@@ -42,7 +50,10 @@ impl DepthMap {
             DepthScale::Float => {
                 let (lo, hi) = self.range();
                 let s = if hi > lo { 1.0 / (hi - lo) } else { 0.0 };
-                self.data.iter().map(|&v| if v.is_finite() { (v - lo) * s } else { 0.0 }).collect()
+                self.data
+                    .iter()
+                    .map(|&v| if v.is_finite() { (v - lo) * s } else { 0.0 })
+                    .collect()
             }
         }
     }

@@ -38,22 +38,34 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     /// Malformed content in `path` (whole file).
     pub fn input(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
-        Error::Input { location: path.as_ref().display().to_string(), message: message.into() }
+        Error::Input {
+            location: path.as_ref().display().to_string(),
+            message: message.into(),
+        }
     }
 
     /// Malformed content at a 1-based line of `path`.
     pub fn at_line(path: impl AsRef<Path>, line: usize, message: impl Into<String>) -> Self {
-        Error::Input { location: format!("{}:{line}", path.as_ref().display()), message: message.into() }
+        Error::Input {
+            location: format!("{}:{line}", path.as_ref().display()),
+            message: message.into(),
+        }
     }
 
     /// Malformed content at a free-form location (e.g. "instances.json annotation 1234").
     pub fn at(location: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Input { location: location.into(), message: message.into() }
+        Error::Input {
+            location: location.into(),
+            message: message.into(),
+        }
     }
 
     pub fn exit_code(&self) -> i32 {

@@ -1,7 +1,16 @@
-//! perceptio: spatial grounding with large vision-language models.
+//! perceptio: spatial grounding with large vision-language models (Sa2VA-style `[SEG]` → SAM2
+//! masks, AURORA-style depth tokens, text answers from InternVL2.5-based models), and benchmark
+//! scorers that reproduce the reference tools.
 //!
-//! Today the library holds the benchmark scorers (`eval`) and their file formats; the model
-//! stack (InternVL, SAM2, depth tokens) and the hub client come next (see docs/architecture.md).
+//! Layers, each using only those below it (docs/architecture.md has the picture):
+//! - [`cli`]: flags → ready objects, printing, exit codes.
+//! - [`run`]: model-driven benchmark runs (resume, shards, manifests).
+//! - [`eval`]: pure scorers (RefCOCO cIoU, MMBench, HardBLINK); no candle, no models.
+//! - [`models`]: InternVL, SAM2, the VQ-VAE, Depth Anything, built from one
+//!   [`models::checkpoint::Checkpoint`]; never the hub or the CLI.
+//! - [`hub`], [`preprocess`], [`render`]: downloads and the cache; exact image preprocessing;
+//!   PNGs, overlays and depth files.
+//! - [`mask`], [`depthmap`], [`util`], [`error`]: core types and helpers.
 
 pub mod cli;
 pub mod depthmap;

@@ -27,12 +27,27 @@ fn tiny_config() -> Config {
 }
 
 fn tiny() -> VqVae {
-    vqvae::load(&fixture("depth/tiny_vqvae.pt"), &tiny_config(), DType::F32, &Device::Cpu).unwrap()
+    vqvae::load(
+        &fixture("depth/tiny_vqvae.pt"),
+        &tiny_config(),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn max_abs(a: &Tensor, b: &Tensor, what: &str) -> f32 {
     assert_eq!(a.dims(), b.dims(), "{what}: shape");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
@@ -42,7 +57,12 @@ fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
 }
 
 fn codes(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::U32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::U32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn sha(bytes: &[u8]) -> String {
@@ -60,7 +80,12 @@ fn config_defaults_are_auroras_and_keys_match_the_reference() {
             .as_object()
             .unwrap()
             .iter()
-            .map(|(k, v)| (k.strip_prefix("module.").unwrap().to_string(), serde_json::from_value(v.clone()).unwrap()))
+            .map(|(k, v)| {
+                (
+                    k.strip_prefix("module.").unwrap().to_string(),
+                    serde_json::from_value(v.clone()).unwrap(),
+                )
+            })
             .collect();
         let mut got = cfg.state_dict_shapes();
         let mut want = want;
@@ -109,15 +134,37 @@ fn aurora_preprocessing_of_the_middlebury_map_is_exact() {
     assert_eq!((map.width, map.height), (120, 80));
     assert_eq!(map.scale, DepthScale::Float);
     let u8map = preprocess::to_gray8(&map).unwrap();
-    assert_eq!(sha(&u8map), m["real_map"]["u8_sha256"].as_str().unwrap(), "Depth Anything min-max to 8 bits");
+    assert_eq!(
+        sha(&u8map),
+        m["real_map"]["u8_sha256"].as_str().unwrap(),
+        "Depth Anything min-max to 8 bits"
+    );
     let r96 = preprocess::resize_nearest(&u8map, 120, 80, 96, 96);
-    assert_eq!(sha(&r96), m["real_map"]["resized_sha256"].as_str().unwrap(), "Pillow NEAREST to 96²");
+    assert_eq!(
+        sha(&r96),
+        m["real_map"]["resized_sha256"].as_str().unwrap(),
+        "Pillow NEAREST to 96²"
+    );
     let r320 = preprocess::resize_nearest(&u8map, 120, 80, 320, 320);
-    assert_eq!(sha(&r320), m["real_map"]["resized320_sha256"].as_str().unwrap(), "Pillow NEAREST to 320²");
+    assert_eq!(
+        sha(&r320),
+        m["real_map"]["resized320_sha256"].as_str().unwrap(),
+        "Pillow NEAREST to 320²"
+    );
     let x = preprocess::normalize_depth(&map, 96, &Device::Cpu).unwrap();
-    assert_eq!(max_abs(&x, &g["real.input"], "input"), 0.0, "ToTensor + Normalize must be bit-exact");
+    assert_eq!(
+        max_abs(&x, &g["real.input"], "input"),
+        0.0,
+        "ToTensor + Normalize must be bit-exact"
+    );
     let x320 = preprocess::normalize_depth(&map, 320, &Device::Cpu).unwrap();
-    let s: f64 = x320.to_dtype(DType::F64).unwrap().sum_all().unwrap().to_scalar().unwrap();
+    let s: f64 = x320
+        .to_dtype(DType::F64)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!((s - m["real_map"]["x320_sum"].as_f64().unwrap()).abs() < 1e-6);
 }
 
@@ -127,12 +174,24 @@ fn encode_decode_round_trip_on_the_real_map() {
     let vq = tiny();
     let x = &g["real.input"];
     let y = vq.decode(&vq.encode(x).unwrap()).unwrap();
-    let rmse: f32 = (&y - x).unwrap().sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar().unwrap();
+    let rmse: f32 = (&y - x)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     let want = meta()["real_roundtrip_rmse_normalised"].as_f64().unwrap() as f32;
     eprintln!("round trip RMSE (normalised space, random weights): {rmse} (AiT {want})");
     assert!((rmse - want).abs() < 1e-5, "{rmse} vs {want}");
     let unit = preprocess::denormalize(&y).unwrap();
-    let (lo, hi): (f32, f32) = (unit.min_all().unwrap().to_scalar().unwrap(), unit.max_all().unwrap().to_scalar().unwrap());
+    let (lo, hi): (f32, f32) = (
+        unit.min_all().unwrap().to_scalar().unwrap(),
+        unit.max_all().unwrap().to_scalar().unwrap(),
+    );
     assert!((0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi));
 }
 
@@ -141,7 +200,10 @@ fn safetensors_and_bare_state_dicts_load_too() {
     let g = goldens();
     let cfg = tiny_config();
     let tensors = candle_core::pickle::read_all_with_key(fixture("depth/tiny_vqvae.pt"), Some("weights")).unwrap();
-    assert!(tensors.iter().all(|(k, _)| k.starts_with("module.")), "AiT saves the DDP wrapper's state_dict");
+    assert!(
+        tensors.iter().all(|(k, _)| k.starts_with("module.")),
+        "AiT saves the DDP wrapper's state_dict"
+    );
     let dir = tempfile::tempdir().unwrap();
     // Without the prefix and without the EMA statistics (they are training state).
     let plain: HashMap<String, Tensor> = tensors
@@ -163,14 +225,26 @@ fn safetensors_and_bare_state_dicts_load_too() {
 
 #[test]
 fn bad_checkpoints_and_configs_are_clear_errors() {
-    let wrong = Config { codebook_dim: 16, ..tiny_config() };
-    let e = vqvae::load(&fixture("depth/tiny_vqvae.pt"), &wrong, DType::F32, &Device::Cpu).unwrap_err().to_string();
+    let wrong = Config {
+        codebook_dim: 16,
+        ..tiny_config()
+    };
+    let e = vqvae::load(&fixture("depth/tiny_vqvae.pt"), &wrong, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("tiny_vqvae.pt") && e.contains("depth VQ-VAE"), "{e}");
-    let e = vqvae::load(&fixture("depth/nope.pt"), &tiny_config(), DType::F32, &Device::Cpu).unwrap_err().to_string();
+    let e = vqvae::load(&fixture("depth/nope.pt"), &tiny_config(), DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nope.pt"), "{e}");
-    let e = vqvae::load(&fixture("depth/goldens.json"), &tiny_config(), DType::F32, &Device::Cpu).unwrap_err().to_string();
+    let e = vqvae::load(&fixture("depth/goldens.json"), &tiny_config(), DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("goldens.json"), "{e}");
-    let odd = Config { downsample_ratio: 24, ..Config::default() };
+    let odd = Config {
+        downsample_ratio: 24,
+        ..Config::default()
+    };
     assert!(odd.validate().unwrap_err().to_string().contains("power of two"));
     let vq = tiny();
     let big = Tensor::from_vec(vec![16u32], (1, 1, 1), &Device::Cpu).unwrap();
@@ -206,12 +280,23 @@ fn depth_writers_round_trip() {
     let img = image::open(&p).unwrap();
     assert_eq!(img.color(), image::ColorType::L16);
     let raw = img.into_luma16().into_raw();
-    assert_eq!(raw.iter().map(|&v| v as u32).collect::<Vec<_>>(), data.iter().map(|&v| (v * 65535.0).round() as u32).collect::<Vec<_>>());
+    assert_eq!(
+        raw.iter().map(|&v| v as u32).collect::<Vec<_>>(),
+        data.iter().map(|&v| (v * 65535.0).round() as u32).collect::<Vec<_>>()
+    );
     assert_eq!((raw[0], raw[w * h - 1]), (0, 65535));
     match load_depth_image(&p).unwrap() {
-        DepthMap { width, height, data: back, scale: DepthScale::Float } => {
+        DepthMap {
+            width,
+            height,
+            data: back,
+            scale: DepthScale::Float,
+        } => {
             assert_eq!((width, height), (w, h));
-            assert!(back.iter().zip(&data).all(|(a, b)| (a - b).abs() <= 0.5 / 65535.0 + 1e-7));
+            assert!(back
+                .iter()
+                .zip(&data)
+                .all(|(a, b)| (a - b).abs() <= 0.5 / 65535.0 + 1e-7));
         }
         other => panic!("{other:?}"),
     }
@@ -230,8 +315,14 @@ fn depth_writers_round_trip() {
     let hl = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     assert_eq!((10 + hl) % 64, 0);
     let header = std::str::from_utf8(&bytes[10..10 + hl]).unwrap();
-    assert!(header.contains("'shape': (3, 7)") && header.contains("'<f4'") && header.ends_with('\n'), "{header}");
-    let vals: Vec<f32> = bytes[10 + hl..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert!(
+        header.contains("'shape': (3, 7)") && header.contains("'<f4'") && header.ends_with('\n'),
+        "{header}"
+    );
+    let vals: Vec<f32> = bytes[10 + hl..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(vals, data);
     // Bad shapes are errors, not panics.
     assert!(io::png16(&data, 5, 5).is_err() && io::npy_f32(&data, 0, 21).is_err());

@@ -25,14 +25,27 @@ fn meta() -> serde_json::Value {
 }
 
 fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 /// Crops (tl/c/br, 6×6 over the last two dims) and, when present, row and column sums, after
 /// dividing both sides by `unit` (metric depth is compared as depth / max_depth).
 fn check_scaled(x: &Tensor, g: &HashMap<String, Tensor>, key: &str, unit: f64, worst: &mut f32) {
     let x = &(x / unit).unwrap();
-    let g: HashMap<String, Tensor> = g.iter().filter(|(k, _)| k.starts_with(key)).map(|(k, v)| (k.clone(), (v / unit).unwrap())).collect();
+    let g: HashMap<String, Tensor> = g
+        .iter()
+        .filter(|(k, _)| k.starts_with(key))
+        .map(|(k, v)| (k.clone(), (v / unit).unwrap()))
+        .collect();
     let g = &g;
     let r = x.rank();
     let (h, w) = (x.dim(r - 2).unwrap(), x.dim(r - 1).unwrap());
@@ -44,10 +57,17 @@ fn check_scaled(x: &Tensor, g: &HashMap<String, Tensor>, key: &str, unit: f64, w
         eprintln!("{key}.{name}: max abs diff {d:e}");
         *worst = worst.max(d);
     }
-    let rows = if r == 3 { x.sum(0).unwrap().sum(1).unwrap() } else { x.sum(1).unwrap() };
+    let rows = if r == 3 {
+        x.sum(0).unwrap().sum(1).unwrap()
+    } else {
+        x.sum(1).unwrap()
+    };
     let d = maxdiff(&rows, &g[&format!("{key}.row_sums")]);
     eprintln!("{key}: row sums max abs diff {d:e}");
-    assert!(d <= TOL * w as f32 * if r == 3 { 3.0 } else { 1.0 }, "{key}.row_sums: max abs diff {d}");
+    assert!(
+        d <= TOL * w as f32 * if r == 3 { 3.0 } else { 1.0 },
+        "{key}.row_sums: max abs diff {d}"
+    );
     if let Some(cols) = g.get(&format!("{key}.col_sums")) {
         let d = maxdiff(&x.sum(0).unwrap(), cols);
         assert!(d <= TOL * h as f32, "{key}.col_sums: max abs diff {d}");
@@ -76,14 +96,24 @@ fn preprocessing_matches_the_torchvision_processor() {
         let (w, h) = (img.width() as usize, img.height() as usize);
         for (tag, p) in [
             (name.to_string(), model.preprocessor().clone()),
-            (format!("{name}.s98"), PreprocessorConfig { size: preprocess::Size { height: 98, width: 98 }, ..model.preprocessor().clone() }),
+            (
+                format!("{name}.s98"),
+                PreprocessorConfig {
+                    size: preprocess::Size { height: 98, width: 98 },
+                    ..model.preprocessor().clone()
+                },
+            ),
         ] {
             let (nw, nh) = p.input_size(w, h);
             let shape: Vec<usize> = serde_json::from_value(m[format!("{tag}.pixel_values_shape")].clone()).unwrap();
             assert_eq!(shape, vec![1, 3, nh, nw], "{tag}: input size");
             let resized = preprocess::resize_u8_bicubic_aa(img.as_raw(), w, h, nw, nh);
             let sha = format!("{:x}", Sha256::digest(&resized));
-            assert_eq!(sha, m[format!("{tag}.resized_sha256")].as_str().unwrap(), "{tag}: uint8 resize differs from torchvision");
+            assert_eq!(
+                sha,
+                m[format!("{tag}.resized_sha256")].as_str().unwrap(),
+                "{tag}: uint8 resize differs from torchvision"
+            );
             let px = p.pixel_values(&img, &Device::Cpu).unwrap();
             let mut worst = 0f32;
             check_map(&px.squeeze(0).unwrap(), &g, &format!("{tag}.pixel_values"), &mut worst);
@@ -102,17 +132,26 @@ fn tiny_model_matches_transformers() {
         let px = model.pixel_values(&img).unwrap();
         for (i, f) in model.feature_maps(&px).unwrap().iter().enumerate() {
             let f = f.squeeze(0).unwrap();
-            let d = maxdiff(&f.narrow(0, 0, 5).unwrap(), &g[&format!("{name}.feature_map{i}.first_tokens")]);
+            let d = maxdiff(
+                &f.narrow(0, 0, 5).unwrap(),
+                &g[&format!("{name}.feature_map{i}.first_tokens")],
+            );
             eprintln!("{name}.feature_map{i}: first tokens max abs diff {d:e}");
             assert!(d <= TOL, "{name} feature map {i}: first tokens max abs diff {d}");
             worst = worst.max(d);
             let d = maxdiff(&f.sum(1).unwrap(), &g[&format!("{name}.feature_map{i}.token_sums")]);
-            assert!(d <= TOL * f.dim(1).unwrap() as f32, "{name} feature map {i}: token sums max abs diff {d}");
+            assert!(
+                d <= TOL * f.dim(1).unwrap() as f32,
+                "{name} feature map {i}: token sums max abs diff {d}"
+            );
         }
         let pred = model.forward(&px).unwrap().squeeze(0).unwrap();
         check_map(&pred, &g, &format!("{name}.predicted_depth"), &mut worst);
         let depth = model.predict_depth(&img).unwrap();
-        assert_eq!((depth.width, depth.height), (img.width() as usize, img.height() as usize));
+        assert_eq!(
+            (depth.width, depth.height),
+            (img.width() as usize, img.height() as usize)
+        );
         let post = Tensor::from_vec(depth.data, (depth.height, depth.width), &Device::Cpu).unwrap();
         check_map(&post, &g, &format!("{name}.post"), &mut worst);
     }
@@ -158,7 +197,12 @@ fn config_weight_mismatches_name_the_key() {
     // a wider fusion stage than the weights: the first tensor read with the wrong shape is named
     let dir = edited_checkpoint(|c| c["fusion_hidden_size"] = 12.into());
     let e = load_err(dir.path());
-    assert!(e.contains("weights do not match the config") && e.contains("neck.convs.0.weight") && e.contains("[12, 8, 3, 3]"), "{e}");
+    assert!(
+        e.contains("weights do not match the config")
+            && e.contains("neck.convs.0.weight")
+            && e.contains("[12, 8, 3, 3]"),
+        "{e}"
+    );
     // more layers than the checkpoint has
     let dir = edited_checkpoint(|c| {
         c["backbone_config"]["num_hidden_layers"] = 6.into();

@@ -7,8 +7,8 @@ mod common;
 mod sa2va;
 use candle_core::{DType, Device};
 use common::{assert_fails, fixture, run, stderr, stdout};
-use perceptio::models::generate::GenerateOptions;
 use perceptio::models::checkpoint::Checkpoint;
+use perceptio::models::generate::GenerateOptions;
 use perceptio::models::perceptio::{Grounder, LoadOptions, RespondOptions};
 use std::path::Path;
 
@@ -21,18 +21,36 @@ fn perceptio_model(dir: &Path) {
 fn constrained_decoding_always_yields_a_full_block() {
     let dir = tempfile::tempdir().unwrap();
     perceptio_model(dir.path());
-    let mut g = Grounder::load(&Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap(), &LoadOptions::default()).unwrap();
+    let mut g = Grounder::load(
+        &Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert!(g.depth.is_some() && g.sam2.is_some());
     for file in ["images/chelsea.png", "images/coffee_portrait.png"] {
         let img = perceptio::preprocess::load_rgb(&fixture(file)).unwrap();
         let vision = g.vision(&img, 2).unwrap();
         for (temperature, seed) in [(0.0, 0), (1.5, 1), (1.5, 2), (3.0, 3)] {
             let o = RespondOptions {
-                generation: GenerateOptions { max_new_tokens: 16, temperature, seed, top_p: None, stop_ids: vec![] },
+                generation: GenerateOptions {
+                    max_new_tokens: 16,
+                    temperature,
+                    seed,
+                    top_p: None,
+                    stop_ids: vec![],
+                },
                 constrain: true,
                 force_depth: true,
             };
-            let r = g.respond(&img, &vision, "<image>\nWhat is the depth map for the image?", &o, |_| {}).unwrap();
+            let r = g
+                .respond(
+                    &img,
+                    &vision,
+                    "<image>\nWhat is the depth map for the image?",
+                    &o,
+                    |_| {},
+                )
+                .unwrap();
             let d = r.depth.expect("a block");
             let b = d.block.expect("well-formed");
             assert_eq!(b.codes.len(), 9);
@@ -40,7 +58,11 @@ fn constrained_decoding_always_yields_a_full_block() {
             let m = d.map.unwrap();
             assert_eq!((m.width, m.height), (img.width() as usize, img.height() as usize));
             assert!(m.data.iter().all(|v| (0.0..=1.0).contains(v)));
-            assert!(r.text_with_spatial_tokens.starts_with("<DEPTH_START>"), "{}", r.text_with_spatial_tokens);
+            assert!(
+                r.text_with_spatial_tokens.starts_with("<DEPTH_START>"),
+                "{}",
+                r.text_with_spatial_tokens
+            );
             assert!(!r.answer.contains("<DEPTH_"), "{}", r.answer);
         }
     }
@@ -54,7 +76,27 @@ fn depth_cli_from_model_tokens() {
     let o = |f: &str| out.path().join(f).to_str().unwrap().to_string();
     let img = fixture("images/chelsea.png");
     let m = dir.path().to_str().unwrap();
-    let r = run(&["depth", img.to_str().unwrap(), "--model", m, "--force-depth", "--max-tiles", "2", "--max-new-tokens", "12", "-o", &o("d.png"), "--colormap", &o("c.png"), "--npy", &o("d.npy"), "--json"], None);
+    let r = run(
+        &[
+            "depth",
+            img.to_str().unwrap(),
+            "--model",
+            m,
+            "--force-depth",
+            "--max-tiles",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "-o",
+            &o("d.png"),
+            "--colormap",
+            &o("c.png"),
+            "--npy",
+            &o("d.npy"),
+            "--json",
+        ],
+        None,
+    );
     assert!(r.status.success(), "{}", stderr(&r));
     let v: serde_json::Value = serde_json::from_str(stdout(&r).trim()).unwrap();
     assert_eq!(v["grid"], serde_json::json!([3, 3]));
@@ -68,15 +110,47 @@ fn depth_cli_from_model_tokens() {
     assert!(npy.starts_with(b"\x93NUMPY") && String::from_utf8_lossy(&npy[10..80]).contains("(300, 451)"));
     assert_eq!(npy.len() % 64, (451 * 300 * 4) % 64);
     // Without forcing, a random model rarely opens a block: then exit 3 and a hint.
-    let r = run(&["depth", img.to_str().unwrap(), "--model", m, "--max-tiles", "2", "--max-new-tokens", "12"], None);
+    let r = run(
+        &[
+            "depth",
+            img.to_str().unwrap(),
+            "--model",
+            m,
+            "--max-tiles",
+            "2",
+            "--max-new-tokens",
+            "12",
+        ],
+        None,
+    );
     match r.status.code() {
-        Some(3) => assert!(stderr(&r).contains("no depth block") && stderr(&r).contains("--source teacher"), "{}", stderr(&r)),
+        Some(3) => assert!(
+            stderr(&r).contains("no depth block") && stderr(&r).contains("--source teacher"),
+            "{}",
+            stderr(&r)
+        ),
         Some(0) => {}
         c => panic!("exit {c:?}: {}", stderr(&r)),
     }
     // The full chain through `ask`: answer, segments, depth, files.
     let save = out.path().join("save");
-    let r = run(&["ask", img.to_str().unwrap(), "Where is the cat?", "--model", m, "--max-tiles", "2", "--max-new-tokens", "12", "--json", "--save-dir", save.to_str().unwrap()], None);
+    let r = run(
+        &[
+            "ask",
+            img.to_str().unwrap(),
+            "Where is the cat?",
+            "--model",
+            m,
+            "--max-tiles",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--json",
+            "--save-dir",
+            save.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(r.status.success(), "{}", stderr(&r));
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     for k in ["answer", "segments", "depth", "text_with_spatial_tokens"] {
@@ -92,7 +166,10 @@ fn depth_bad_inputs() {
     // A Sa2VA checkpoint without depth tokens: a clear error that suggests the teacher.
     let dir = tempfile::tempdir().unwrap();
     sa2va::assemble(dir.path());
-    assert_fails(&["depth", i, "--model", dir.path().to_str().unwrap()], "--source teacher");
+    assert_fails(
+        &["depth", i, "--model", dir.path().to_str().unwrap()],
+        "--source teacher",
+    );
     let r = run(&["depth", i, "--tokens", "-o", "x.png"], None);
     assert_eq!(r.status.code(), Some(2));
     let r = run(&["depth", fixture("images").to_str().unwrap()], None);
@@ -107,7 +184,20 @@ fn teacher_maps_and_tokens_for_a_folder() {
     let t = teacher.to_str().unwrap();
     let img = fixture("images/chelsea.png");
     let png = out.path().join("t.png");
-    let r = run(&["depth", img.to_str().unwrap(), "--source", "teacher", "--teacher", t, "-o", png.to_str().unwrap(), "--json"], None);
+    let r = run(
+        &[
+            "depth",
+            img.to_str().unwrap(),
+            "--source",
+            "teacher",
+            "--teacher",
+            t,
+            "-o",
+            png.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
     assert!(r.status.success(), "{}", stderr(&r));
     let v: serde_json::Value = serde_json::from_str(stdout(&r).trim()).unwrap();
     assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(451), Some(300)));
@@ -124,11 +214,35 @@ fn teacher_maps_and_tokens_for_a_folder() {
     std::fs::copy(fixture("images/coffee_portrait.png"), folder.join("b.png")).unwrap();
     let vq: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("depth/goldens.json")).unwrap()).unwrap();
     let cfg = out.path().join("depth.json");
-    std::fs::write(&cfg, serde_json::json!({"tokens": {"grid": [3, 3], "codebook_size": 16}, "vqvae_config": vq["tiny_config"]}).to_string()).unwrap();
+    std::fs::write(
+        &cfg,
+        serde_json::json!({"tokens": {"grid": [3, 3], "codebook_size": 16}, "vqvae_config": vq["tiny_config"]})
+            .to_string(),
+    )
+    .unwrap();
     let jsonl = out.path().join("tokens.jsonl");
-    let r = run(&["depth", folder.to_str().unwrap(), "--tokens", "--teacher", t, "--vqvae", fixture("depth/tiny_vqvae.pt").to_str().unwrap(), "--depth-config", cfg.to_str().unwrap(), "--out", jsonl.to_str().unwrap()], None);
+    let r = run(
+        &[
+            "depth",
+            folder.to_str().unwrap(),
+            "--tokens",
+            "--teacher",
+            t,
+            "--vqvae",
+            fixture("depth/tiny_vqvae.pt").to_str().unwrap(),
+            "--depth-config",
+            cfg.to_str().unwrap(),
+            "--out",
+            jsonl.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(r.status.success(), "{}", stderr(&r));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     for l in &lines {
         let codes = l["codes"].as_array().unwrap();
@@ -139,12 +253,19 @@ fn teacher_maps_and_tokens_for_a_folder() {
     }
     // The same codes as encoding the teacher's map through the library directly.
     let ta = perceptio::models::depth_anything::DepthAnything::load(&teacher, &Device::Cpu, DType::F32).unwrap();
-    let m = ta.predict_depth(&perceptio::preprocess::load_rgb(&img).unwrap()).unwrap();
+    let m = ta
+        .predict_depth(&perceptio::preprocess::load_rgb(&img).unwrap())
+        .unwrap();
     let c: perceptio::models::vqvae::Config = serde_json::from_value(vq["tiny_config"].clone()).unwrap();
     let v = perceptio::models::vqvae::load(&fixture("depth/tiny_vqvae.pt"), &c, DType::F32, &Device::Cpu).unwrap();
     let map = m;
     let codes = perceptio::models::perceptio::depth::DepthHead::encode_map(&v, &map).unwrap();
-    let got: Vec<u32> = lines[0]["codes"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let got: Vec<u32> = lines[0]["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     assert_eq!(got, codes);
 }
 
@@ -157,7 +278,11 @@ fn segment_keeps_depth_blocks_well_formed() {
     use perceptio::models::perceptio::SegmentOptions;
     let dir = tempfile::tempdir().unwrap();
     perceptio_model(dir.path());
-    let mut g = Grounder::load(&Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap(), &LoadOptions::default()).unwrap();
+    let mut g = Grounder::load(
+        &Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let img = perceptio::preprocess::load_rgb(&fixture("images/chelsea.png")).unwrap();
     let vision = g.vision(&img, 2).unwrap();
     let max_new_tokens = 24;
@@ -166,12 +291,30 @@ fn segment_keeps_depth_blocks_well_formed() {
         let opts = SegmentOptions {
             max_tiles: 2,
             force_seg: false,
-            generation: GenerateOptions { max_new_tokens, temperature: 3.0, seed, top_p: None, stop_ids: vec![] },
+            generation: GenerateOptions {
+                max_new_tokens,
+                temperature: 3.0,
+                seed,
+                top_p: None,
+                stop_ids: vec![],
+            },
         };
         let r = g.segment(&img, &vision, "the cat", &opts).unwrap();
         // The same sampling without the constraint does write malformed depth tokens.
-        let o = RespondOptions { generation: opts.generation.clone(), constrain: false, force_depth: false };
-        let free = g.respond(&img, &vision, &perceptio::models::perceptio::referring_prompt("the cat"), &o, |_| {}).unwrap();
+        let o = RespondOptions {
+            generation: opts.generation.clone(),
+            constrain: false,
+            force_depth: false,
+        };
+        let free = g
+            .respond(
+                &img,
+                &vision,
+                &perceptio::models::perceptio::referring_prompt("the cat"),
+                &o,
+                |_| {},
+            )
+            .unwrap();
         unconstrained_malformed += free.depth.is_some_and(|d| d.block.is_err()) as usize;
         let ids = &g.depth.as_ref().unwrap().ids;
         match ids.parse(&r.token_ids) {
@@ -181,5 +324,8 @@ fn segment_keeps_depth_blocks_well_formed() {
             Err(e) => panic!("seed {seed}: malformed depth tokens in {:?}: {e:?}", r.text),
         }
     }
-    assert!(unconstrained_malformed > 0, "unconstrained sampling never went wrong either: the test proves nothing");
+    assert!(
+        unconstrained_malformed > 0,
+        "unconstrained sampling never went wrong either: the test proves nothing"
+    );
 }

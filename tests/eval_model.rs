@@ -20,7 +20,11 @@ impl Env {
         let model = tmp.path().join("model");
         std::fs::create_dir(&model).unwrap();
         sa2va::assemble(&model);
-        Env { root: tmp.path().to_path_buf(), model, _tmp: tmp }
+        Env {
+            root: tmp.path().to_path_buf(),
+            model,
+            _tmp: tmp,
+        }
     }
     fn p(&self, rel: &str) -> String {
         self.root.join(rel).to_str().unwrap().to_string()
@@ -42,19 +46,43 @@ fn photo(path: &Path, w: u32, h: u32, seed: u32) {
 
 /// The COCO images of the refcoco fixture (sizes from its instances.json).
 fn coco_images(env: &Env) -> String {
-    let inst: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("refcoco/refcoco/instances.json")).unwrap()).unwrap();
+    let inst: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("refcoco/refcoco/instances.json")).unwrap()).unwrap();
     for (i, im) in inst["images"].as_array().unwrap().iter().enumerate() {
         let p = env.root.join("coco").join(im["file_name"].as_str().unwrap());
-        photo(&p, im["width"].as_u64().unwrap() as u32, im["height"].as_u64().unwrap() as u32, i as u32);
+        photo(
+            &p,
+            im["width"].as_u64().unwrap() as u32,
+            im["height"].as_u64().unwrap() as u32,
+            i as u32,
+        );
     }
     env.p("coco")
 }
 
 fn refcoco_args<'a>(env: &'a Env, images: &'a str, pred: &'a str, extra: &[&'a str]) -> Vec<String> {
-    let mut v: Vec<String> = ["eval", "refcoco", "--refer-root", fixture("refcoco").to_str().unwrap(), "--dataset", "refcoco", "--split", "val", "--model", &env.model(), "--images", images, "--predictions", pred, "--force-seg", "--max-tiles", "2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut v: Vec<String> = [
+        "eval",
+        "refcoco",
+        "--refer-root",
+        fixture("refcoco").to_str().unwrap(),
+        "--dataset",
+        "refcoco",
+        "--split",
+        "val",
+        "--model",
+        &env.model(),
+        "--images",
+        images,
+        "--predictions",
+        pred,
+        "--force-seg",
+        "--max-tiles",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -86,7 +114,11 @@ fn refcoco_with_model_resumes_after_a_kill_and_shards_merge_to_the_same_file() {
     assert_eq!(sorted_lines(&full).len(), n);
     assert!(Path::new(&format!("{full}.done.json")).is_file());
     // The prompt is Sa2VA's RES prompt with the refs' `sent`.
-    let logs: Vec<serde_json::Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let logs: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let l1001 = logs.iter().find(|l| l["sent_id"] == 1001).unwrap();
     assert_eq!(l1001["prompt"], "<image>\n Please segment the left box in this image.");
     assert_eq!(l1001["output"], "Sure, [SEG].");
@@ -94,13 +126,22 @@ fn refcoco_with_model_resumes_after_a_kill_and_shards_merge_to_the_same_file() {
     // Re-running predicts nothing new and leaves the file as it was.
     let before = std::fs::read(&full).unwrap();
     let o = run_s(&refcoco_args(&env, &images, &full, &[]));
-    assert!(o.status.success() && stderr(&o).contains(&format!("0 of {n} samples predicted now, {n} resumed")), "{}", stderr(&o));
+    assert!(
+        o.status.success() && stderr(&o).contains(&format!("0 of {n} samples predicted now, {n} resumed")),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(std::fs::read(&full).unwrap(), before);
 
     // Kill a run once it has written its first line, tear its last line, resume.
     let part = env.p("part.jsonl");
     let args = refcoco_args(&env, &images, &part, &[]);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perceptio")).args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perceptio"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let t = std::time::Instant::now();
     while std::fs::read_to_string(&part).map(|s| s.lines().count()).unwrap_or(0) < 1 && t.elapsed().as_secs() < 120 {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -113,7 +154,11 @@ fn refcoco_with_model_resumes_after_a_kill_and_shards_merge_to_the_same_file() {
     let o = run_s(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("incomplete last line"), "{}", stderr(&o));
-    assert_eq!(sorted_lines(&part), sorted_lines(&full), "resumed run equals the uninterrupted one");
+    assert_eq!(
+        sorted_lines(&part),
+        sorted_lines(&full),
+        "resumed run equals the uninterrupted one"
+    );
 
     // Two shards, merged, equal the unsharded run; gaps and duplicates are refused.
     let (s1, s2) = (env.p("s1.jsonl"), env.p("s2.jsonl"));
@@ -137,7 +182,22 @@ fn refcoco_with_model_resumes_after_a_kill_and_shards_merge_to_the_same_file() {
     assert!(!o.status.success(), "an unsharded file is not shard 2/2");
     // The merged file scores like the unsharded one.
     let score = |p: &str| {
-        let o = run(&["eval", "refcoco", "--refer-root", fixture("refcoco").to_str().unwrap(), "--dataset", "refcoco", "--split", "val", "--predictions", p, "--json"], None);
+        let o = run(
+            &[
+                "eval",
+                "refcoco",
+                "--refer-root",
+                fixture("refcoco").to_str().unwrap(),
+                "--dataset",
+                "refcoco",
+                "--split",
+                "val",
+                "--predictions",
+                p,
+                "--json",
+            ],
+            None,
+        );
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         (v["ciou"].as_f64().unwrap(), v["giou"].as_f64().unwrap())
     };
@@ -163,14 +223,41 @@ fn hardblink_and_mmbench_with_model() {
     }
     let preds = env.p("hb_preds");
     let log = env.p("hb_log.jsonl");
-    let o = run(&["eval", "hardblink", "--annotations", hb.to_str().unwrap(), "--model", &env.model(), "--predictions", &preds, "--max-tiles", "1", "--max-new-tokens", "8", "--log-samples", &log, "--json"], None);
+    let o = run(
+        &[
+            "eval",
+            "hardblink",
+            "--annotations",
+            hb.to_str().unwrap(),
+            "--model",
+            &env.model(),
+            "--predictions",
+            &preds,
+            "--max-tiles",
+            "1",
+            "--max-new-tokens",
+            "8",
+            "--log-samples",
+            &log,
+            "--json",
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["details"].as_array().unwrap().len(), 3);
     assert_eq!(v["details"][0]["missing"], 0);
-    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().next().unwrap()).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(first["prompt"], "<image>\nMultiple points are circled on the image, labeled by letters beside each circle. Which point is the closest to the camera?");
-    let ans: serde_json::Value = serde_json::from_str(std::fs::read_to_string(format!("{preds}/blink_3pointscenter_answers.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let ans: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(format!("{preds}/blink_3pointscenter_answers.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     for k in ["question_id", "prompt", "text", "answer_id", "model_id", "metadata"] {
         assert!(ans.get(k).is_some(), "LLaVA answers field {k}: {ans}");
     }
@@ -195,21 +282,77 @@ fn hardblink_and_mmbench_with_model() {
     std::fs::write(&tsv_path, out).unwrap();
     let preds = env.p("mm_preds.jsonl");
     let log = env.p("mm_log.jsonl");
-    let o = run(&["eval", "mmbench", "--annotations", &tsv_path, "--model", &env.model(), "--predictions", &preds, "--max-tiles", "1", "--max-new-tokens", "6", "--log-samples", &log, "--json"], None);
+    let o = run(
+        &[
+            "eval",
+            "mmbench",
+            "--annotations",
+            &tsv_path,
+            "--model",
+            &env.model(),
+            "--predictions",
+            &preds,
+            "--max-tiles",
+            "1",
+            "--max-new-tokens",
+            "6",
+            "--log-samples",
+            &log,
+            "--json",
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["missing_main_predictions"], 0, "{v}");
     let rows = tsv.lines().count() - 1;
     assert_eq!(std::fs::read_to_string(&preds).unwrap().lines().count(), rows);
-    let logs: Vec<serde_json::Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let logs: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let l1 = logs.iter().find(|l| l["index"] == 1).unwrap();
     assert_eq!(l1["prompt"], "<image>\nWhat animal is shown?\nA. cat\nB. dog\nC. horse\nD. cow\nAnswer with the option's letter from the given choices directly.");
     let l2 = logs.iter().find(|l| l["index"] == 2).unwrap();
-    assert!(l2["prompt"].as_str().unwrap().starts_with("<image>\nLook at the table.\nWhat colour is the cup?\nA. red"), "{}", l2["prompt"]);
+    assert!(
+        l2["prompt"]
+            .as_str()
+            .unwrap()
+            .starts_with("<image>\nLook at the table.\nWhat colour is the cup?\nA. red"),
+        "{}",
+        l2["prompt"]
+    );
     // Bad input: --model without a writable file, shard syntax.
-    let o = run(&["eval", "mmbench", "--annotations", &tsv_path, "--model", &env.model(), "--predictions", "-"], None);
+    let o = run(
+        &[
+            "eval",
+            "mmbench",
+            "--annotations",
+            &tsv_path,
+            "--model",
+            &env.model(),
+            "--predictions",
+            "-",
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2));
-    let o = run(&["eval", "mmbench", "--annotations", &tsv_path, "--model", &env.model(), "--predictions", &preds, "--shard", "3/2"], None);
+    let o = run(
+        &[
+            "eval",
+            "mmbench",
+            "--annotations",
+            &tsv_path,
+            "--model",
+            &env.model(),
+            "--predictions",
+            &preds,
+            "--shard",
+            "3/2",
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("K/N"));
 }

@@ -6,7 +6,15 @@ use common::*;
 use perceptio::eval::hardblink::parse_answer;
 
 fn args<'a>(ann: &'a str, pred: &'a str) -> Vec<&'a str> {
-    vec!["eval", "hardblink", "--annotations", ann, "--predictions", pred, "--json"]
+    vec![
+        "eval",
+        "hardblink",
+        "--annotations",
+        ann,
+        "--predictions",
+        pred,
+        "--json",
+    ]
 }
 
 #[test]
@@ -23,9 +31,18 @@ fn variants_mean_and_aurora_mean() {
     assert_eq!(got["unparsable"], 5);
     assert!(got.get("aurora_mean").is_none());
     let d = &got["details"];
-    assert_eq!((d[0]["missing"].as_u64(), d[0]["unparsable"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (d[0]["missing"].as_u64(), d[0]["unparsable"].as_u64()),
+        (Some(1), Some(2))
+    );
     assert_eq!(d[1]["out_of_range"], 1);
-    assert_eq!(got["provenance"]["inputs"]["predictions_3"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        got["provenance"]["inputs"]["predictions_3"]["sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
     a.extend(["--blink2", blink2.to_str().unwrap()]);
     let got = run_json(&a);
     assert_eq!(got["blink2"]["accuracy"].as_f64().unwrap(), 0.75);
@@ -36,7 +53,17 @@ fn variants_mean_and_aurora_mean() {
 fn human_table() {
     let ann = fixture("hardblink");
     let pred = fixture("hardblink/predictions");
-    let o = run(&["eval", "hardblink", "--annotations", ann.to_str().unwrap(), "--predictions", pred.to_str().unwrap()], None);
+    let o = run(
+        &[
+            "eval",
+            "hardblink",
+            "--annotations",
+            ann.to_str().unwrap(),
+            "--predictions",
+            pred.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(o.status.success());
     let out = stdout(&o);
     assert!(out.contains("3-point   33.3"), "{out}");
@@ -50,7 +77,10 @@ fn parse_rules() {
     assert_eq!(parse_answer("(A) or rather (B)", 3), Some('B'));
     // (2) phrases, case-insensitive, the last one
     assert_eq!(parse_answer("the answer is that point a is closer", 3), Some('A'));
-    assert_eq!(parse_answer("Point B is the closest; the answer is point C", 3), Some('C'));
+    assert_eq!(
+        parse_answer("Point B is the closest; the answer is point C", 3),
+        Some('C')
+    );
     assert_eq!(parse_answer("point d is closer", 5), Some('D'));
     // (3) exactly one standalone valid uppercase letter
     assert_eq!(parse_answer("B", 3), Some('B'));
@@ -71,7 +101,9 @@ fn bad_inputs_are_clear_errors() {
     std::fs::create_dir(&preds).unwrap();
     for n in [3, 4, 5] {
         std::fs::copy(
-            fixture(&format!("hardblink/predictions/blink_{n}pointscenter_answers_llava-aurora.jsonl")),
+            fixture(&format!(
+                "hardblink/predictions/blink_{n}pointscenter_answers_llava-aurora.jsonl"
+            )),
             preds.join(format!("blink_{n}pointscenter_answers.jsonl")),
         )
         .unwrap();
@@ -80,10 +112,21 @@ fn bad_inputs_are_clear_errors() {
     let (ann, p) = (ann.to_str().unwrap(), preds.to_str().unwrap());
     assert!(run(&args(ann, p), None).status.success());
     // a malformed line names the file and line
-    std::fs::write(preds.join("blink_4pointscenter_answers.jsonl"), "{\"question_id\": 0, \"text\": \"(A)\"}\n{oops\n").unwrap();
-    assert_fails(&args(ann, p), "blink_4pointscenter_answers.jsonl:2: malformed JSON line");
+    std::fs::write(
+        preds.join("blink_4pointscenter_answers.jsonl"),
+        "{\"question_id\": 0, \"text\": \"(A)\"}\n{oops\n",
+    )
+    .unwrap();
+    assert_fails(
+        &args(ann, p),
+        "blink_4pointscenter_answers.jsonl:2: malformed JSON line",
+    );
     // an id that is not in the benchmark
-    std::fs::write(preds.join("blink_4pointscenter_answers.jsonl"), "{\"question_id\": 999, \"text\": \"(A)\"}\n").unwrap();
+    std::fs::write(
+        preds.join("blink_4pointscenter_answers.jsonl"),
+        "{\"question_id\": 999, \"text\": \"(A)\"}\n",
+    )
+    .unwrap();
     assert_fails(&args(ann, p), "question_id 999 is not in");
     // two files for one variant
     std::fs::write(preds.join("blink_4pointscenter_other.jsonl"), "").unwrap();

@@ -3,6 +3,8 @@
 mod common;
 #[path = "common/hub_server.rs"]
 mod hub_server;
+#[path = "common/sa2va.rs"]
+mod sa2va;
 
 use common::*;
 use hub_server::*;
@@ -14,7 +16,9 @@ const C1: &str = "1111111111111111111111111111111111111111";
 const C2: &str = "2222222222222222222222222222222222222222";
 
 fn weights(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed).collect()
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+        .collect()
 }
 
 /// A Sa2VA-like repo: config, tokenizer, a sharded checkpoint with an index, a stray
@@ -23,9 +27,17 @@ fn repo_files(seed: u8) -> Vec<HubFile> {
     let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": {
         "a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}});
     vec![
-        HubFile::new("config.json", format!("{{\"model_type\": \"sa2va_chat\", \"seed\": {seed}}}").into_bytes(), false),
+        HubFile::new(
+            "config.json",
+            format!("{{\"model_type\": \"sa2va_chat\", \"seed\": {seed}}}").into_bytes(),
+            false,
+        ),
         HubFile::new("tokenizer.json", b"{\"version\": \"1.0\"}".to_vec(), false),
-        HubFile::new("model.safetensors.index.json", serde_json::to_vec(&index).unwrap(), false),
+        HubFile::new(
+            "model.safetensors.index.json",
+            serde_json::to_vec(&index).unwrap(),
+            false,
+        ),
         HubFile::new("model-00001-of-00002.safetensors", weights(3 << 20, seed), true),
         HubFile::new("model-00002-of-00002.safetensors", weights(1 << 20, seed ^ 1), true),
         HubFile::new("old_unused.safetensors", weights(1000, 3), true),
@@ -43,7 +55,10 @@ fn server() -> HubServer {
     repo.commits.insert(C2.into(), repo_files(9));
     let mut gated = repo.clone();
     gated.gated_token = Some("hf_secret".into());
-    HubServer::start(HashMap::from([("org/tiny".to_string(), repo), ("org/gated".to_string(), gated)]))
+    HubServer::start(HashMap::from([
+        ("org/tiny".to_string(), repo),
+        ("org/gated".to_string(), gated),
+    ]))
 }
 
 struct Env {
@@ -53,7 +68,10 @@ struct Env {
 
 impl Env {
     fn new(s: &HubServer) -> Self {
-        Env { dir: tempfile::tempdir().unwrap(), endpoint: s.url.clone() }
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            endpoint: s.url.clone(),
+        }
     }
     fn home(&self) -> PathBuf {
         self.dir.path().join("hf")
@@ -85,16 +103,25 @@ impl Env {
 }
 
 fn snapshot_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
 
 fn expected_needed() -> Vec<String> {
-    ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 #[test]
@@ -111,12 +138,25 @@ fn fresh_download_then_noop_rerun() {
     let link = std::fs::read_link(snap.join("model-00001-of-00002.safetensors")).unwrap();
     let sha = repo_files(7)[3].sha256();
     assert_eq!(link, Path::new("../../blobs").join(&sha));
-    assert_eq!(std::fs::read(snap.join("model-00001-of-00002.safetensors")).unwrap(), weights(3 << 20, 7));
+    assert_eq!(
+        std::fs::read(snap.join("model-00001-of-00002.safetensors")).unwrap(),
+        weights(3 << 20, 7)
+    );
     let cfg_link = std::fs::read_link(snap.join("config.json")).unwrap();
-    assert_eq!(cfg_link.file_name().unwrap().to_string_lossy(), repo_files(7)[0].git_sha1());
-    assert_eq!(std::fs::read_to_string(env.cache().join("models--org--tiny/refs/main")).unwrap(), C1);
+    assert_eq!(
+        cfg_link.file_name().unwrap().to_string_lossy(),
+        repo_files(7)[0].git_sha1()
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.cache().join("models--org--tiny/refs/main")).unwrap(),
+        C1
+    );
     let blobs = env.cache().join("models--org--tiny/blobs");
-    assert!(std::fs::read_dir(&blobs).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".incomplete")));
+    assert!(std::fs::read_dir(&blobs).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".incomplete")));
     let gets = s.stats().body_gets.len();
     assert_eq!(gets, 5);
     // re-run: one API call, no HEAD, no body
@@ -134,24 +174,49 @@ fn fresh_download_then_noop_rerun() {
 fn include_exclude_and_revisions() {
     let s = server();
     let env = Env::new(&s);
-    let o = env.run(&["download", "org/tiny@v1.0", "--include", "*.py", "--exclude", "tokenizer.json"], &[]);
+    let o = env.run(
+        &[
+            "download",
+            "org/tiny@v1.0",
+            "--include",
+            "*.py",
+            "--exclude",
+            "tokenizer.json",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let snap = env.cache().join("models--org--tiny/snapshots").join(C2);
     let files = snapshot_files(&snap);
     assert!(files.contains(&"modeling_sa2va_chat.py".to_string()) && !files.contains(&"tokenizer.json".to_string()));
-    assert_eq!(std::fs::read_to_string(env.cache().join("models--org--tiny/refs/v1.0")).unwrap(), C2);
-    assert_eq!(std::fs::read(snap.join("model-00002-of-00002.safetensors")).unwrap(), weights(1 << 20, 9 ^ 1));
+    assert_eq!(
+        std::fs::read_to_string(env.cache().join("models--org--tiny/refs/v1.0")).unwrap(),
+        C2
+    );
+    assert_eq!(
+        std::fs::read(snap.join("model-00002-of-00002.safetensors")).unwrap(),
+        weights(1 << 20, 9 ^ 1)
+    );
     // a commit hash as revision writes no ref
     let o = env.run(&["download", "org/tiny", "--revision", C1], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!env.cache().join(format!("models--org--tiny/refs/{C1}")).exists());
-    assert!(env.cache().join("models--org--tiny/snapshots").join(C1).join("config.json").is_file());
+    assert!(env
+        .cache()
+        .join("models--org--tiny/snapshots")
+        .join(C1)
+        .join("config.json")
+        .is_file());
 }
 
 #[test]
 fn interrupted_download_resumes_and_verifies() {
     let s = server();
-    s.faults.lock().unwrap().drop_after.insert("model-00001-of-00002.safetensors".into(), 1_000_000);
+    s.faults
+        .lock()
+        .unwrap()
+        .drop_after
+        .insert("model-00001-of-00002.safetensors".into(), 1_000_000);
     let env = Env::new(&s);
     let o = env.run(&["download", "org/tiny"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -159,7 +224,10 @@ fn interrupted_download_resumes_and_verifies() {
     // the second GET asked for the rest only
     assert_eq!(s.body_gets_of("model-00001-of-00002.safetensors"), vec![0, 1_000_000]);
     let snap = env.cache().join("models--org--tiny/snapshots").join(C1);
-    assert_eq!(std::fs::read(snap.join("model-00001-of-00002.safetensors")).unwrap(), weights(3 << 20, 7));
+    assert_eq!(
+        std::fs::read(snap.join("model-00001-of-00002.safetensors")).unwrap(),
+        weights(3 << 20, 7)
+    );
 }
 
 #[test]
@@ -175,18 +243,29 @@ fn server_errors_are_retried() {
 #[test]
 fn corrupted_body_fails_and_leaves_nothing() {
     let s = server();
-    s.faults.lock().unwrap().corrupt.push("model-00002-of-00002.safetensors".into());
+    s.faults
+        .lock()
+        .unwrap()
+        .corrupt
+        .push("model-00002-of-00002.safetensors".into());
     let env = Env::new(&s);
     let o = env.run(&["download", "org/tiny"], &[]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("model-00002-of-00002.safetensors: checksum mismatch: expected"), "{err}");
+    assert!(
+        err.contains("model-00002-of-00002.safetensors: checksum mismatch: expected"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
     let root = env.cache().join("models--org--tiny");
     let sha = repo_files(7)[4].sha256();
     assert!(!root.join("blobs").join(&sha).exists());
     assert!(!root.join("blobs").join(format!("{sha}.incomplete")).exists());
-    assert!(!root.join("snapshots").join(C1).join("model-00002-of-00002.safetensors").exists());
+    assert!(!root
+        .join("snapshots")
+        .join(C1)
+        .join("model-00002-of-00002.safetensors")
+        .exists());
 }
 
 #[test]
@@ -196,7 +275,10 @@ fn small_files_are_checked_against_their_git_sha1() {
     let env = Env::new(&s);
     let o = env.run(&["download", "org/tiny"], &[]);
     assert_eq!(o.status.code(), Some(1));
-    let want = format!("tokenizer.json: checksum mismatch: expected {}", repo_files(7)[1].git_sha1());
+    let want = format!(
+        "tokenizer.json: checksum mismatch: expected {}",
+        repo_files(7)[1].git_sha1()
+    );
     assert!(stderr(&o).contains(&want), "{}", stderr(&o));
 }
 
@@ -206,7 +288,11 @@ fn gated_and_missing_repos_explain_themselves() {
     let env = Env::new(&s);
     let o = env.run(&["download", "org/gated"], &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("repo not found or gated; set HF_TOKEN"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("repo not found or gated; set HF_TOKEN"),
+        "{}",
+        stderr(&o)
+    );
     let o = env.run(&["download", "org/gated"], &[("HF_TOKEN", "hf_secret")]);
     assert!(o.status.success(), "{}", stderr(&o));
     // the token file works too
@@ -234,10 +320,20 @@ fn offline_warm_and_cold() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(s.stats().api_calls, before.api_calls);
     // a shard gone from the cache is named
-    std::fs::remove_file(env.cache().join("models--org--tiny/snapshots").join(C1).join("model-00002-of-00002.safetensors")).unwrap();
+    std::fs::remove_file(
+        env.cache()
+            .join("models--org--tiny/snapshots")
+            .join(C1)
+            .join("model-00002-of-00002.safetensors"),
+    )
+    .unwrap();
     let o = env.run(&["download", "org/tiny", "--offline"], &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("lacks model-00002-of-00002.safetensors"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("lacks model-00002-of-00002.safetensors"),
+        "{}",
+        stderr(&o)
+    );
     // with the hub unreachable, a warm cache is still used (with a warning)
     let mut dead = Env::new(&s);
     dead.endpoint = "http://127.0.0.1:9".into();
@@ -269,7 +365,10 @@ fn reads_a_cache_written_in_pythons_layout() {
         std::fs::write(root.join("blobs").join(f.etag()), b.as_slice()).unwrap();
         std::os::unix::fs::symlink(Path::new("../../blobs").join(f.etag()), snap.join(&f.name)).unwrap();
     }
-    let o = env.run(&["download", "org/tiny", "--offline", "--json"], &[("HF_HUB_CACHE", cache.to_str().unwrap())]);
+    let o = env.run(
+        &["download", "org/tiny", "--offline", "--json"],
+        &[("HF_HUB_CACHE", cache.to_str().unwrap())],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["path"], snap.display().to_string());
@@ -282,16 +381,26 @@ fn reads_a_cache_written_in_pythons_layout() {
 #[test]
 fn concurrent_processes_share_one_download() {
     let s = server();
-    s.faults.lock().unwrap().throttle.insert("model-00001-of-00002.safetensors".into(), std::time::Duration::from_millis(5));
+    s.faults.lock().unwrap().throttle.insert(
+        "model-00001-of-00002.safetensors".into(),
+        std::time::Duration::from_millis(5),
+    );
     let env = Env::new(&s);
     let a = env.cmd(&["download", "org/tiny"]).spawn().unwrap();
     let b = env.cmd(&["download", "org/tiny"]).spawn().unwrap();
     let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(oa.status.success(), "{}", stderr(&oa));
     assert!(ob.status.success(), "{}", stderr(&ob));
-    assert_eq!(s.body_gets_of("model-00001-of-00002.safetensors").len(), 1, "the lock lets one process download");
+    assert_eq!(
+        s.body_gets_of("model-00001-of-00002.safetensors").len(),
+        1,
+        "the lock lets one process download"
+    );
     let snap = env.cache().join("models--org--tiny/snapshots").join(C1);
-    assert_eq!(std::fs::read(snap.join("model-00001-of-00002.safetensors")).unwrap(), weights(3 << 20, 7));
+    assert_eq!(
+        std::fs::read(snap.join("model-00001-of-00002.safetensors")).unwrap(),
+        weights(3 << 20, 7)
+    );
 }
 
 #[test]
@@ -299,7 +408,13 @@ fn list_prints_known_repos() {
     let o = run(&["download", "--list"], None);
     assert!(o.status.success());
     let out = stdout(&o);
-    for r in ["ByteDance/Sa2VA-1B", "ByteDance/Sa2VA-8B", "OpenGVLab/InternVL2_5-1B", "facebook/sam2.1-hiera-large", "depth-anything/Depth-Anything-V2-Small-hf"] {
+    for r in [
+        "ByteDance/Sa2VA-1B",
+        "ByteDance/Sa2VA-8B",
+        "OpenGVLab/InternVL2_5-1B",
+        "facebook/sam2.1-hiera-large",
+        "depth-anything/Depth-Anything-V2-Small-hf",
+    ] {
         assert!(out.contains(r), "{r} missing from --list");
     }
 }
@@ -308,24 +423,128 @@ fn list_prints_known_repos() {
 fn ask_with_a_hub_model_id_end_to_end() {
     // The tiny Sa2VA-layout checkpoint served by the stand-in; `ask --model org/name` fetches it.
     let dir = fixture("internvl/tiny-qwen2");
-    let files: Vec<HubFile> = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
-        .iter()
-        .map(|f| HubFile::new(f, std::fs::read(dir.join(f)).unwrap(), f.ends_with(".safetensors")))
-        .collect();
+    let files: Vec<HubFile> = [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ]
+    .iter()
+    .map(|f| HubFile::new(f, std::fs::read(dir.join(f)).unwrap(), f.ends_with(".safetensors")))
+    .collect();
     let mut repo = HubRepo::default();
     repo.refs.insert("main".into(), C1.into());
     repo.commits.insert(C1.into(), files);
     let s = HubServer::start(HashMap::from([("org/tiny-sa2va".to_string(), repo)]));
     let env = Env::new(&s);
     let img = fixture("images/chelsea.png");
-    let args = ["ask", img.to_str().unwrap(), "Describe the image in detail.", "--model", "org/tiny-sa2va", "--device", "cpu", "--max-tiles", "6", "--max-new-tokens", "12", "--json"];
+    let args = [
+        "ask",
+        img.to_str().unwrap(),
+        "Describe the image in detail.",
+        "--model",
+        "org/tiny-sa2va",
+        "--device",
+        "cpu",
+        "--max-tiles",
+        "6",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ];
     let o = env.run(&args, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let via_hub: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let local = run_json(&["ask", img.to_str().unwrap(), "Describe the image in detail.", "--model", dir.to_str().unwrap(), "--device", "cpu", "--max-tiles", "6", "--max-new-tokens", "12", "--json"]);
+    let local = run_json(&[
+        "ask",
+        img.to_str().unwrap(),
+        "Describe the image in detail.",
+        "--model",
+        dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--max-tiles",
+        "6",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]);
     assert_eq!(via_hub["token_ids"], local["token_ids"]);
-    assert!(env.cache().join("models--org--tiny-sa2va/snapshots").join(C1).join("model.safetensors").is_file());
+    assert!(env
+        .cache()
+        .join("models--org--tiny-sa2va/snapshots")
+        .join(C1)
+        .join("model.safetensors")
+        .is_file());
     // offline, from the cache just filled
     let o = env.run(&args, &[("HF_HUB_OFFLINE", "1")]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A Perceptio model whose `perceptio.depth` block puts the VQ-VAE in another hub repo: with
+/// `--offline` (the flag, not the environment) a cold cache is a clear error and the hub hears
+/// nothing; once the repo is cached, the same offline run works, still without a request.
+#[test]
+fn offline_flag_holds_for_a_vqvae_in_another_repo() {
+    let model = tempfile::tempdir().unwrap();
+    sa2va::assemble(model.path());
+    sa2va::add_depth_tokens(model.path());
+    std::fs::remove_file(model.path().join("vqvae.pt")).unwrap();
+    let cfg_path = model.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["perceptio"]["depth"]["vqvae"] = serde_json::json!({"file": "vqvae.pt", "repo": "org/tiny-vqvae"});
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let mut repo = HubRepo::default();
+    repo.refs.insert("main".into(), C1.into());
+    repo.commits.insert(
+        C1.into(),
+        vec![HubFile::new(
+            "vqvae.pt",
+            std::fs::read(fixture("depth/tiny_vqvae.pt")).unwrap(),
+            true,
+        )],
+    );
+    let s = HubServer::start(HashMap::from([("org/tiny-vqvae".to_string(), repo)]));
+    let env = Env::new(&s);
+    let img = fixture("images/chelsea.png");
+    let args = [
+        "depth",
+        img.to_str().unwrap(),
+        "--model",
+        model.path().to_str().unwrap(),
+        "--force-depth",
+        "--max-tiles",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--json",
+        "--offline",
+    ];
+    let o = env.run(&args, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("org/tiny-vqvae") && stderr(&o).contains("offline"),
+        "{}",
+        stderr(&o)
+    );
+    let st = s.stats();
+    assert_eq!(
+        (st.api_calls, st.heads, st.body_gets.len()),
+        (0, 0, 0),
+        "--offline must not touch the hub: {st:?}"
+    );
+    // Warm the cache, then the offline run works and still asks nothing.
+    let o = env.run(&["download", "org/tiny-vqvae"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = s.stats();
+    let o = env.run(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tokens"].as_array().map(|t| t.len()), Some(9));
+    let after = s.stats();
+    assert_eq!(
+        (after.api_calls, after.heads, after.body_gets.len()),
+        (before.api_calls, before.heads, before.body_gets.len())
+    );
 }

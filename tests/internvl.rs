@@ -12,7 +12,11 @@ use std::collections::HashMap;
 const QUESTION: &str = "Describe the image in detail.";
 
 fn golden(model: &str, image: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(&format!("internvl/goldens/{model}_{image}.safetensors")), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(
+        fixture(&format!("internvl/goldens/{model}_{image}.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn load(model: &str) -> ChatModel {
@@ -20,7 +24,14 @@ fn load(model: &str) -> ChatModel {
 }
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
@@ -40,7 +51,11 @@ fn check_pair(model: &str, image: &str) {
     assert_close(&px, &g["pixel_values"], &format!("{model}/{image} pixel_values"));
     let px = g["pixel_values"].clone();
     // vision tower and projector
-    assert_close(&chat.model.vit_hidden(&px).unwrap(), &g["vit_hidden"], &format!("{model}/{image} vit_hidden"));
+    assert_close(
+        &chat.model.vit_hidden(&px).unwrap(),
+        &g["vit_hidden"],
+        &format!("{model}/{image} vit_hidden"),
+    );
     let feats = chat.model.extract_feature(&px).unwrap();
     assert_close(&feats, &g["vit_embeds"], &format!("{model}/{image} vit_embeds"));
     // prompt ids
@@ -53,13 +68,23 @@ fn check_pair(model: &str, image: &str) {
     let h = chat.model.llm.forward_embeds(&embeds, 0).unwrap();
     let l = ids.len();
     let logits = chat.model.llm.logits(&h.i((0, l - 4..l)).unwrap()).unwrap();
-    assert_close(&logits, &g["prefill_logits_last4"], &format!("{model}/{image} prefill logits"));
+    assert_close(
+        &logits,
+        &g["prefill_logits_last4"],
+        &format!("{model}/{image} prefill logits"),
+    );
     // greedy generation of 40 tokens, no stop
     let want_gen: Vec<u32> = g["generated_ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
-    let opts = GenerateOptions { max_new_tokens: want_gen.len(), ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: want_gen.len(),
+        ..Default::default()
+    };
     let out = generate(&mut chat.model, &embeds, &opts, |_| {}).unwrap();
     assert_eq!(out.ids, want_gen, "{model}/{image} greedy tokens");
-    assert!(want_gen.iter().collect::<std::collections::HashSet<_>>().len() > 3, "degenerate golden");
+    assert!(
+        want_gen.iter().collect::<std::collections::HashSet<_>>().len() > 3,
+        "degenerate golden"
+    );
     // hidden state at each generated token's position (fed back), vs the reference's
     let hidden = Tensor::stack(&out.hidden, 0).unwrap();
     let want_hidden = &g["generated_hidden"];
@@ -94,15 +119,48 @@ fn ask_cli_end_to_end() {
     let want: Vec<u32> = g["generated_ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
     let model = fixture("internvl/tiny-qwen2");
     let img = fixture("images/chelsea.png");
-    let j = run_json(&["ask", img.to_str().unwrap(), QUESTION, "--model", model.to_str().unwrap(), "--max-tiles", "6", "--max-new-tokens", "40", "--device", "cpu", "--json"]);
-    let got: Vec<u32> = j["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let j = run_json(&[
+        "ask",
+        img.to_str().unwrap(),
+        QUESTION,
+        "--model",
+        model.to_str().unwrap(),
+        "--max-tiles",
+        "6",
+        "--max-new-tokens",
+        "40",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    let got: Vec<u32> = j["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     // the CLI stops at a stop token; up to there it must follow the reference exactly
     assert!(!got.is_empty());
     assert_eq!(&got[..], &want[..got.len()]);
     assert_eq!(j["tiles"], g["pixel_values"].dim(0).unwrap());
     // streaming mode prints the same answer text; stdin works for the image
     let bytes = std::fs::read(&img).unwrap();
-    let o = run(&["ask", "-", QUESTION, "--model", model.to_str().unwrap(), "--max-tiles", "6", "--max-new-tokens", "40", "--device", "cpu"], Some(&bytes));
+    let o = run(
+        &[
+            "ask",
+            "-",
+            QUESTION,
+            "--model",
+            model.to_str().unwrap(),
+            "--max-tiles",
+            "6",
+            "--max-new-tokens",
+            "40",
+            "--device",
+            "cpu",
+        ],
+        Some(&bytes),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), j["answer"].as_str().unwrap());
 }
@@ -115,11 +173,25 @@ fn bad_inputs_are_clear_errors() {
     // not an image
     let txt = dir.path().join("notes.png");
     std::fs::write(&txt, "hello").unwrap();
-    assert_fails(&["ask", txt.to_str().unwrap(), "q", "--model", m, "--device", "cpu"], "notes.png");
+    assert_fails(
+        &["ask", txt.to_str().unwrap(), "q", "--model", m, "--device", "cpu"],
+        "notes.png",
+    );
     let img = fixture("images/chelsea.png");
     let img = img.to_str().unwrap();
     // a directory without config.json
-    assert_fails(&["ask", img, "q", "--model", dir.path().to_str().unwrap(), "--device", "cpu"], "no config.json");
+    assert_fails(
+        &[
+            "ask",
+            img,
+            "q",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        "no config.json",
+    );
     // a truncated safetensors file
     let bad = dir.path().join("model");
     std::fs::create_dir(&bad).unwrap();
@@ -128,13 +200,20 @@ fn bad_inputs_are_clear_errors() {
     }
     let st = std::fs::read(model.join("model.safetensors")).unwrap();
     std::fs::write(bad.join("model.safetensors"), &st[..st.len() / 2]).unwrap();
-    assert_fails(&["ask", img, "q", "--model", bad.to_str().unwrap(), "--device", "cpu"], "truncated safetensors");
+    assert_fails(
+        &["ask", img, "q", "--model", bad.to_str().unwrap(), "--device", "cpu"],
+        "truncated safetensors",
+    );
     // a config whose sizes disagree with the weights: the key and both shapes are named
     std::fs::write(bad.join("model.safetensors"), &st).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     cfg["vision_config"]["intermediate_size"] = serde_json::json!(48);
     std::fs::write(bad.join("config.json"), cfg.to_string()).unwrap();
-    assert_fails(&["ask", img, "q", "--model", bad.to_str().unwrap(), "--device", "cpu"], "mlp.fc1");
+    assert_fails(
+        &["ask", img, "q", "--model", bad.to_str().unwrap(), "--device", "cpu"],
+        "mlp.fc1",
+    );
     // empty question is a usage error
     let o = run(&["ask", img, "  ", "--model", m, "--device", "cpu"], None);
     assert_eq!(o.status.code(), Some(2));
@@ -146,9 +225,16 @@ fn bad_inputs_are_clear_errors() {
         assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     }
     // bf16 on the CPU is refused naming what works, never a candle error string
-    let o = run(&["ask", img, "q", "--model", m, "--device", "cpu", "--dtype", "bf16"], None);
+    let o = run(
+        &["ask", img, "q", "--model", m, "--device", "cpu", "--dtype", "bf16"],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("f32") && stderr(&o).contains("f16") && !stderr(&o).contains("unsupported dtype"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("f32") && stderr(&o).contains("f16") && !stderr(&o).contains("unsupported dtype"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(&["ask", img, "q", "--model", m, "--device", "tpu"], None);
     assert_eq!(o.status.code(), Some(2));
 }

@@ -21,7 +21,19 @@ fn circular_eval_matches_reference_for_every_format() {
         let pred = fixture(&format!("mmbench/predictions.{format}"));
         for matcher in ["vlmevalkit", "legacy"] {
             for missing in ["vlmevalkit", "strict"] {
-                let got = run_json(&["eval", "mmbench", "--annotations", &tsv(), "--predictions", pred.to_str().unwrap(), "--matcher", matcher, "--missing", missing, "--json"]);
+                let got = run_json(&[
+                    "eval",
+                    "mmbench",
+                    "--annotations",
+                    &tsv(),
+                    "--predictions",
+                    pred.to_str().unwrap(),
+                    "--matcher",
+                    matcher,
+                    "--missing",
+                    missing,
+                    "--json",
+                ]);
                 let want = &exp[format!("{matcher}/{missing}")];
                 let what = format!("{format} {matcher} {missing}");
                 assert_eq!(got["questions"], want["questions"], "{what}");
@@ -44,7 +56,22 @@ fn per_question_hits_and_acc_csv_match_vlmevalkit() {
     for (matcher, key) in [("vlmevalkit", "hits_vlmevalkit"), ("legacy", "hits_legacy")] {
         let pred = fixture("mmbench/predictions.xlsx");
         let o = run(
-            &["eval", "mmbench", "--annotations", &tsv(), "--predictions", pred.to_str().unwrap(), "--matcher", matcher, "--missing", "vlmevalkit", "--csv", csv.to_str().unwrap(), "--per-question", per.to_str().unwrap()],
+            &[
+                "eval",
+                "mmbench",
+                "--annotations",
+                &tsv(),
+                "--predictions",
+                pred.to_str().unwrap(),
+                "--matcher",
+                matcher,
+                "--missing",
+                "vlmevalkit",
+                "--csv",
+                csv.to_str().unwrap(),
+                "--per-question",
+                per.to_str().unwrap(),
+            ],
             None,
         );
         assert!(o.status.success(), "{}", stderr(&o));
@@ -66,14 +93,26 @@ fn per_question_hits_and_acc_csv_match_vlmevalkit() {
             assert_eq!(std::fs::read_to_string(&csv).unwrap().replace("\r\n", "\n"), want_csv);
         }
         // human table: percent with one decimal
-        assert!(stdout(&o).contains(&format!("Overall    {:.1}", exp[format!("{matcher}/vlmevalkit")]["overall"].as_f64().unwrap() * 100.0)), "{}", stdout(&o));
+        assert!(
+            stdout(&o).contains(&format!(
+                "Overall    {:.1}",
+                exp[format!("{matcher}/vlmevalkit")]["overall"].as_f64().unwrap() * 100.0
+            )),
+            "{}",
+            stdout(&o)
+        );
     }
 }
 
 #[test]
 fn can_infer_matches_both_references() {
     let exp = expected();
-    let choices: Choices = exp["can_infer_choices"].as_object().unwrap().iter().map(|(k, v)| (k.chars().next().unwrap(), v.as_str().unwrap().to_string())).collect();
+    let choices: Choices = exp["can_infer_choices"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.chars().next().unwrap(), v.as_str().unwrap().to_string()))
+        .collect();
     let probes = exp["can_infer"].as_array().unwrap();
     assert!(probes.len() > 20);
     for p in probes {
@@ -88,7 +127,10 @@ fn can_infer_matches_both_references() {
 #[test]
 fn hand_derived_edge_cases() {
     // Derived by reading the rules, not from the code under test.
-    let ch: Choices = [('A', "cat"), ('B', "dog"), ('C', "bird"), ('D', "fish")].into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    let ch: Choices = [('A', "cat"), ('B', "dog"), ('C', "bird"), ('D', "fish")]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
     let v = |s| can_infer(Matcher::Vlmevalkit, s, &ch);
     assert_eq!(v("The answer is C"), Some('C')); // regex on verbose answers
     assert_eq!(v("Sorry, I can't help with images of people yet."), Some('Z')); // refusal
@@ -107,11 +149,29 @@ fn missing_strict_counts_main_rows_wrong() {
     let p = dir.path().join("p.jsonl");
     // Only question 1's main row, answered right: strict divides by all 12 main questions.
     std::fs::write(&p, "{\"index\": 1, \"prediction\": \"A\"}\n").unwrap();
-    let got = run_json(&["eval", "mmbench", "--annotations", &tsv(), "--predictions", p.to_str().unwrap(), "--json"]);
+    let got = run_json(&[
+        "eval",
+        "mmbench",
+        "--annotations",
+        &tsv(),
+        "--predictions",
+        p.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(got["questions"], 12);
     assert_eq!(got["overall"].as_f64().unwrap(), 1.0 / 12.0);
     assert_eq!(got["missing_main_predictions"], 11);
-    let got = run_json(&["eval", "mmbench", "--annotations", &tsv(), "--predictions", p.to_str().unwrap(), "--missing", "vlmevalkit", "--json"]);
+    let got = run_json(&[
+        "eval",
+        "mmbench",
+        "--annotations",
+        &tsv(),
+        "--predictions",
+        p.to_str().unwrap(),
+        "--missing",
+        "vlmevalkit",
+        "--json",
+    ]);
     assert_eq!(got["questions"], 1);
     assert_eq!(got["overall"].as_f64().unwrap(), 1.0);
 }
@@ -121,11 +181,45 @@ fn bad_inputs_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p.jsonl");
     std::fs::write(&p, "{\"index\": 1, \"prediction\": \"A\"}\n{\"index\": 2,\n").unwrap();
-    assert_fails(&["eval", "mmbench", "--annotations", &tsv(), "--predictions", p.to_str().unwrap()], "p.jsonl:2: malformed JSON line");
+    assert_fails(
+        &[
+            "eval",
+            "mmbench",
+            "--annotations",
+            &tsv(),
+            "--predictions",
+            p.to_str().unwrap(),
+        ],
+        "p.jsonl:2: malformed JSON line",
+    );
     std::fs::write(&p, "{\"index\": 77, \"prediction\": \"A\"}\n").unwrap();
-    assert_fails(&["eval", "mmbench", "--annotations", &tsv(), "--predictions", p.to_str().unwrap()], "indices not in the annotations: 77");
-    std::fs::write(&p, "{\"index\": 1, \"prediction\": \"A\"}\n{\"index\": 1, \"prediction\": \"B\"}\n").unwrap();
-    assert_fails(&["eval", "mmbench", "--annotations", &tsv(), "--predictions", p.to_str().unwrap()], "p.jsonl:2: index 1 already predicted on line 1");
+    assert_fails(
+        &[
+            "eval",
+            "mmbench",
+            "--annotations",
+            &tsv(),
+            "--predictions",
+            p.to_str().unwrap(),
+        ],
+        "indices not in the annotations: 77",
+    );
+    std::fs::write(
+        &p,
+        "{\"index\": 1, \"prediction\": \"A\"}\n{\"index\": 1, \"prediction\": \"B\"}\n",
+    )
+    .unwrap();
+    assert_fails(
+        &[
+            "eval",
+            "mmbench",
+            "--annotations",
+            &tsv(),
+            "--predictions",
+            p.to_str().unwrap(),
+        ],
+        "p.jsonl:2: index 1 already predicted on line 1",
+    );
     // a TSV without the answer column (as MMBench TEST files are)
     let t = dir.path().join("test.tsv");
     let src = std::fs::read_to_string(tsv()).unwrap();
@@ -139,23 +233,69 @@ fn bad_inputs_are_clear_errors() {
         .collect();
     std::fs::write(&t, no_answer).unwrap();
     std::fs::write(&p, "{\"index\": 1, \"prediction\": \"A\"}\n").unwrap();
-    assert_fails(&["eval", "mmbench", "--annotations", t.to_str().unwrap(), "--predictions", p.to_str().unwrap()], "missing column `answer`");
+    assert_fails(
+        &[
+            "eval",
+            "mmbench",
+            "--annotations",
+            t.to_str().unwrap(),
+            "--predictions",
+            p.to_str().unwrap(),
+        ],
+        "missing column `answer`",
+    );
     // a record with more fields than the header, and a non-integer index
     std::fs::write(&t, "index\tA\tB\tanswer\n1\tx\ty\tA\textra\n").unwrap();
-    assert_fails(&["eval", "mmbench", "--annotations", t.to_str().unwrap(), "--predictions", p.to_str().unwrap()], "test.tsv:2: 5 fields, the header has 4");
+    assert_fails(
+        &[
+            "eval",
+            "mmbench",
+            "--annotations",
+            t.to_str().unwrap(),
+            "--predictions",
+            p.to_str().unwrap(),
+        ],
+        "test.tsv:2: 5 fields, the header has 4",
+    );
     std::fs::write(&t, "index\tA\tB\tanswer\none\tx\ty\tA\n").unwrap();
-    assert_fails(&["eval", "mmbench", "--annotations", t.to_str().unwrap(), "--predictions", p.to_str().unwrap()], "test.tsv:2: `index` \"one\" is not an integer");
+    assert_fails(
+        &[
+            "eval",
+            "mmbench",
+            "--annotations",
+            t.to_str().unwrap(),
+            "--predictions",
+            p.to_str().unwrap(),
+        ],
+        "test.tsv:2: `index` \"one\" is not an integer",
+    );
     // a prediction spreadsheet that is not one
     let x = dir.path().join("bad.xlsx");
     std::fs::write(&x, b"PK\x03\x04 truncated").unwrap();
-    assert_fails(&["eval", "mmbench", "--annotations", &tsv(), "--predictions", x.to_str().unwrap()], "cannot open the spreadsheet");
+    assert_fails(
+        &[
+            "eval",
+            "mmbench",
+            "--annotations",
+            &tsv(),
+            "--predictions",
+            x.to_str().unwrap(),
+        ],
+        "cannot open the spreadsheet",
+    );
 }
 
 #[test]
 fn g_index_column_groups_rotations() {
     // VLMEvalKit's `circular` tool writes a g_index column and may use a larger offset; group by it.
     let dir = tempfile::tempdir().unwrap();
-    let shift = |i: i64| if i >= 1_000_000 { (i / 1_000_000) * 10_000_000 + i % 1_000_000 } else { i };
+    let shift = |i: i64| {
+        if i >= 1_000_000 {
+            (i / 1_000_000) * 10_000_000 + i % 1_000_000
+        } else {
+            i
+        }
+    };
     let src = std::fs::read_to_string(tsv()).unwrap();
     let mut out = String::new();
     for (n, line) in src.lines().enumerate() {
@@ -183,7 +323,17 @@ fn g_index_column_groups_rotations() {
         .collect();
     let p = dir.path().join("p.jsonl");
     std::fs::write(&p, preds).unwrap();
-    let got = run_json(&["eval", "mmbench", "--annotations", t.to_str().unwrap(), "--predictions", p.to_str().unwrap(), "--missing", "vlmevalkit", "--json"]);
+    let got = run_json(&[
+        "eval",
+        "mmbench",
+        "--annotations",
+        t.to_str().unwrap(),
+        "--predictions",
+        p.to_str().unwrap(),
+        "--missing",
+        "vlmevalkit",
+        "--json",
+    ]);
     let want = &expected()["vlmevalkit/vlmevalkit"];
     assert_eq!(got["overall"].as_f64(), want["overall"].as_f64());
     assert_eq!(got["questions"], want["questions"]);

@@ -22,7 +22,9 @@ fn golden() -> Value {
 }
 
 fn b64(v: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap())
+        .unwrap()
 }
 
 fn hex_sha(b: &[u8]) -> String {
@@ -58,7 +60,12 @@ fn assert_same_rgb(got: &[u8], want: &[u8], width: usize, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     if got != want {
         let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap();
-        let max = got.iter().zip(want).map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs()).max().unwrap();
+        let max = got
+            .iter()
+            .zip(want)
+            .map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs())
+            .max()
+            .unwrap();
         let n = got.iter().zip(want).filter(|(a, b)| a != b).count();
         let px = first / 3;
         panic!(
@@ -76,7 +83,10 @@ fn assert_same_rgb(got: &[u8], want: &[u8], width: usize, what: &str) {
 /// synthetic ones from their raw bytes.
 fn golden_image(g: &Value, name: &str) -> RgbImage {
     let meta = &g["images"][name];
-    let (w, h) = (meta["width"].as_u64().unwrap() as u32, meta["height"].as_u64().unwrap() as u32);
+    let (w, h) = (
+        meta["width"].as_u64().unwrap() as u32,
+        meta["height"].as_u64().unwrap() as u32,
+    );
     let img = match meta.get("path") {
         Some(p) => load_rgb(&root().join(p.as_str().unwrap())).unwrap(),
         None => RgbImage::from_raw(w, h, b64(&meta["rgb"])).unwrap(),
@@ -101,7 +111,11 @@ fn photos_decode_like_pillow() {
     let g = golden();
     for name in ["chelsea", "coffee_portrait"] {
         let img = golden_image(&g, name);
-        assert_eq!(hex_sha(img.as_raw()), g["images"][name]["rgb_sha256"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            hex_sha(img.as_raw()),
+            g["images"][name]["rgb_sha256"].as_str().unwrap(),
+            "{name}"
+        );
     }
 }
 
@@ -120,7 +134,10 @@ fn resize_matches_pillow() {
         assert_same_rgb(out.as_raw(), &b64(&c["output"]), ow as usize, name);
         // older releases: their own bytes where they differ from Pillow 13's
         for (v, compat) in legacy_versions(&g) {
-            let want = c.get("output_by_pillow").and_then(|o| o.get(&v)).unwrap_or(&c["output"]);
+            let want = c
+                .get("output_by_pillow")
+                .and_then(|o| o.get(&v))
+                .unwrap_or(&c["output"]);
             let out = resize_bicubic_compat(&img, ow, oh, compat);
             assert_same_rgb(out.as_raw(), &b64(want), ow as usize, &format!("{name} (Pillow {v})"));
         }
@@ -140,7 +157,13 @@ fn png_colour_types_convert_like_pillow() {
         let path = dir.path().join(format!("{name}.png"));
         std::fs::write(&path, b64(&c["png"])).unwrap();
         let img = load_rgb(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(img.dimensions(), (c["width"].as_u64().unwrap() as u32, c["height"].as_u64().unwrap() as u32));
+        assert_eq!(
+            img.dimensions(),
+            (
+                c["width"].as_u64().unwrap() as u32,
+                c["height"].as_u64().unwrap() as u32
+            )
+        );
         assert_same_rgb(img.as_raw(), &b64(&c["rgb"]), img.width() as usize, name);
     }
 }
@@ -159,9 +182,14 @@ fn candidate_order_matches_cpython() {
     // every min_num in 0..=max_num+1 for max_num <= 48, as one sha256 per max_num
     for (mx, digest) in g["target_ratios_digest"].as_object().unwrap() {
         let mx: usize = mx.parse().unwrap();
-        let text: Vec<String> =
-            (0..=mx + 1).map(|mn| format!("{mn}:{}", ratios_text(&target_ratios(mn, mx)))).collect();
-        assert_eq!(hex_sha(text.join("\n").as_bytes()), digest.as_str().unwrap(), "max_num={mx}");
+        let text: Vec<String> = (0..=mx + 1)
+            .map(|mn| format!("{mn}:{}", ratios_text(&target_ratios(mn, mx))))
+            .collect();
+        assert_eq!(
+            hex_sha(text.join("\n").as_bytes()),
+            digest.as_str().unwrap(),
+            "max_num={mx}"
+        );
     }
 }
 
@@ -169,8 +197,12 @@ fn candidate_order_matches_cpython() {
 fn closest_aspect_ratio_matches_reference() {
     let g = golden();
     for c in g["closest"].as_array().unwrap() {
-        let ratios: Vec<(usize, usize)> =
-            c["ratios"].as_array().unwrap().iter().map(|p| (u(&p[0]), u(&p[1]))).collect();
+        let ratios: Vec<(usize, usize)> = c["ratios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (u(&p[0]), u(&p[1])))
+            .collect();
         assert_eq!(target_ratios(u(&c["min_num"]), u(&c["max_num"])), ratios);
         let (w, h) = (u(&c["width"]) as u32, u(&c["height"]) as u32);
         let best = find_closest_aspect_ratio(c["aspect"].as_f64().unwrap(), &ratios, w, h, u(&c["image_size"]));
@@ -213,8 +245,12 @@ fn tile_bytes(blob: &[u8], off: usize, s: usize) -> &[u8] {
 #[test]
 fn tiles_match_internvl_dynamic_preprocess() {
     let g = golden();
-    let blob =
-        std::fs::read(root().join("fixtures/preprocess").join(g["tiles_blob"]["file"].as_str().unwrap())).unwrap();
+    let blob = std::fs::read(
+        root()
+            .join("fixtures/preprocess")
+            .join(g["tiles_blob"]["file"].as_str().unwrap()),
+    )
+    .unwrap();
     assert_eq!(hex_sha(&blob), g["tiles_blob"]["sha256"].as_str().unwrap());
     let cases = g["tiles"].as_array().unwrap();
     let mut n_bytes_checked = 0;
@@ -226,23 +262,42 @@ fn tiles_match_internvl_dynamic_preprocess() {
         let thumb = c["use_thumbnail"].as_bool().unwrap();
         let what = format!("{name} S={s} min={mn} max={mx} thumb={thumb}");
         let (tiles, grid) = dynamic_tiles(img, s, mn, mx, thumb);
-        assert_eq!(grid, TileGrid { cols: u(&c["grid"][0]), rows: u(&c["grid"][1]) }, "{what}");
+        assert_eq!(
+            grid,
+            TileGrid {
+                cols: u(&c["grid"][0]),
+                rows: u(&c["grid"][1])
+            },
+            "{what}"
+        );
         assert_eq!(tiles.len(), u(&c["n_tiles"]), "{what}");
         for (k, t) in tiles.iter().enumerate() {
             assert_eq!(t.dimensions(), (s as u32, s as u32));
             if let Some(offs) = c.get("offsets") {
-                assert_same_rgb(t.as_raw(), tile_bytes(&blob, u(&offs[k]), s), s, &format!("{what} tile {k}"));
+                assert_same_rgb(
+                    t.as_raw(),
+                    tile_bytes(&blob, u(&offs[k]), s),
+                    s,
+                    &format!("{what} tile {k}"),
+                );
                 n_bytes_checked += 1;
             }
             assert_eq!(hex_sha(t.as_raw()), c["sha256"][k].as_str().unwrap(), "{what} tile {k}");
         }
         if s <= 112 {
             for (v, compat) in legacy_versions(&g) {
-                let want = c.get("sha256_by_pillow").and_then(|o| o.get(&v)).unwrap_or(&c["sha256"]);
+                let want = c
+                    .get("sha256_by_pillow")
+                    .and_then(|o| o.get(&v))
+                    .unwrap_or(&c["sha256"]);
                 let (tiles, _) = dynamic_tiles_compat(img, s, mn, mx, thumb, compat);
                 let got: Vec<String> = tiles.iter().map(|t| hex_sha(t.as_raw())).collect();
-                let want: Vec<String> =
-                    want.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+                let want: Vec<String> = want
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap().to_string())
+                    .collect();
                 assert_eq!(got, want, "{what} (Pillow {v})");
             }
         }
@@ -264,9 +319,15 @@ fn normalized_matches_torchvision() {
         c["use_thumbnail"].as_bool().unwrap(),
     );
     let shape: Vec<usize> = c["shape"].as_array().unwrap().iter().map(u).collect();
-    assert_eq!(shape, vec![tiles.len(), 3, tiles[0].height() as usize, tiles[0].width() as usize]);
+    assert_eq!(
+        shape,
+        vec![tiles.len(), 3, tiles[0].height() as usize, tiles[0].width() as usize]
+    );
     let raw = std::fs::read(root().join("fixtures/preprocess").join(c["file"].as_str().unwrap())).unwrap();
-    let want: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let want: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     let got = normalize_tiles(&tiles);
     assert_eq!(got.len(), want.len());
     let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -282,7 +343,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -362,7 +427,9 @@ fn load_rgb_refuses_bad_inputs() {
     // JPEG: a valid one decodes; truncated ones are refused
     let img = load_rgb(&root().join("fixtures/images/coffee_portrait.png")).unwrap();
     let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).unwrap();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&img)
+        .unwrap();
     std::fs::write(p("ok.jpg"), &jpeg).unwrap();
     assert_eq!(load_rgb(&p("ok.jpg")).unwrap().dimensions(), img.dimensions());
     std::fs::write(p("half.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();

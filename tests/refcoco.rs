@@ -11,11 +11,32 @@ fn expected() -> Value {
 }
 
 fn refcoco_args<'a>(root: &'a str, dataset: &'a str, split: &'a str, conv: &'a str, pred: &'a str) -> Vec<&'a str> {
-    vec!["eval", "refcoco", "--refer-root", root, "--dataset", dataset, "--split", split, "--gt-overlap", conv, "--predictions", pred, "--json"]
+    vec![
+        "eval",
+        "refcoco",
+        "--refer-root",
+        root,
+        "--dataset",
+        dataset,
+        "--split",
+        split,
+        "--gt-overlap",
+        conv,
+        "--predictions",
+        pred,
+        "--json",
+    ]
 }
 
 fn check(got: &Value, want: &Value, what: &str) {
-    for k in ["samples", "intersection", "union", "missing_predictions", "empty_predictions", "other_split_predictions"] {
+    for k in [
+        "samples",
+        "intersection",
+        "union",
+        "missing_predictions",
+        "empty_predictions",
+        "other_split_predictions",
+    ] {
         assert_eq!(got[k], want[k], "{what}: {k}");
     }
     let (gc, wc) = (got["ciou"].as_f64().unwrap(), want["ciou"].as_f64().unwrap());
@@ -38,7 +59,11 @@ fn all_splits_and_overlap_conventions_both_pickle_protocols() {
         for split in ["val", "testA", "testB", "test", "train"] {
             for conv in ["union", "lisa", "sa2va"] {
                 let got = run_json(&refcoco_args(root, dataset, split, conv, pred));
-                check(&got, &exp[format!("{split}/{conv}")], &format!("{dataset} {split} {conv}"));
+                check(
+                    &got,
+                    &exp[format!("{split}/{conv}")],
+                    &format!("{dataset} {split} {conv}"),
+                );
                 assert_eq!(got["dataset"], dataset);
                 assert_eq!(got["split_by"], if dataset == "refcocog" { "umd" } else { "unc" });
             }
@@ -52,7 +77,13 @@ fn json_has_provenance_and_per_sample_file() {
     let per = dir.path().join("per.jsonl");
     let root = fixture("refcoco");
     let pred = fixture("refcoco/predictions.jsonl");
-    let mut args = refcoco_args(root.to_str().unwrap(), "refcoco", "val", "union", pred.to_str().unwrap());
+    let mut args = refcoco_args(
+        root.to_str().unwrap(),
+        "refcoco",
+        "val",
+        "union",
+        pred.to_str().unwrap(),
+    );
     args.extend(["--per-sample", per.to_str().unwrap()]);
     let got = run_json(&args);
     let prov = &got["provenance"];
@@ -61,18 +92,34 @@ fn json_has_provenance_and_per_sample_file() {
     assert_eq!(sha.len(), 64);
     assert!(prov["inputs"]["refs"]["sha256"].is_string() && prov["inputs"]["instances"]["sha256"].is_string());
     let want = &expected()["val/union"]["per_sample"];
-    let lines: Vec<Value> = std::fs::read_to_string(&per).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = std::fs::read_to_string(&per)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), want.as_array().unwrap().len());
     let mut by_id: Vec<(i64, u64, u64)> = lines
         .iter()
-        .map(|l| (l["sent_id"].as_i64().unwrap(), l["intersection"].as_u64().unwrap(), l["union"].as_u64().unwrap()))
+        .map(|l| {
+            (
+                l["sent_id"].as_i64().unwrap(),
+                l["intersection"].as_u64().unwrap(),
+                l["union"].as_u64().unwrap(),
+            )
+        })
         .collect();
     by_id.sort();
     let want: Vec<(i64, u64, u64)> = want
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| (l["sent_id"].as_i64().unwrap(), l["intersection"].as_u64().unwrap(), l["union"].as_u64().unwrap()))
+        .map(|l| {
+            (
+                l["sent_id"].as_i64().unwrap(),
+                l["intersection"].as_u64().unwrap(),
+                l["union"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(by_id, want);
     // no temp files left behind by the atomic writer
@@ -84,7 +131,17 @@ fn annotations_jsonl_matches_refer_layout() {
     let pred = fixture("refcoco/predictions.jsonl");
     let gt = fixture("refcoco/gt_val.jsonl");
     // Without a dataset around it, a prediction for a sentence not in the JSONL is unknown.
-    assert_fails(&["eval", "refcoco", "--annotations", gt.to_str().unwrap(), "--predictions", pred.to_str().unwrap()], "does not exist in the dataset");
+    assert_fails(
+        &[
+            "eval",
+            "refcoco",
+            "--annotations",
+            gt.to_str().unwrap(),
+            "--predictions",
+            pred.to_str().unwrap(),
+        ],
+        "does not exist in the dataset",
+    );
     let gt_ids: Vec<i64> = std::fs::read_to_string(&gt)
         .unwrap()
         .lines()
@@ -97,9 +154,23 @@ fn annotations_jsonl_matches_refer_layout() {
         .map(|l| format!("{l}\n"))
         .collect();
     let (_d, pred) = with_predictions(&kept);
-    let got = run_json(&["eval", "refcoco", "--annotations", gt.to_str().unwrap(), "--predictions", pred.to_str().unwrap(), "--json"]);
+    let got = run_json(&[
+        "eval",
+        "refcoco",
+        "--annotations",
+        gt.to_str().unwrap(),
+        "--predictions",
+        pred.to_str().unwrap(),
+        "--json",
+    ]);
     let want = &expected()["val/union"];
-    for k in ["samples", "intersection", "union", "missing_predictions", "empty_predictions"] {
+    for k in [
+        "samples",
+        "intersection",
+        "union",
+        "missing_predictions",
+        "empty_predictions",
+    ] {
         assert_eq!(got[k], want[k], "{k}");
     }
     assert_eq!(got["ciou"].as_f64().unwrap(), want["ciou"].as_f64().unwrap());
@@ -111,7 +182,21 @@ fn annotations_jsonl_matches_refer_layout() {
 fn human_table_and_stdin() {
     let root = fixture("refcoco");
     let pred_bytes = std::fs::read(fixture("refcoco/predictions.jsonl")).unwrap();
-    let o = run(&["eval", "refcoco", "--refer-root", root.to_str().unwrap(), "--dataset", "refcoco", "--split", "val", "--predictions", "-"], Some(&pred_bytes));
+    let o = run(
+        &[
+            "eval",
+            "refcoco",
+            "--refer-root",
+            root.to_str().unwrap(),
+            "--dataset",
+            "refcoco",
+            "--split",
+            "val",
+            "--predictions",
+            "-",
+        ],
+        Some(&pred_bytes),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let want = &expected()["val/union"];
@@ -131,7 +216,18 @@ fn with_predictions(lines: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 fn fails_with(pred: &Path, needle: &str) {
     let root = fixture("refcoco");
     assert_fails(
-        &["eval", "refcoco", "--refer-root", root.to_str().unwrap(), "--dataset", "refcoco", "--split", "val", "--predictions", pred.to_str().unwrap()],
+        &[
+            "eval",
+            "refcoco",
+            "--refer-root",
+            root.to_str().unwrap(),
+            "--dataset",
+            "refcoco",
+            "--split",
+            "val",
+            "--predictions",
+            pred.to_str().unwrap(),
+        ],
         needle,
     );
 }
@@ -143,7 +239,10 @@ fn bad_predictions_are_clear_errors() {
     let (_d, p) = with_predictions("{\"sent_id\": 99999, \"mask\": null}\n");
     fails_with(&p, "sent_id 99999 does not exist in the dataset");
     let (_d, p) = with_predictions("\n{\"sent_id\": 1001, \"mask\": {\"size\": [48, 64], \"counts\": [5, 6]}}\n");
-    fails_with(&p, "pred.jsonl:2: RLE counts sum to 11 but the mask size 48x64 has 3072 pixels");
+    fails_with(
+        &p,
+        "pred.jsonl:2: RLE counts sum to 11 but the mask size 48x64 has 3072 pixels",
+    );
     let (_d, p) = with_predictions("{\"sent_id\": 1001, \"mask\": {\"size\": [64, 48], \"counts\": [3072]}}\n");
     fails_with(&p, "mask size 64x48 differs from the image size 48x64");
     let (_d, p) = with_predictions("{\"sent_id\": 1001, \"mask\": null}\n{\"sent_id\": 1001, \"mask\": null}\n");
@@ -165,10 +264,21 @@ fn bad_refer_files_are_clear_errors() {
     std::fs::copy(fixture("refcoco/refcoco/instances.json"), ds.join("instances.json")).unwrap();
     let pred = fixture("refcoco/predictions.jsonl");
     let args = |split: &'static str| -> Vec<String> {
-        ["eval", "refcoco", "--refer-root", dir.path().to_str().unwrap(), "--dataset", "refcoco", "--split", split, "--predictions", pred.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "eval",
+            "refcoco",
+            "--refer-root",
+            dir.path().to_str().unwrap(),
+            "--dataset",
+            "refcoco",
+            "--split",
+            split,
+            "--predictions",
+            pred.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let a = args("val");
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -180,8 +290,60 @@ fn bad_refer_files_are_clear_errors() {
     assert_fails(&a, "instances.json");
     // a split with no refs names the splits that exist
     std::fs::copy(fixture("refcoco/refcoco/instances.json"), ds.join("instances.json")).unwrap();
-    let o = run(&["eval", "refcoco", "--refer-root", dir.path().to_str().unwrap(), "--dataset", "refcoco", "--split-by", "google", "--split", "val", "--predictions", pred.to_str().unwrap()], None);
+    let o = run(
+        &[
+            "eval",
+            "refcoco",
+            "--refer-root",
+            dir.path().to_str().unwrap(),
+            "--dataset",
+            "refcoco",
+            "--split-by",
+            "google",
+            "--split",
+            "val",
+            "--predictions",
+            pred.to_str().unwrap(),
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("refs(google).p"), "{}", stderr(&o));
 }
 
+/// `perceptio ... | head`: a reader that is gone ends the run quietly with success (as ripgrep
+/// does), instead of "error: <stdout>: Broken pipe" and exit 1.
+#[test]
+fn closed_stdout_exits_zero_quietly() {
+    let args = [
+        "eval",
+        "refcoco",
+        "--refer-root",
+        "fixtures/refcoco",
+        "--dataset",
+        "refcoco",
+        "--split",
+        "val",
+        "--predictions",
+        "fixtures/refcoco/predictions.jsonl",
+        "--json",
+    ];
+    for args in [&args[..], &["download", "--list"][..]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perceptio"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader leaves before the first byte
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}

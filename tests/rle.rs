@@ -6,7 +6,11 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 fn golden() -> Value {
-    let s = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/rle/pycocotools_golden.json")).unwrap();
+    let s = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/rle/pycocotools_golden.json"
+    ))
+    .unwrap();
     serde_json::from_str(&s).unwrap()
 }
 
@@ -37,7 +41,12 @@ fn encode_matches_pycocotools() {
         let r = Rle::encode_col_major(&cm, h, w).unwrap();
         assert_eq!(r.to_compressed(), c["counts"].as_str().unwrap(), "{h}x{w}");
         assert_eq!(r.area(), c["area"].as_u64().unwrap());
-        let bb: Vec<f64> = c["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let bb: Vec<f64> = c["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!(r.bbox().to_vec(), bb, "bbox {h}x{w}");
         // decoding the golden string gives the same mask back, in both layouts
         let d = Rle::from_compressed(c["counts"].as_str().unwrap(), h, w).unwrap();
@@ -63,7 +72,12 @@ fn polygons_match_pycocotools() {
             .collect();
         let each: Vec<Rle> = polys.iter().map(|p| from_polygon(p, h, w).unwrap()).collect();
         for (j, (r, e)) in each.iter().zip(c["each"].as_array().unwrap()).enumerate() {
-            assert_eq!(r.to_compressed(), e.as_str().unwrap(), "case {i} polygon {j} ({h}x{w}): {:?}", polys[j]);
+            assert_eq!(
+                r.to_compressed(),
+                e.as_str().unwrap(),
+                "case {i} polygon {j} ({h}x{w}): {:?}",
+                polys[j]
+            );
         }
         let merged = Rle::union(&each).unwrap();
         assert_eq!(merged.to_compressed(), c["merged"].as_str().unwrap(), "case {i} merged");
@@ -78,7 +92,12 @@ fn polygons_match_pycocotools() {
 fn boxes_match_pycocotools() {
     for c in golden()["bboxes"].as_array().unwrap() {
         let (h, w) = dims(c);
-        let b: Vec<f64> = c["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let b: Vec<f64> = c["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let r = from_bbox([b[0], b[1], b[2], b[3]], h, w).unwrap();
         assert_eq!(r.to_compressed(), c["counts"].as_str().unwrap(), "{b:?}");
     }
@@ -118,7 +137,12 @@ fn documented_test_vectors() {
     let r = Rle::encode_row_major(&rm, 3, 4).unwrap();
     assert_eq!(r.counts(), &[2, 5, 5]);
     assert_eq!(r.to_compressed(), "255");
-    for (counts, s) in [(vec![0u32, 6, 1], "061"), (vec![100000, 5, 7, 20], "PeQ357?"), (vec![12], "<"), (vec![0, 12], "0<")] {
+    for (counts, s) in [
+        (vec![0u32, 6, 1], "061"),
+        (vec![100000, 5, 7, 20], "PeQ357?"),
+        (vec![12], "<"),
+        (vec![0, 12], "0<"),
+    ] {
         let total: u32 = counts.iter().sum();
         let r = Rle::from_counts(1, total, counts.clone()).unwrap();
         assert_eq!(r.to_compressed(), s);
@@ -139,7 +163,11 @@ fn bad_rle_inputs_are_errors() {
     assert!(parse_mask_json(&serde_json::json!([1, 2])).is_err());
     // size mismatch against the image
     let m = parse_mask_json(&serde_json::json!({"size": [2, 2], "counts": "4"})).unwrap();
-    assert!(m.resolve(2, 3).unwrap_err().to_string().contains("differs from the image size"));
+    assert!(m
+        .resolve(2, 3)
+        .unwrap_err()
+        .to_string()
+        .contains("differs from the image size"));
     assert_eq!(parse_mask_json(&Value::Null).unwrap().resolve(2, 2).unwrap(), None);
     // non-finite polygon coordinates
     assert!(from_polygon(&[0.0, 0.0, f64::NAN, 1.0, 2.0, 2.0], 4, 4).is_err());
@@ -148,7 +176,11 @@ fn bad_rle_inputs_are_errors() {
 fn mask_strategy() -> impl Strategy<Value = (u32, u32, Vec<u8>)> {
     (1u32..24, 1u32..24).prop_flat_map(|(h, w)| {
         let n = (h * w) as usize;
-        (Just(h), Just(w), prop::collection::vec(prop::bool::weighted(0.4).prop_map(u8::from), n))
+        (
+            Just(h),
+            Just(w),
+            prop::collection::vec(prop::bool::weighted(0.4).prop_map(u8::from), n),
+        )
     })
 }
 

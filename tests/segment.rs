@@ -6,12 +6,12 @@
 mod common;
 #[path = "common/sa2va.rs"]
 mod sa2va;
-use sa2va::assemble;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_fails, fixture, run, stderr, stdout};
-use perceptio::models::generate::GenerateOptions;
 use perceptio::models::checkpoint::Checkpoint;
+use perceptio::models::generate::GenerateOptions;
 use perceptio::models::perceptio::{Grounder, LoadOptions, SegmentOptions};
+use sa2va::assemble;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -25,11 +25,21 @@ fn unpack(packed: &Tensor, n: usize) -> Vec<u8> {
 }
 
 fn i64s(t: &Tensor) -> Vec<i64> {
-    t.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// At most a handful of pixels may flip, and only where the reference logit is near 0.
@@ -40,7 +50,14 @@ fn assert_mask(got: &[u8], want: &[u8], what: &str) {
 }
 
 fn opts(force: bool) -> SegmentOptions {
-    SegmentOptions { max_tiles: 6, force_seg: force, generation: GenerateOptions { max_new_tokens: 24, ..Default::default() } }
+    SegmentOptions {
+        max_tiles: 6,
+        force_seg: force,
+        generation: GenerateOptions {
+            max_new_tokens: 24,
+            ..Default::default()
+        },
+    }
 }
 
 #[test]
@@ -48,27 +65,56 @@ fn sa2va_grounding_matches_the_reference_on_two_photos() {
     let dir = tempfile::tempdir().unwrap();
     assemble(dir.path());
     let g = goldens();
-    let mut m = Grounder::load(&Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap(), &LoadOptions { require_grounding: true, ..Default::default() }).unwrap();
-    for (name, file, expr) in [("chelsea", "images/chelsea.png", "the cat"), ("portrait", "images/coffee_portrait.png", "the cup")] {
+    let mut m = Grounder::load(
+        &Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap(),
+        &LoadOptions {
+            require_grounding: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (name, file, expr) in [
+        ("chelsea", "images/chelsea.png", "the cat"),
+        ("portrait", "images/coffee_portrait.png", "the cup"),
+    ] {
         let img = perceptio::preprocess::load_rgb(&fixture(file)).unwrap();
         let vision = m.vision(&img, 6).unwrap();
         // Teacher-forced "Sure, [SEG].": one [SEG], the reference's mask.
         let r = m.segment(&img, &vision, expr, &opts(true)).unwrap();
         let ids = i64s(&g[&format!("{name}.force.input_ids")]);
         let forced: Vec<i64> = r.token_ids.iter().map(|&x| x as i64).collect();
-        assert_eq!(&ids[ids.len() - forced.len()..], forced.as_slice(), "{name}: forced reply tokens");
+        assert_eq!(
+            &ids[ids.len() - forced.len()..],
+            forced.as_slice(),
+            "{name}: forced reply tokens"
+        );
         assert_eq!(r.seg_count, 1);
         let iou = f32s(&g[&format!("{name}.force.iou")]);
         let best = i64s(&g[&format!("{name}.force.best_idx")])[0] as usize;
-        assert!((r.scores[0] - iou[best]).abs() < 1e-4, "{name}: score {} vs {}", r.scores[0], iou[best]);
+        assert!(
+            (r.scores[0] - iou[best]).abs() < 1e-4,
+            "{name}: score {} vs {}",
+            r.scores[0],
+            iou[best]
+        );
         let obj = f32s(&g[&format!("{name}.force.obj_score")])[0];
-        assert!((r.object_scores[0] - obj).abs() < 1e-4, "{name}: object score {} vs {obj}", r.object_scores[0]);
-        let want = unpack(&g[&format!("{name}.force.final_mask_bits")], (img.width() * img.height()) as usize);
+        assert!(
+            (r.object_scores[0] - obj).abs() < 1e-4,
+            "{name}: object score {} vs {obj}",
+            r.object_scores[0]
+        );
+        let want = unpack(
+            &g[&format!("{name}.force.final_mask_bits")],
+            (img.width() * img.height()) as usize,
+        );
         assert_mask(&r.mask.data, &want, name);
         assert!(r.timings.sam2_encode_s > 0.0 && !r.timings.sam2_cached);
         // Greedy generation: the reference's 24 tokens, no [SEG], so an empty mask.
         let r = m.segment(&img, &vision, expr, &opts(false)).unwrap();
-        let want_ids: Vec<u32> = i64s(&g[&format!("{name}.gen.generated_ids")]).iter().map(|&x| x as u32).collect();
+        let want_ids: Vec<u32> = i64s(&g[&format!("{name}.gen.generated_ids")])
+            .iter()
+            .map(|&x| x as u32)
+            .collect();
         assert_eq!(r.token_ids, want_ids, "{name}: greedy tokens");
         assert_eq!((r.seg_count, r.mask.area()), (0, 0));
     }
@@ -81,7 +127,24 @@ fn segment_cli_writes_mask_rle_overlay_and_json() {
     let out = tempfile::tempdir().unwrap();
     let o = |f: &str| out.path().join(f).to_str().unwrap().to_string();
     let img = fixture("images/chelsea.png");
-    let args = ["segment", img.to_str().unwrap(), "the cat", "the whiskers", "--model", dir.path().to_str().unwrap(), "--force-seg", "--max-tiles", "6", "-o", &o("mask.png"), "--rle", &o("mask.json"), "--overlay", &o("overlay.png"), "--json"];
+    let args = [
+        "segment",
+        img.to_str().unwrap(),
+        "the cat",
+        "the whiskers",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--force-seg",
+        "--max-tiles",
+        "6",
+        "-o",
+        &o("mask.png"),
+        "--rle",
+        &o("mask.json"),
+        "--overlay",
+        &o("overlay.png"),
+        "--json",
+    ];
     let r = run(&args, None);
     assert!(r.status.success(), "{}", stderr(&r));
     let lines: Vec<serde_json::Value> = stdout(&r).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -96,7 +159,10 @@ fn segment_cli_writes_mask_rle_overlay_and_json() {
     assert_mask(&rle.decode_row_major(), &want, "CLI RLE");
     assert_eq!(v["area"].as_u64().unwrap(), rle.area());
     assert_eq!(v["timings"]["sam2_cached"], false);
-    assert_eq!(lines[1]["timings"]["sam2_cached"], true, "the second expression reuses the SAM2 embedding");
+    assert_eq!(
+        lines[1]["timings"]["sam2_cached"], true,
+        "the second expression reuses the SAM2 embedding"
+    );
     // Files: numbered per expression; the PNG and the RLE file hold the same mask.
     let png = image::open(o("mask-1.png")).unwrap().to_luma8();
     assert_eq!(png.dimensions(), (451, 300));
@@ -109,9 +175,17 @@ fn segment_cli_writes_mask_rle_overlay_and_json() {
     assert_eq!(ov.dimensions(), (451, 300));
     let photo = image::open(&img).unwrap().to_rgb8();
     let changed = ov.pixels().zip(photo.pixels()).filter(|(a, b)| a != b).count() as u64;
-    assert!(changed >= rle.area() * 9 / 10, "the overlay tints the mask ({changed} of {} pixels)", rle.area());
+    assert!(
+        changed >= rle.area() * 9 / 10,
+        "the overlay tints the mask ({changed} of {} pixels)",
+        rle.area()
+    );
     // No stray temp files from the atomic writes.
-    assert!(std::fs::read_dir(out.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+    assert!(std::fs::read_dir(out.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
 }
 
 #[test]
@@ -121,7 +195,23 @@ fn no_seg_token_gives_an_empty_mask_and_exit_3() {
     let out = tempfile::tempdir().unwrap();
     let m = out.path().join("m.png");
     let img = fixture("images/chelsea.png");
-    let r = run(&["segment", img.to_str().unwrap(), "the cat", "--model", dir.path().to_str().unwrap(), "--max-tiles", "6", "--max-new-tokens", "24", "-o", m.to_str().unwrap(), "--json"], None);
+    let r = run(
+        &[
+            "segment",
+            img.to_str().unwrap(),
+            "the cat",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--max-tiles",
+            "6",
+            "--max-new-tokens",
+            "24",
+            "-o",
+            m.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
     assert_eq!(r.status.code(), Some(3), "{}", stderr(&r));
     assert!(stderr(&r).contains("no [SEG]"), "{}", stderr(&r));
     let v: serde_json::Value = serde_json::from_str(stdout(&r).trim()).unwrap();
@@ -144,13 +234,25 @@ fn plain_sam2_point_and_box_prompts() {
     let pt = fixture("sam2/tiny_sam2.pt");
     let img = fixture("images/chelsea.png");
     let g = candle_core::safetensors::load(fixture("sam2/goldens.safetensors"), &Device::Cpu).unwrap();
-    let base = ["segment", img.to_str().unwrap(), "--sam2", pt.to_str().unwrap(), "--sam2-config", &cfg];
+    let base = [
+        "segment",
+        img.to_str().unwrap(),
+        "--sam2",
+        pt.to_str().unwrap(),
+        "--sam2-config",
+        &cfg,
+    ];
     // One point: multimask, best by predicted IoU (as the reference predictor recommends).
     let r = run(&[&base[..], &["--point", "225,150"]].concat(), None);
     assert!(r.status.success(), "{}", stderr(&r));
     let v: serde_json::Value = serde_json::from_str(stdout(&r).trim()).unwrap();
     let want = f32s(&g["point.multi.iou"]);
-    let got: Vec<f32> = v["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let got: Vec<f32> = v["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
     for (a, b) in got.iter().zip(&want) {
         assert!((a - b).abs() < 1e-4, "{got:?} vs {want:?}");
     }
@@ -163,7 +265,20 @@ fn plain_sam2_point_and_box_prompts() {
     assert!((v["score"].as_f64().unwrap() as f32 - f32s(&g["box.single.iou"])[0]).abs() < 1e-4);
     // The Sa2VA safetensors layout works the same way.
     let st = fixture("sam2/tiny_sa2va_sam2.safetensors");
-    let r = run(&["segment", img.to_str().unwrap(), "--sam2", st.to_str().unwrap(), "--sam2-config", &cfg, "--point", "225,150", "--json"], None);
+    let r = run(
+        &[
+            "segment",
+            img.to_str().unwrap(),
+            "--sam2",
+            st.to_str().unwrap(),
+            "--sam2-config",
+            &cfg,
+            "--point",
+            "225,150",
+            "--json",
+        ],
+        None,
+    );
     let v2: serde_json::Value = serde_json::from_str(stdout(&r).trim()).unwrap();
     assert!((v2["scores"][0].as_f64().unwrap() - want[0] as f64).abs() < 1e-4);
 }
@@ -180,7 +295,10 @@ fn bad_inputs_are_clear_errors() {
         assert_eq!(r.status.code(), Some(2), "{args:?}: {}", stderr(&r));
         assert!(stderr(&r).contains(needle), "{}", stderr(&r));
     };
-    usage(&["segment", i, "--sam2", p, "--point", "500,10"], "outside the 451x300 image");
+    usage(
+        &["segment", i, "--sam2", p, "--point", "500,10"],
+        "outside the 451x300 image",
+    );
     usage(&["segment", i, "--sam2", p, "--box", "300,10,100,200"], "x1 >= x0");
     usage(&["segment", i, "  "], "expression 1 is empty");
     usage(&["segment", i, "the cat", "--point", "1,1"], "not both");
@@ -190,19 +308,79 @@ fn bad_inputs_are_clear_errors() {
     // A config that does not match the weights.
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"trunk": {"num_heads": 1, "global_att_blocks": [3], "window_spec": [8, 4, 4, 2]}, "decoder": {"num_heads": 3}}"#).unwrap();
-    assert_fails(&["segment", i, "--sam2", p, "--sam2-config", bad.to_str().unwrap(), "--point", "10,10"], "num_heads 3");
+    assert_fails(
+        &[
+            "segment",
+            i,
+            "--sam2",
+            p,
+            "--sam2-config",
+            bad.to_str().unwrap(),
+            "--point",
+            "10,10",
+        ],
+        "num_heads 3",
+    );
     // Missing and corrupt files.
-    assert_fails(&["segment", "nope.png", "--sam2", p, "--sam2-config", &cfg, "--point", "1,1"], "nope.png");
-    assert_fails(&["segment", i, "--sam2", "missing.pt", "--sam2-config", &cfg, "--point", "1,1"], "missing.pt");
+    assert_fails(
+        &[
+            "segment",
+            "nope.png",
+            "--sam2",
+            p,
+            "--sam2-config",
+            &cfg,
+            "--point",
+            "1,1",
+        ],
+        "nope.png",
+    );
+    assert_fails(
+        &[
+            "segment",
+            i,
+            "--sam2",
+            "missing.pt",
+            "--sam2-config",
+            &cfg,
+            "--point",
+            "1,1",
+        ],
+        "missing.pt",
+    );
     let trunc = dir.path().join("t.safetensors");
     let bytes = std::fs::read(fixture("sam2/tiny_sa2va_sam2.safetensors")).unwrap();
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails(&["segment", i, "--sam2", trunc.to_str().unwrap(), "--sam2-config", &cfg, "--point", "1,1"], "truncated");
+    assert_fails(
+        &[
+            "segment",
+            i,
+            "--sam2",
+            trunc.to_str().unwrap(),
+            "--sam2-config",
+            &cfg,
+            "--point",
+            "1,1",
+        ],
+        "truncated",
+    );
     let junk = dir.path().join("j.pt");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
-    assert_fails(&["segment", i, "--sam2", junk.to_str().unwrap(), "--point", "1,1"], "j.pt");
+    assert_fails(
+        &["segment", i, "--sam2", junk.to_str().unwrap(), "--point", "1,1"],
+        "j.pt",
+    );
     // A model directory without SAM2 / [SEG] projection.
-    assert_fails(&["segment", i, "the cat", "--model", fixture("internvl/tiny-qwen2").to_str().unwrap()], "tiny-qwen2");
+    assert_fails(
+        &[
+            "segment",
+            i,
+            "the cat",
+            "--model",
+            fixture("internvl/tiny-qwen2").to_str().unwrap(),
+        ],
+        "tiny-qwen2",
+    );
 }
 
 /// A directory holding only Meta's `.pt` (as the facebook/sam2.1-hiera-* hub repos do).
@@ -212,7 +390,17 @@ fn sam2_directory_with_a_meta_pt() {
     std::fs::copy(fixture("sam2/tiny_sam2.pt"), dir.path().join("sam2.1_hiera_tiny.pt")).unwrap();
     std::fs::write(dir.path().join("config.json"), r#"{"sam2": {"trunk": {"num_heads": 1, "global_att_blocks": [3], "window_spec": [8, 4, 4, 2]}, "decoder": {"num_heads": 2}}}"#).unwrap();
     let img = fixture("images/chelsea.png");
-    let r = run(&["segment", img.to_str().unwrap(), "--sam2", dir.path().to_str().unwrap(), "--point", "225,150"], None);
+    let r = run(
+        &[
+            "segment",
+            img.to_str().unwrap(),
+            "--sam2",
+            dir.path().to_str().unwrap(),
+            "--point",
+            "225,150",
+        ],
+        None,
+    );
     assert!(r.status.success(), "{}", stderr(&r));
     let v: serde_json::Value = serde_json::from_str(stdout(&r).trim()).unwrap();
     assert!(v["area"].as_u64().unwrap() > 0);

@@ -1,7 +1,7 @@
 //! `perceptio ask IMAGE QUESTION`: answer a question about an image with an InternVL/Sa2VA model.
 
-use crate::error::{Error, Result};
 use super::runtime::RuntimeArgs;
+use crate::error::{Error, Result};
 use crate::models::generate::GenerateOptions;
 use crate::models::perceptio::{Grounder, RespondOptions};
 use clap::Args;
@@ -53,7 +53,13 @@ pub fn run(a: AskArgs) -> Result<()> {
     let load_secs = t_load.elapsed().as_secs_f64();
     let cfg = g.chat.config();
     let max_tiles = a.rt.tiles(&device, cfg.default_max_tiles());
-    let opts = GenerateOptions { max_new_tokens: a.rt.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed, stop_ids: vec![] };
+    let opts = GenerateOptions {
+        max_new_tokens: a.rt.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_ids: vec![],
+    };
     let stream = !a.json;
     let tokenizer = g.chat.tokenizer.clone();
     let stops = g.chat.stop_ids.clone();
@@ -61,7 +67,11 @@ pub fn run(a: AskArgs) -> Result<()> {
     let mut shown = String::new();
     let mut ids: Vec<u32> = Vec::new();
     let vision = g.vision(&img, max_tiles)?;
-    let ro = RespondOptions { generation: opts, constrain: !a.no_constrain, force_depth: false };
+    let ro = RespondOptions {
+        generation: opts,
+        constrain: !a.no_constrain,
+        force_depth: false,
+    };
     let r = g.respond(&img, &vision, &format!("<image>\n{}", a.question), &ro, |id| {
         if !stream || stops.contains(&id) {
             return;
@@ -96,7 +106,10 @@ pub fn run(a: AskArgs) -> Result<()> {
     if let Some(dir) = &a.save_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         for (i, s) in r.segments.iter().enumerate() {
-            crate::util::atomic::write(&dir.join(format!("mask-{}.png", i + 1)), &crate::render::mask_png(&s.mask)?)?;
+            crate::util::atomic::write(
+                &dir.join(format!("mask-{}.png", i + 1)),
+                &crate::render::mask_png(&s.mask)?,
+            )?;
         }
         if !r.segments.is_empty() {
             let ms: Vec<&crate::mask::Mask> = r.segments.iter().map(|s| &s.mask).collect();
@@ -130,7 +143,10 @@ pub fn run(a: AskArgs) -> Result<()> {
         },
     });
     if let Some(dir) = &a.save_dir {
-        crate::util::atomic::write(&dir.join("answer.json"), serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes())?;
+        crate::util::atomic::write(
+            &dir.join("answer.json"),
+            serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes(),
+        )?;
     }
     if a.json {
         serde_json::to_writer_pretty(&mut out, &v).map_err(|e| w(e.into()))?;

@@ -2,15 +2,15 @@
 //! Anything V2 teacher (`--source teacher`), or the teacher's map as VQ-VAE depth tokens
 //! (`--tokens`, for a file or a folder of images: how Perceptio-style training targets are made).
 
+use super::runtime::RuntimeArgs;
+use crate::depthmap::DepthMap;
 use crate::error::{exit, Error, Result};
 use crate::hub;
 use crate::models::depth_anything::DepthAnything;
-use super::runtime::RuntimeArgs;
 use crate::models::generate::GenerateOptions;
 use crate::models::internvl::chat::ChatModel;
 use crate::models::perceptio::depth::{token_string, DepthConfig, DepthHead};
 use crate::models::perceptio::{Grounder, RespondOptions};
-use crate::depthmap::DepthMap;
 use crate::models::vqvae::{self, VqVae};
 use crate::render::depth as dio;
 use clap::{Args, ValueEnum};
@@ -102,7 +102,11 @@ fn inputs(p: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(p)
         .map_err(|e| Error::io(p, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|f| f.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")))
+        .filter(|f| {
+            f.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        })
         .collect();
     v.sort();
     if v.is_empty() {
@@ -114,8 +118,13 @@ fn inputs(p: &Path) -> Result<Vec<PathBuf>> {
 /// The VQ-VAE and token spec for --tokens: --vqvae (+ --depth-config), else --model's block.
 fn tokens_vqvae(a: &DepthArgs, device: &candle_core::Device) -> Result<(DepthConfig, VqVae)> {
     let read_block = |p: &Path| -> Result<serde_json::Value> {
-        let v: serde_json::Value = serde_json::from_slice(&crate::util::read_file(p)?).map_err(|e| Error::input(p, format!("not valid JSON: {e}")))?;
-        Ok(v.get("perceptio").and_then(|x| x.get("depth")).or_else(|| v.get("depth")).cloned().unwrap_or(v))
+        let v: serde_json::Value = serde_json::from_slice(&crate::util::read_file(p)?)
+            .map_err(|e| Error::input(p, format!("not valid JSON: {e}")))?;
+        Ok(v.get("perceptio")
+            .and_then(|x| x.get("depth"))
+            .or_else(|| v.get("depth"))
+            .cloned()
+            .unwrap_or(v))
     };
     if let Some(file) = &a.vqvae {
         let mut block = match &a.depth_config {
@@ -129,11 +138,19 @@ fn tokens_vqvae(a: &DepthArgs, device: &candle_core::Device) -> Result<(DepthCon
     }
     let (ck, lo) = a.rt.open_model(&a.model, device, candle_core::DType::F32)?;
     let cfg_path = ck.dir.join("config.json");
-    let d = DepthConfig::from_model_config(&ck.config, &cfg_path)?
-        .ok_or_else(|| Error::input(&cfg_path, "has no `perceptio.depth` block: give the VQ-VAE with --vqvae FILE"))?;
+    let d = DepthConfig::from_model_config(&ck.config, &cfg_path)?.ok_or_else(|| {
+        Error::input(
+            &cfg_path,
+            "has no `perceptio.depth` block: give the VQ-VAE with --vqvae FILE",
+        )
+    })?;
     let tok = ChatModel::load_tokenizer(&ck.dir)?;
-    let head = DepthHead::from_checkpoint(&ck, &tok, lo.vqvae_dir.as_deref())?
-        .ok_or_else(|| Error::input(&cfg_path, "has no `perceptio.depth` block: give the VQ-VAE with --vqvae FILE"))?;
+    let head = DepthHead::from_checkpoint(&ck, &tok, lo.vqvae_dir.as_deref())?.ok_or_else(|| {
+        Error::input(
+            &cfg_path,
+            "has no `perceptio.depth` block: give the VQ-VAE with --vqvae FILE",
+        )
+    })?;
     Ok((d, head.vqvae))
 }
 
@@ -141,49 +158,58 @@ pub fn run(a: DepthArgs) -> Result<i32> {
     let (device, dtype) = a.rt.device_dtype()?;
     let any_file = a.output.is_some() || a.colormap.is_some() || a.npy.is_some();
     if a.tokens && (any_file || a.force_depth) {
-        return Err(Error::Usage("--tokens prints depth tokens; it takes no -o/--colormap/--npy/--force-depth".into()));
+        return Err(Error::Usage(
+            "--tokens prints depth tokens; it takes no -o/--colormap/--npy/--force-depth".into(),
+        ));
     }
     if !a.tokens && a.image.is_dir() {
-        return Err(Error::Usage(format!("{} is a directory: only --tokens handles folders", a.image.display())));
+        return Err(Error::Usage(format!(
+            "{} is a directory: only --tokens handles folders",
+            a.image.display()
+        )));
     }
     if a.tokens || a.source == Source::Teacher {
         let t = Instant::now();
         let teacher = DepthAnything::load(&hub::resolve_model(&a.teacher, &a.rt.hub())?, &device, dtype)?;
         let load_s = t.elapsed().as_secs_f64();
-        return if a.tokens { run_tokens(&a, &teacher, &device) } else { run_teacher(&a, &teacher, load_s, any_file) };
+        return if a.tokens {
+            run_tokens(&a, &teacher, &device)
+        } else {
+            run_teacher(&a, &teacher, load_s, any_file)
+        };
     }
     run_model(&a, &device, dtype, any_file)
 }
 
 /// `--tokens`: the teacher's map of each image as VQ-VAE depth tokens, one JSON line each.
 fn run_tokens(a: &DepthArgs, teacher: &DepthAnything, device: &candle_core::Device) -> Result<i32> {
-        let (d, vq) = tokens_vqvae(a, device)?;
-        let files = inputs(&a.image)?;
-        let pb = crate::run::progress(files.len() as u64, "depth tokens");
-        let mut lines = String::new();
-        let mut stdout = std::io::stdout().lock();
-        for f in &files {
-            let img = crate::preprocess::load_rgb(f)?;
-            let map = teacher.predict_depth(&img)?;
-            let codes = DepthHead::encode_map(&vq, &map)?;
-            let v = serde_json::json!({
-                "image": f.display().to_string(),
-                "grid": [d.tokens.grid.0, d.tokens.grid.1],
-                "codes": codes,
-                "tokens": token_string(&d.tokens, &codes),
-            });
-            if a.out.is_some() {
-                lines.push_str(&format!("{v}\n"));
-            } else {
-                writeln!(stdout, "{v}").map_err(|e| Error::io("<stdout>", e))?;
-            }
-            pb.inc(1);
+    let (d, vq) = tokens_vqvae(a, device)?;
+    let files = inputs(&a.image)?;
+    let pb = crate::run::progress(files.len() as u64, "depth tokens");
+    let mut lines = String::new();
+    let mut stdout = std::io::stdout().lock();
+    for f in &files {
+        let img = crate::preprocess::load_rgb(f)?;
+        let map = teacher.predict_depth(&img)?;
+        let codes = DepthHead::encode_map(&vq, &map)?;
+        let v = serde_json::json!({
+            "image": f.display().to_string(),
+            "grid": [d.tokens.grid.0, d.tokens.grid.1],
+            "codes": codes,
+            "tokens": token_string(&d.tokens, &codes),
+        });
+        if a.out.is_some() {
+            lines.push_str(&format!("{v}\n"));
+        } else {
+            writeln!(stdout, "{v}").map_err(|e| Error::io("<stdout>", e))?;
         }
-        pb.finish_and_clear();
-        if let Some(p) = &a.out {
-            crate::util::atomic::write(p, lines.as_bytes())?;
-        }
-        Ok(exit::OK)
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if let Some(p) = &a.out {
+        crate::util::atomic::write(p, lines.as_bytes())?;
+    }
+    Ok(exit::OK)
 }
 
 /// `--source teacher`: the Depth Anything V2 map.
@@ -221,7 +247,10 @@ fn run_model(a: &DepthArgs, device: &candle_core::Device, dtype: candle_core::DT
     let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
     let vision = g.vision(&img, max_tiles)?;
     let o = RespondOptions {
-        generation: GenerateOptions { max_new_tokens: a.rt.max_new_tokens, ..Default::default() },
+        generation: GenerateOptions {
+            max_new_tokens: a.rt.max_new_tokens,
+            ..Default::default()
+        },
         constrain: !a.no_constrain,
         force_depth: a.force_depth,
     };
@@ -232,18 +261,25 @@ fn run_model(a: &DepthArgs, device: &candle_core::Device, dtype: candle_core::DT
             r.text_with_spatial_tokens
         );
         if a.json || !any_file {
-            super::print_json_line(&serde_json::json!({"image": a.image.display().to_string(), "source": "model", "depth": null, "text_with_spatial_tokens": r.text_with_spatial_tokens}))?;
+            super::print_json_line(
+                &serde_json::json!({"image": a.image.display().to_string(), "source": "model", "depth": null, "text_with_spatial_tokens": r.text_with_spatial_tokens}),
+            )?;
         }
         return Ok(exit::NO_MASK);
     };
     let block = match outcome.block {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("perceptio: the model's depth block is malformed: {e} (reply: {:?})", r.text_with_spatial_tokens);
+            eprintln!(
+                "perceptio: the model's depth block is malformed: {e} (reply: {:?})",
+                r.text_with_spatial_tokens
+            );
             return Ok(exit::NO_MASK);
         }
     };
-    let map = outcome.map.ok_or_else(|| Error::at("model", "the depth block parsed but was not decoded"))?;
+    let map = outcome
+        .map
+        .ok_or_else(|| Error::at("model", "the depth block parsed but was not decoded"))?;
     let files = write_outputs(a, &map)?;
     if a.json || !any_file {
         let (lo, hi) = map.range();

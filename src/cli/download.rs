@@ -48,13 +48,28 @@ pub fn run(a: DownloadArgs) -> Result<()> {
     if let Some(d) = a.cache_dir {
         cfg.cache_dir = d;
     }
-    let filter = Filter { include: a.include, exclude: a.exclude };
-    let repos = if a.repos.is_empty() { vec!["ByteDance/Sa2VA-1B".to_string()] } else { a.repos };
+    let filter = Filter {
+        include: a.include,
+        exclude: a.exclude,
+    };
+    let repos = if a.repos.is_empty() {
+        vec!["ByteDance/Sa2VA-1B".to_string()]
+    } else {
+        a.repos
+    };
     for r in &repos {
         let spec = RepoSpec::parse(r, a.revision.as_deref())?;
         let snap = hub::download(&spec, &cfg, &filter)?;
         let fetched = snap.files.iter().filter(|f| !f.cached).count();
-        eprintln!("{}@{}: {} files ({} downloaded, {} cached) at commit {}", snap.repo_id, snap.revision, snap.files.len(), fetched, snap.files.len() - fetched, snap.commit);
+        eprintln!(
+            "{}@{}: {} files ({} downloaded, {} cached) at commit {}",
+            snap.repo_id,
+            snap.revision,
+            snap.files.len(),
+            fetched,
+            snap.files.len() - fetched,
+            snap.commit
+        );
         if a.json {
             serde_json::to_writer(&mut out, &snap).map_err(|e| w(e.into()))?;
             writeln!(out).map_err(w)?;

@@ -212,9 +212,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 /// Load what `--model` runs need and translate the shared options.
-fn model_setup(r: &ModelRunArgs, predictions: &Path) -> Result<(Checkpoint, LoadOptions, candle_core::Device, run::benchmarks::RunOptions)> {
+fn model_setup(
+    r: &ModelRunArgs,
+    predictions: &Path,
+) -> Result<(
+    Checkpoint,
+    LoadOptions,
+    candle_core::Device,
+    run::benchmarks::RunOptions,
+)> {
     if predictions.as_os_str() == "-" {
-        return Err(Error::Usage("--model writes --predictions: give a file, not `-`".into()));
+        return Err(Error::Usage(
+            "--model writes --predictions: give a file, not `-`".into(),
+        ));
     }
     let spec = r.model.as_deref().expect("called with --model");
     let (device, dtype) = r.rt.device_dtype()?;
@@ -228,7 +238,10 @@ fn model_setup(r: &ModelRunArgs, predictions: &Path) -> Result<(Checkpoint, Load
         limit: r.limit,
         log_samples: r.log_samples.clone(),
         max_tiles: 0, // set once the model's default is known
-        generation: crate::models::generate::GenerateOptions { max_new_tokens: r.rt.max_new_tokens, ..Default::default() },
+        generation: crate::models::generate::GenerateOptions {
+            max_new_tokens: r.rt.max_new_tokens,
+            ..Default::default()
+        },
         force_seg: false,
         reuse_features: !r.no_feature_reuse,
         model_id: spec.to_string(),
@@ -244,7 +257,11 @@ fn report_run(s: &run::benchmarks::RunSummary, o: &run::benchmarks::RunOptions, 
         s.resumed,
         out.display(),
         s.samples_per_second(),
-        if o.shard.n > 1 { format!("; shard {}/{}", o.shard.k, o.shard.n) } else { String::new() }
+        if o.shard.n > 1 {
+            format!("; shard {}/{}", o.shard.k, o.shard.n)
+        } else {
+            String::new()
+        }
     );
 }
 
@@ -268,14 +285,25 @@ fn run_merge(a: MergeArgs) -> Result<()> {
     if a.inputs.iter().all(|p| p.is_dir()) {
         std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
         for n in hardblink::VARIANTS {
-            let files: Vec<PathBuf> = a.inputs.iter().map(|d| run::benchmarks::hardblink_output(d, n)).collect();
+            let files: Vec<PathBuf> = a
+                .inputs
+                .iter()
+                .map(|d| run::benchmarks::hardblink_output(d, n))
+                .collect();
             let k = run::merge(&files, &run::benchmarks::hardblink_output(&a.out, n))?;
-            print_text(&format!("{}: {k} lines\n", run::benchmarks::hardblink_output(&a.out, n).display()))?;
+            print_text(&format!(
+                "{}: {k} lines\n",
+                run::benchmarks::hardblink_output(&a.out, n).display()
+            ))?;
         }
         return Ok(());
     }
     let k = run::merge(&a.inputs, &a.out)?;
-    print_text(&format!("{}: {k} lines from {} shards\n", a.out.display(), a.inputs.len()))?;
+    print_text(&format!(
+        "{}: {k} lines from {} shards\n",
+        a.out.display(),
+        a.inputs.len()
+    ))?;
     Ok(())
 }
 
@@ -288,17 +316,31 @@ struct Input {
 
 fn input(p: &Path, suffix: &str) -> Result<Input> {
     if p.as_os_str() != "-" {
-        return Ok(Input { path: p.to_path_buf(), shown: p.display().to_string(), _tmp: None });
+        return Ok(Input {
+            path: p.to_path_buf(),
+            shown: p.display().to_string(),
+            _tmp: None,
+        });
     }
-    let mut tmp = tempfile::Builder::new().suffix(suffix).tempfile().map_err(|e| Error::io("<stdin>", e))?;
+    let mut tmp = tempfile::Builder::new()
+        .suffix(suffix)
+        .tempfile()
+        .map_err(|e| Error::io("<stdin>", e))?;
     std::io::copy(&mut std::io::stdin().lock(), tmp.as_file_mut()).map_err(|e| Error::io("<stdin>", e))?;
-    Ok(Input { path: tmp.path().to_path_buf(), shown: "<stdin>".into(), _tmp: Some(tmp) })
+    Ok(Input {
+        path: tmp.path().to_path_buf(),
+        shown: "<stdin>".into(),
+        _tmp: Some(tmp),
+    })
 }
 
 fn provenance(files: &[(&str, &Path, &str)]) -> Result<Value> {
     let mut inputs = serde_json::Map::new();
     for (role, path, shown) in files {
-        inputs.insert(role.to_string(), json!({"path": shown, "sha256": crate::util::sha256_file(path)?}));
+        inputs.insert(
+            role.to_string(),
+            json!({"path": shown, "sha256": crate::util::sha256_file(path)?}),
+        );
     }
     Ok(json!({"perceptio_version": env!("CARGO_PKG_VERSION"), "inputs": inputs}))
 }
@@ -334,7 +376,9 @@ fn pct(x: f64) -> String {
 
 fn run_refcoco(a: RefcocoArgs) -> Result<()> {
     if a.run.model.is_some() && a.images.is_none() {
-        return Err(Error::Usage("--model needs --images DIR (the COCO train2014 images)".into()));
+        return Err(Error::Usage(
+            "--model needs --images DIR (the COCO train2014 images)".into(),
+        ));
     }
     let (mut gt, label, meta) = if let Some(gt_path) = &a.annotations {
         let gt = refcoco::refer::load_gt_jsonl(gt_path)?;
@@ -345,11 +389,21 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
         let sb = format!("{split_by:?}").to_lowercase();
         let gt = refcoco::refer::load_refer(root, dataset.dir(), &sb, split.name(), a.gt_overlap)?;
         let label = format!("{} ({sb}) {}", dataset.dir(), split.name());
-        (gt, label, json!({"dataset": dataset.dir(), "split": split.name(), "split_by": sb}))
+        (
+            gt,
+            label,
+            json!({"dataset": dataset.dir(), "split": split.name(), "split_by": sb}),
+        )
     };
     if a.run.model.is_some() {
         let (ck, lo, device, mut o) = model_setup(&a.run, &a.predictions)?;
-        let mut g = Grounder::load(&ck, &LoadOptions { require_grounding: true, ..lo })?;
+        let mut g = Grounder::load(
+            &ck,
+            &LoadOptions {
+                require_grounding: true,
+                ..lo
+            },
+        )?;
         drop(ck);
         o.max_tiles = a.run.rt.tiles(&device, g.chat.config().default_max_tiles());
         o.force_seg = a.force_seg;
@@ -358,7 +412,14 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
         run["force_seg"] = json!(a.force_seg);
         run["max_tiles"] = json!(o.max_tiles);
         run["max_new_tokens"] = json!(a.run.rt.max_new_tokens);
-        let s = run::benchmarks::refcoco(&mut g, &gt, a.images.as_deref().expect("checked"), &a.predictions, &run, &o)?;
+        let s = run::benchmarks::refcoco(
+            &mut g,
+            &gt,
+            a.images.as_deref().expect("checked"),
+            &a.predictions,
+            &run,
+            &o,
+        )?;
         report_run(&s, &o, &a.predictions);
         if !should_score(&s, &o, &a.predictions)? {
             return Ok(());
@@ -377,7 +438,11 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
     if a.json {
         let mut files: Vec<(&str, &Path, &str)> = vec![("predictions", &pred.path, &pred.shown)];
         let shown: Vec<String> = gt.sources.iter().map(|p| p.display().to_string()).collect();
-        let roles = if a.annotations.is_some() { vec!["annotations"] } else { vec!["refs", "instances"] };
+        let roles = if a.annotations.is_some() {
+            vec!["annotations"]
+        } else {
+            vec!["refs", "instances"]
+        };
         for ((role, p), s) in roles.iter().zip(&gt.sources).zip(&shown) {
             files.push((role, p, s));
         }
@@ -430,7 +495,10 @@ fn run_mmbench(a: MmbenchArgs) -> Result<()> {
         let shown_ann = a.annotations.display().to_string();
         v.as_object_mut().unwrap().insert(
             "provenance".into(),
-            provenance(&[("annotations", &a.annotations, &shown_ann), ("predictions", &pred.path, &pred.shown)])?,
+            provenance(&[
+                ("annotations", &a.annotations, &shown_ann),
+                ("predictions", &pred.path, &pred.shown),
+            ])?,
         );
         print_json(&v)
     } else {
@@ -447,7 +515,11 @@ fn run_mmbench(a: MmbenchArgs) -> Result<()> {
             "  unresolved answers {}, questions without a main prediction {} ({})\n",
             report.unresolved,
             report.missing_main_predictions,
-            if a.missing == mmbench::MissingPolicy::Strict { "counted wrong" } else { "dropped" }
+            if a.missing == mmbench::MissingPolicy::Strict {
+                "counted wrong"
+            } else {
+                "dropped"
+            }
         ));
         print_text(&s)
     }
@@ -469,15 +541,24 @@ fn run_hardblink(a: HardblinkArgs) -> Result<()> {
     }
     let report = hardblink::score(&a.annotations, &a.predictions, a.blink2.as_deref())?;
     if a.json {
-        let mut files: Vec<(String, PathBuf)> =
-            report.details.iter().map(|d| (format!("predictions_{}", d.points), d.predictions_file.clone())).collect();
+        let mut files: Vec<(String, PathBuf)> = report
+            .details
+            .iter()
+            .map(|d| (format!("predictions_{}", d.points), d.predictions_file.clone()))
+            .collect();
         if let Some(b) = &a.blink2 {
             files.push(("blink2".into(), b.clone()));
         }
         let shown: Vec<String> = files.iter().map(|(_, p)| p.display().to_string()).collect();
-        let refs: Vec<(&str, &Path, &str)> = files.iter().zip(&shown).map(|((r, p), s)| (r.as_str(), p.as_path(), s.as_str())).collect();
+        let refs: Vec<(&str, &Path, &str)> = files
+            .iter()
+            .zip(&shown)
+            .map(|((r, p), s)| (r.as_str(), p.as_path(), s.as_str()))
+            .collect();
         let mut v = serde_json::to_value(&report).expect("report serialises");
-        v.as_object_mut().unwrap().insert("provenance".into(), provenance(&refs)?);
+        v.as_object_mut()
+            .unwrap()
+            .insert("provenance".into(), provenance(&refs)?);
         print_json(&v)
     } else {
         let mut s = String::from("HardBLINK (relative depth, unparsable answers count as wrong)\n");
@@ -494,7 +575,10 @@ fn run_hardblink(a: HardblinkArgs) -> Result<()> {
         }
         s.push_str(&format!("  mean     {:>5}   (3/4/5)\n", pct(report.mean)));
         if let Some(m) = report.aurora_mean {
-            s.push_str(&format!("  AURORA   {:>5}   (mean of BLINK 2-point and 3/4/5)\n", pct(m)));
+            s.push_str(&format!(
+                "  AURORA   {:>5}   (mean of BLINK 2-point and 3/4/5)\n",
+                pct(m)
+            ));
         }
         print_text(&s)
     }

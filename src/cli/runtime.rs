@@ -58,11 +58,21 @@ impl RuntimeArgs {
             Some(d) => d.vqvae_repo().map(|r| crate::hub::resolve_model(r, &hub)).transpose()?,
             None => None,
         };
-        Ok((ck, LoadOptions { require_grounding: false, vqvae_dir }))
+        Ok((
+            ck,
+            LoadOptions {
+                require_grounding: false,
+                vqvae_dir,
+            },
+        ))
     }
 
     /// --max-tiles, else the model's default (capped at 6 on CPU).
     pub fn tiles(&self, device: &Device, model_default: usize) -> usize {
-        self.max_tiles.unwrap_or(if device.is_cpu() { CPU_DEFAULT_TILES.min(model_default) } else { model_default })
+        self.max_tiles.unwrap_or(if device.is_cpu() {
+            CPU_DEFAULT_TILES.min(model_default)
+        } else {
+            model_default
+        })
     }
 }

@@ -1,12 +1,12 @@
 //! `perceptio segment IMAGE EXPR...` (referring segmentation with a Sa2VA-style model) and
 //! `perceptio segment IMAGE --point x,y[,label] | --box x0,y0,x1,y1` (plain SAM2).
 
-use crate::error::{exit, Error, Result};
 use super::runtime::RuntimeArgs;
+use crate::error::{exit, Error, Result};
 use crate::hub;
+use crate::mask::Mask;
 use crate::models::generate::GenerateOptions;
 use crate::models::perceptio::{Grounder, LoadOptions, SegmentOptions};
-use crate::mask::Mask;
 use crate::models::sam2::{PointPrompt, Preprocess, Prompt, Sam2};
 use crate::render;
 use candle_core::{DType, Device};
@@ -70,7 +70,10 @@ fn parse_floats(s: &str, what: &str, n: &[usize]) -> Result<Vec<f32>> {
         .collect::<Option<_>>()
         .ok_or_else(|| Error::Usage(format!("{what} {s:?}: expected comma-separated numbers")))?;
     if !n.contains(&v.len()) {
-        return Err(Error::Usage(format!("{what} {s:?}: expected {} numbers", n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" or "))));
+        return Err(Error::Usage(format!(
+            "{what} {s:?}: expected {} numbers",
+            n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" or ")
+        )));
     }
     Ok(v)
 }
@@ -83,7 +86,9 @@ pub fn parse_prompt(points: &[String], bbox: Option<&str>, (w, h): (u32, u32)) -
         let v = parse_floats(s, "--point", &[2, 3])?;
         let label = if v.len() == 3 { v[2] } else { 1.0 };
         if label != 0.0 && label != 1.0 {
-            return Err(Error::Usage(format!("--point {s:?}: the label must be 1 (foreground) or 0 (background)")));
+            return Err(Error::Usage(format!(
+                "--point {s:?}: the label must be 1 (foreground) or 0 (background)"
+            )));
         }
         if !inside(v[0], v[1]) {
             return Err(Error::Usage(format!("--point {s:?} is outside the {w}x{h} image")));
@@ -93,7 +98,9 @@ pub fn parse_prompt(points: &[String], bbox: Option<&str>, (w, h): (u32, u32)) -
     if let Some(s) = bbox {
         let v = parse_floats(s, "--box", &[4])?;
         if v[2] < v[0] || v[3] < v[1] {
-            return Err(Error::Usage(format!("--box {s:?}: expected x0,y0,x1,y1 with x1 >= x0 and y1 >= y0")));
+            return Err(Error::Usage(format!(
+                "--box {s:?}: expected x0,y0,x1,y1 with x1 >= x0 and y1 >= y0"
+            )));
         }
         if !inside(v[0], v[1]) || !inside(v[2], v[3]) {
             return Err(Error::Usage(format!("--box {s:?} is outside the {w}x{h} image")));
@@ -112,7 +119,10 @@ pub fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
     if s.contains("{}") {
         return PathBuf::from(s.replace("{}", &(i + 1).to_string()));
     }
-    let stem = path.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|x| x.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = match path.extension() {
         Some(e) => format!("{stem}-{}.{}", i + 1, e.to_string_lossy()),
         None => format!("{stem}-{}", i + 1),
@@ -164,22 +174,26 @@ fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
     a
 }
 
-
-
 /// Run `segment`; returns the exit code (3 when the model produced no `[SEG]` for some expression).
 pub fn run(a: SegmentArgs) -> Result<i32> {
     let classic = !a.points.is_empty() || a.bbox.is_some();
     if classic && !a.expressions.is_empty() {
-        return Err(Error::Usage("give either referring expressions or --point/--box prompts, not both".into()));
+        return Err(Error::Usage(
+            "give either referring expressions or --point/--box prompts, not both".into(),
+        ));
     }
     if !classic && a.expressions.is_empty() {
-        return Err(Error::Usage("nothing to segment: give a referring expression (e.g. \"the red cup\") or --point/--box".into()));
+        return Err(Error::Usage(
+            "nothing to segment: give a referring expression (e.g. \"the red cup\") or --point/--box".into(),
+        ));
     }
     if let Some(i) = a.expressions.iter().position(|e| e.trim().is_empty()) {
         return Err(Error::Usage(format!("expression {} is empty", i + 1)));
     }
     if classic && a.force_seg {
-        return Err(Error::Usage("--force-seg applies to referring expressions, not to --point/--box".into()));
+        return Err(Error::Usage(
+            "--force-seg applies to referring expressions, not to --point/--box".into(),
+        ));
     }
     let (device, dtype) = a.rt.device_dtype()?;
     let img = crate::preprocess::image_io::load_rgb(&a.image)?;
@@ -192,10 +206,17 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
 }
 
 /// Plain SAM2 with `--point`/`--box` (as `SAM2ImagePredictor`).
-fn run_points(a: &SegmentArgs, img: &image::RgbImage, prompt: &PointPrompt, device: &Device, dtype: DType) -> Result<i32> {
+fn run_points(
+    a: &SegmentArgs,
+    img: &image::RgbImage,
+    prompt: &PointPrompt,
+    device: &Device,
+    dtype: DType,
+) -> Result<i32> {
     let overrides = match &a.sam2_config {
         Some(p) => {
-            let v: serde_json::Value = serde_json::from_slice(&crate::util::read_file(p)?).map_err(|e| Error::input(p, format!("not valid JSON: {e}")))?;
+            let v: serde_json::Value = serde_json::from_slice(&crate::util::read_file(p)?)
+                .map_err(|e| Error::input(p, format!("not valid JSON: {e}")))?;
             Some(v.get("sam2").cloned().unwrap_or(v))
         }
         None => None,
@@ -203,7 +224,11 @@ fn run_points(a: &SegmentArgs, img: &image::RgbImage, prompt: &PointPrompt, devi
     let outs = Outputs { a, n: 1 };
     let src = a.sam2.clone().unwrap_or_else(|| a.model.clone());
     let path = PathBuf::from(&src);
-    let path = if path.is_file() { path } else { hub::resolve_model(&src, &a.rt.hub())? };
+    let path = if path.is_file() {
+        path
+    } else {
+        hub::resolve_model(&src, &a.rt.hub())?
+    };
     let t = Instant::now();
     let sam = Sam2::load(&path, overrides.as_ref(), device, dtype)?;
     let load_s = t.elapsed().as_secs_f64();
@@ -212,7 +237,11 @@ fn run_points(a: &SegmentArgs, img: &image::RgbImage, prompt: &PointPrompt, devi
     let encode_s = t.elapsed().as_secs_f64();
     let multimask = a.multimask.unwrap_or(prompt.points.len() == 1 && prompt.bbox.is_none());
     let t = Instant::now();
-    let p = sam.predict_mask(&feats, Prompt::Points { prompt, multimask }, (img.width(), img.height()))?;
+    let p = sam.predict_mask(
+        &feats,
+        Prompt::Points { prompt, multimask },
+        (img.width(), img.height()),
+    )?;
     let decode_s = t.elapsed().as_secs_f64();
     let files = outs.write(0, img, &p.mask)?;
     if a.json || !outs.any_file() {
@@ -235,18 +264,30 @@ fn run_points(a: &SegmentArgs, img: &image::RgbImage, prompt: &PointPrompt, devi
 
 /// Referring expressions through the Sa2VA-style model (`[SEG]` → SAM2).
 fn run_expressions(a: &SegmentArgs, img: &image::RgbImage, device: &Device, dtype: DType) -> Result<i32> {
-    let outs = Outputs { a, n: a.expressions.len() };
+    let outs = Outputs {
+        a,
+        n: a.expressions.len(),
+    };
     let t = Instant::now();
     let (ck, lo) = a.rt.open_model(&a.model, device, dtype)?;
     let dir = ck.dir.clone();
-    let mut g = Grounder::load(&ck, &LoadOptions { require_grounding: true, ..lo })?;
+    let mut g = Grounder::load(
+        &ck,
+        &LoadOptions {
+            require_grounding: true,
+            ..lo
+        },
+    )?;
     drop(ck);
     let load_s = t.elapsed().as_secs_f64();
     let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
     let opts = SegmentOptions {
         max_tiles,
         force_seg: a.force_seg,
-        generation: GenerateOptions { max_new_tokens: a.rt.max_new_tokens, ..Default::default() },
+        generation: GenerateOptions {
+            max_new_tokens: a.rt.max_new_tokens,
+            ..Default::default()
+        },
     };
     let vision = g.vision(img, max_tiles)?;
     let mut code = exit::OK;
@@ -258,7 +299,11 @@ fn run_expressions(a: &SegmentArgs, img: &image::RgbImage, device: &Device, dtyp
         }
         let files = outs.write(i, img, &r.mask)?;
         if a.json || !outs.any_file() {
-            let best = r.scores.iter().cloned().fold(None, |m: Option<f32>, s| Some(m.map_or(s, |m| m.max(s))));
+            let best = r
+                .scores
+                .iter()
+                .cloned()
+                .fold(None, |m: Option<f32>, s| Some(m.map_or(s, |m| m.max(s))));
             let v = serde_json::json!({
                 "image": a.image.display().to_string(),
                 "expression": r.expression,

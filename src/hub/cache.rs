@@ -20,7 +20,9 @@ pub fn hf_home() -> PathBuf {
 }
 
 fn home_dir() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The hub cache directory from the environment.
@@ -42,7 +44,10 @@ impl RepoCache {
     pub fn new(cache_dir: &Path, repo_id: &str) -> Self {
         // hf-hub's cache module names the folder (`models--org--name`).
         let folder = Repo::new(repo_id.to_string(), RepoType::Model).folder_name();
-        RepoCache { root: cache_dir.join(folder), repo_id: repo_id.to_string() }
+        RepoCache {
+            root: cache_dir.join(folder),
+            repo_id: repo_id.to_string(),
+        }
     }
 
     pub fn blob(&self, etag: &str) -> PathBuf {
@@ -70,7 +75,10 @@ impl RepoCache {
 
     /// The commit a branch or tag points to, as last recorded.
     pub fn read_ref(&self, revision: &str) -> Option<String> {
-        std::fs::read_to_string(self.ref_path(revision)).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+        std::fs::read_to_string(self.ref_path(revision))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
     }
 
     /// Record `revision → commit` (atomically; a revision may contain `/`).
@@ -109,7 +117,11 @@ impl RepoCache {
         // Unique per process and call: another process may be linking the same file.
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!(".{}.{}.{seq}.tmp-link", dst.file_name().unwrap().to_string_lossy(), std::process::id()));
+        let tmp = dir.join(format!(
+            ".{}.{}.{seq}.tmp-link",
+            dst.file_name().unwrap().to_string_lossy(),
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&tmp);
         #[cfg(unix)]
         let linked = std::os::unix::fs::symlink(&rel, &tmp);

@@ -40,13 +40,25 @@ impl HubConfig {
     pub fn from_env() -> Self {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let token = env("HF_TOKEN").map(|t| t.trim().to_string()).or_else(|| {
-            let p = env("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| cache::hf_home().join("token"));
-            std::fs::read_to_string(p).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+            let p = env("HF_TOKEN_PATH")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| cache::hf_home().join("token"));
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
         });
-        let offline = env("HF_HUB_OFFLINE").map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")).unwrap_or(false);
-        let backoff_ms = env("PERCEPTIO_HUB_BACKOFF_MS").and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let offline = env("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+        let backoff_ms = env("PERCEPTIO_HUB_BACKOFF_MS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
         HubConfig {
-            endpoint: env("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()).trim_end_matches('/').to_string(),
+            endpoint: env("HF_ENDPOINT")
+                .unwrap_or_else(|| "https://huggingface.co".into())
+                .trim_end_matches('/')
+                .to_string(),
             cache_dir: cache::default_cache_dir(),
             token,
             offline,
@@ -70,16 +82,23 @@ impl RepoSpec {
             Some((id, rev)) => (id, Some(rev)),
             None => (s, None),
         };
-        let valid = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.');
+        let valid = |p: &str| {
+            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.')
+        };
         let parts: Vec<&str> = id.split('/').collect();
         if !(parts.len() == 2 && parts.iter().all(|p| valid(p)) || parts.len() == 1 && valid(parts[0])) {
-            return Err(Error::Usage(format!("{s:?} is not a repo id (expected org/name or org/name@revision) nor an existing directory")));
+            return Err(Error::Usage(format!(
+                "{s:?} is not a repo id (expected org/name or org/name@revision) nor an existing directory"
+            )));
         }
         let revision = rev.or(default_revision).unwrap_or("main");
         if revision.is_empty() || revision.contains("..") {
             return Err(Error::Usage(format!("invalid revision {revision:?}")));
         }
-        Ok(RepoSpec { repo_id: id.to_string(), revision: revision.to_string() })
+        Ok(RepoSpec {
+            repo_id: id.to_string(),
+            revision: revision.to_string(),
+        })
     }
 }
 
@@ -129,7 +148,10 @@ pub fn resolve_model(spec: &str, cfg: &HubConfig) -> Result<PathBuf> {
         return Ok(p.to_path_buf());
     }
     if looks_like_path(spec) {
-        return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+        return Err(Error::io(
+            p,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
     }
     let repo = RepoSpec::parse(spec, None)?;
     Ok(download(&repo, cfg, &Filter::default())?.path)
@@ -139,7 +161,11 @@ pub fn resolve_model(spec: &str, cfg: &HubConfig) -> Result<PathBuf> {
 /// checkpoint extension, or more than one `/`), so a typo is reported as a missing path.
 pub fn looks_like_path(spec: &str) -> bool {
     let exts = [".pt", ".pth", ".safetensors", ".bin", ".json", ".ckpt"];
-    spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~') || exts.iter().any(|e| spec.ends_with(e)) || spec.split('@').next().unwrap_or("").matches('/').count() > 1
+    spec.starts_with('.')
+        || spec.starts_with('/')
+        || spec.starts_with('~')
+        || exts.iter().any(|e| spec.ends_with(e))
+        || spec.split('@').next().unwrap_or("").matches('/').count() > 1
 }
 
 /// Fetch what perceptio needs from `repo` into the cache (or find it there, offline).
@@ -163,7 +189,10 @@ pub fn download(repo: &RepoSpec, cfg: &HubConfig, filter: &Filter) -> Result<Sna
     };
     let names: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     if !is_commit_hash(&info.sha) {
-        return Err(Error::at(format!("{}/api/models/{}", cfg.endpoint, repo.repo_id), format!("commit {:?} is not a 40-hex id", info.sha)));
+        return Err(Error::at(
+            format!("{}/api/models/{}", cfg.endpoint, repo.repo_id),
+            format!("commit {:?} is not a 40-hex id", info.sha),
+        ));
     }
     let commit = info.sha.clone();
     let bars = Bars::new(cfg.progress);
@@ -176,14 +205,20 @@ pub fn download(repo: &RepoSpec, cfg: &HubConfig, filter: &Filter) -> Result<Sna
         let p = rc.snapshot(&commit).join(index_name);
         let s = crate::util::safetensors_index_shards(&p)?;
         if let Some(missing) = s.iter().find(|f| !names.contains(f)) {
-            return Err(Error::input(&p, format!("names shard {missing} which the repo does not have")));
+            return Err(Error::input(
+                &p,
+                format!("names shard {missing} which the repo does not have"),
+            ));
         }
         shards = Some(s);
         reports.push(r);
     }
     let wanted = select::select(&names, shards.as_deref(), &filter.include, &filter.exclude);
     if wanted.is_empty() {
-        return Err(Error::at(format!("{}@{}", repo.repo_id, repo.revision), "no file matches (the repo has none of the files perceptio needs)"));
+        return Err(Error::at(
+            format!("{}@{}", repo.repo_id, repo.revision),
+            "no file matches (the repo has none of the files perceptio needs)",
+        ));
     }
     bars.total(wanted.len());
     for f in wanted.iter().filter(|f| f.as_str() != index_name || shards.is_none()) {
@@ -194,7 +229,13 @@ pub fn download(repo: &RepoSpec, cfg: &HubConfig, filter: &Filter) -> Result<Sna
         rc.write_ref(&repo.revision, &commit)?;
     }
     bars.finish();
-    Ok(Snapshot { repo_id: repo.repo_id.clone(), revision: repo.revision.clone(), commit: commit.clone(), path: rc.snapshot(&commit), files: reports })
+    Ok(Snapshot {
+        repo_id: repo.repo_id.clone(),
+        revision: repo.revision.clone(),
+        commit: commit.clone(),
+        path: rc.snapshot(&commit),
+        files: reports,
+    })
 }
 
 /// A snapshot from the cache alone, checking that the files a model needs are there.
@@ -203,7 +244,12 @@ fn offline_snapshot(repo: &RepoSpec, rc: &RepoCache, filter: &Filter) -> Result<
     let Some(commit) = rc.resolve_offline(&repo.revision) else {
         return Err(Error::at(
             loc,
-            format!("not in the cache {}: no refs/{} and no snapshot; run `perceptio download {}` while online", rc.root.display(), repo.revision, repo.repo_id),
+            format!(
+                "not in the cache {}: no refs/{} and no snapshot; run `perceptio download {}` while online",
+                rc.root.display(),
+                repo.revision,
+                repo.repo_id
+            ),
         ));
     };
     let dir = rc.snapshot(&commit);
@@ -219,7 +265,10 @@ fn offline_snapshot(repo: &RepoSpec, rc: &RepoCache, filter: &Filter) -> Result<
         let s = crate::util::safetensors_index_shards(&index)?;
         missing.extend(s.iter().filter(|f| !dir.join(f).is_file()).cloned());
         shards = Some(s);
-    } else if !names.iter().any(|n| n.ends_with(".safetensors") || n.ends_with(".pt") || n.ends_with(".pth") || n.ends_with(".bin")) {
+    } else if !names
+        .iter()
+        .any(|n| n.ends_with(".safetensors") || n.ends_with(".pt") || n.ends_with(".pth") || n.ends_with(".bin"))
+    {
         missing.push("*.safetensors (no weights)".into());
     }
     for g in &filter.include {
@@ -228,23 +277,35 @@ fn offline_snapshot(repo: &RepoSpec, rc: &RepoCache, filter: &Filter) -> Result<
         }
     }
     if !missing.is_empty() {
-        return Err(Error::at(loc, format!("the cached snapshot {} lacks {}", dir.display(), missing.join(", "))));
+        return Err(Error::at(
+            loc,
+            format!("the cached snapshot {} lacks {}", dir.display(), missing.join(", ")),
+        ));
     }
     let wanted = select::select(&names, shards.as_deref(), &filter.include, &filter.exclude);
-    let files = wanted
-        .into_iter()
-        .map(|f| {
-            cached_report(&dir.join(&f), f)
-        })
-        .collect();
-    Ok(Snapshot { repo_id: repo.repo_id.clone(), revision: repo.revision.clone(), commit, path: dir, files })
+    let files = wanted.into_iter().map(|f| cached_report(&dir.join(&f), f)).collect();
+    Ok(Snapshot {
+        repo_id: repo.repo_id.clone(),
+        revision: repo.revision.clone(),
+        commit,
+        path: dir,
+        files,
+    })
 }
 
 /// Report for a file already in a snapshot: its size and the blob (ETag) its link points to.
 fn cached_report(path: &Path, file: String) -> FileReport {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let etag = std::fs::read_link(path).ok().and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default();
-    FileReport { file, size, etag, cached: true }
+    let etag = std::fs::read_link(path)
+        .ok()
+        .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    FileReport {
+        file,
+        size,
+        etag,
+        cached: true,
+    }
 }
 
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -262,14 +323,28 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
 }
 
 /// Download one file of `commit` into the cache unless its snapshot entry exists.
-fn fetch_file(client: &Client, rc: &RepoCache, cfg: &HubConfig, repo: &RepoSpec, commit: &str, file: &str, bars: &Bars) -> Result<FileReport> {
+fn fetch_file(
+    client: &Client,
+    rc: &RepoCache,
+    cfg: &HubConfig,
+    repo: &RepoSpec,
+    commit: &str,
+    file: &str,
+    bars: &Bars,
+) -> Result<FileReport> {
     let snap = rc.snapshot(commit).join(file);
     if snap.is_file() {
         // A commit is immutable: a complete snapshot entry needs no request at all.
         bars.done_one();
         return Ok(cached_report(&snap, file.into()));
     }
-    let url = format!("{}/{}/resolve/{}/{}", cfg.endpoint, repo.repo_id, commit, encode_path(file));
+    let url = format!(
+        "{}/{}/resolve/{}/{}",
+        cfg.endpoint,
+        repo.repo_id,
+        commit,
+        encode_path(file)
+    );
     let meta = client.head(&url).map_err(|e| e.into_file_error(repo, file))?;
     let blob = rc.blob(&meta.etag);
     let lock_path = rc.lock(&cfg.cache_dir, &meta.etag);
@@ -277,20 +352,34 @@ fn fetch_file(client: &Client, rc: &RepoCache, cfg: &HubConfig, repo: &RepoSpec,
     std::fs::create_dir_all(lock_dir).map_err(|e| Error::io(lock_dir, e))?;
     let blobs_dir = blob.parent().unwrap();
     std::fs::create_dir_all(blobs_dir).map_err(|e| Error::io(blobs_dir, e))?;
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
     lock.lock().map_err(|e| Error::io(&lock_path, e))?; // another process may hold it: wait
     let mut cached = true;
     if !blob.is_file() {
         cached = false;
         let bar = bars.file(file, meta.size);
-        client.download_blob(&meta, &rc.incomplete(&meta.etag), &blob, &bar).map_err(|e| e.into_file_error(repo, file))?;
+        client
+            .download_blob(&meta, &rc.incomplete(&meta.etag), &blob, &bar)
+            .map_err(|e| e.into_file_error(repo, file))?;
         bar.finish_and_clear();
     }
     let _ = lock.unlock();
     rc.link(commit, file, &meta.etag)?;
     bars.done_one();
-    let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(meta.size.unwrap_or(0));
-    Ok(FileReport { file: file.into(), size, etag: meta.etag, cached })
+    let size = std::fs::metadata(&blob)
+        .map(|m| m.len())
+        .unwrap_or(meta.size.unwrap_or(0));
+    Ok(FileReport {
+        file: file.into(),
+        size,
+        etag: meta.etag,
+        cached,
+    })
 }
 
 fn encode_path(p: &str) -> String {
@@ -339,8 +428,14 @@ impl ClientError {
     fn into_error(self, repo: &RepoSpec) -> Error {
         let loc = format!("{}@{}", repo.repo_id, repo.revision);
         match self {
-            ClientError::Status(401 | 403, _) => Error::at(loc, "repo not found or gated; set HF_TOKEN (or log in with `huggingface-cli login`) if you have access"),
-            ClientError::Status(404, _) => Error::at(loc, "repo or revision not found (if it is private or gated, set HF_TOKEN)"),
+            ClientError::Status(401 | 403, _) => Error::at(
+                loc,
+                "repo not found or gated; set HF_TOKEN (or log in with `huggingface-cli login`) if you have access",
+            ),
+            ClientError::Status(404, _) => Error::at(
+                loc,
+                "repo or revision not found (if it is private or gated, set HF_TOKEN)",
+            ),
             ClientError::Io(p, e) => Error::io(p, e),
             other => Error::at(loc, other.to_string()),
         }
@@ -348,7 +443,10 @@ impl ClientError {
 
     fn into_file_error(self, repo: &RepoSpec, file: &str) -> Error {
         match self {
-            ClientError::Status(404, _) => Error::at(format!("{}@{}", repo.repo_id, repo.revision), format!("file {file} not found")),
+            ClientError::Status(404, _) => Error::at(
+                format!("{}@{}", repo.repo_id, repo.revision),
+                format!("file {file} not found"),
+            ),
             ClientError::Integrity(m) => Error::at(format!("{}@{}: {file}", repo.repo_id, repo.revision), m),
             other => other.into_error(repo),
         }
@@ -398,7 +496,12 @@ impl<'a> Client<'a> {
         loop {
             match f() {
                 Err(e) if e.retryable() && attempt < self.cfg.retries => {
-                    eprintln!("warning: {e}; retrying in {:.1} s (attempt {}/{})", delay.as_secs_f64(), attempt + 1, self.cfg.retries);
+                    eprintln!(
+                        "warning: {e}; retrying in {:.1} s (attempt {}/{})",
+                        delay.as_secs_f64(),
+                        attempt + 1,
+                        self.cfg.retries
+                    );
                     std::thread::sleep(delay);
                     delay *= 2;
                     attempt += 1;
@@ -409,7 +512,12 @@ impl<'a> Client<'a> {
     }
 
     /// GET/HEAD with the token, following redirects by hand (keeping auth on the same host only).
-    fn call(&self, method: &str, url: &str, range_from: Option<u64>) -> Result<(ureq::http::Response<ureq::Body>, String), ClientError> {
+    fn call(
+        &self,
+        method: &str,
+        url: &str,
+        range_from: Option<u64>,
+    ) -> Result<(ureq::http::Response<ureq::Body>, String), ClientError> {
         let mut url = url.to_string();
         for _ in 0..10 {
             let mut req = ureq::http::Request::builder().method(method).uri(&url);
@@ -422,7 +530,10 @@ impl<'a> Client<'a> {
                 req = req.header("range", format!("bytes={from}-"));
             }
             let req = req.body(()).map_err(|e| ClientError::Network(e.to_string()))?;
-            let resp = self.agent.run(req).map_err(|e| ClientError::Network(format!("{url}: {e}")))?;
+            let resp = self
+                .agent
+                .run(req)
+                .map_err(|e| ClientError::Network(format!("{url}: {e}")))?;
             let status = resp.status().as_u16();
             if (300..400).contains(&status) && method == "GET" {
                 let loc = header(&resp, "location").ok_or_else(|| ClientError::Status(status, url.clone()))?;
@@ -435,15 +546,24 @@ impl<'a> Client<'a> {
     }
 
     fn repo_info(&self, repo: &RepoSpec) -> Result<RepoInfo, ClientError> {
-        let url = format!("{}/api/models/{}/revision/{}", self.cfg.endpoint, repo.repo_id, repo.revision.replace('/', "%2F"));
+        let url = format!(
+            "{}/api/models/{}/revision/{}",
+            self.cfg.endpoint,
+            repo.repo_id,
+            repo.revision.replace('/', "%2F")
+        );
         self.with_retries(|| {
             let (mut resp, url) = self.call("GET", &url, None)?;
             let status = resp.status().as_u16();
             if status != 200 {
                 return Err(ClientError::Status(status, url));
             }
-            let body = resp.body_mut().read_to_string().map_err(|e| ClientError::Network(e.to_string()))?;
-            serde_json::from_str(&body).map_err(|e| ClientError::Integrity(format!("unexpected answer from {url}: {e}")))
+            let body = resp
+                .body_mut()
+                .read_to_string()
+                .map_err(|e| ClientError::Network(e.to_string()))?;
+            serde_json::from_str(&body)
+                .map_err(|e| ClientError::Integrity(format!("unexpected answer from {url}: {e}")))
         })
     }
 
@@ -454,17 +574,38 @@ impl<'a> Client<'a> {
             if !(200..400).contains(&status) {
                 return Err(ClientError::Status(status, url));
             }
-            let etag = header(&resp, "x-linked-etag").or_else(|| header(&resp, "etag")).map(|e| clean_etag(&e));
-            let etag = etag.filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            let etag = header(&resp, "x-linked-etag")
+                .or_else(|| header(&resp, "etag"))
+                .map(|e| clean_etag(&e));
+            let etag = etag
+                .filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
                 .ok_or_else(|| ClientError::Integrity(format!("{url} sent no usable ETag")))?;
-            let size = header(&resp, "x-linked-size").or_else(|| header(&resp, "content-length")).and_then(|s| s.parse().ok());
-            let body_url = if (300..400).contains(&status) { header(&resp, "location").map(|l| join_url(&url, &l)).unwrap_or(url.clone()) } else { url.clone() };
-            Ok(FileMeta { etag, size, url: body_url })
+            let size = header(&resp, "x-linked-size")
+                .or_else(|| header(&resp, "content-length"))
+                .and_then(|s| s.parse().ok());
+            let body_url = if (300..400).contains(&status) {
+                header(&resp, "location")
+                    .map(|l| join_url(&url, &l))
+                    .unwrap_or(url.clone())
+            } else {
+                url.clone()
+            };
+            Ok(FileMeta {
+                etag,
+                size,
+                url: body_url,
+            })
         })
     }
 
     /// Download into `partial` (resuming what is there), verify, and move to `blob`.
-    fn download_blob(&self, meta: &FileMeta, partial: &Path, blob: &Path, bar: &ProgressBar) -> Result<(), ClientError> {
+    fn download_blob(
+        &self,
+        meta: &FileMeta,
+        partial: &Path,
+        blob: &Path,
+        bar: &ProgressBar,
+    ) -> Result<(), ClientError> {
         // The digest is computed while the bytes arrive (a resumed attempt first re-reads
         // the part already on disk), so a fresh download reads its data once.
         let digest = self.with_retries(|| self.download_once(meta, partial, bar))?;
@@ -496,23 +637,37 @@ impl<'a> Client<'a> {
         let status = resp.status().as_u16();
         let append = match status {
             206 => {
-                let start = header(&resp, "content-range").and_then(|r| r.strip_prefix("bytes ").and_then(|r| r.split('-').next()).and_then(|s| s.parse::<u64>().ok()));
+                let start = header(&resp, "content-range").and_then(|r| {
+                    r.strip_prefix("bytes ")
+                        .and_then(|r| r.split('-').next())
+                        .and_then(|s| s.parse::<u64>().ok())
+                });
                 if start != Some(have) {
-                    return Err(ClientError::Integrity(format!("{url} answered a range starting at {start:?}, asked {have}")));
+                    return Err(ClientError::Integrity(format!(
+                        "{url} answered a range starting at {start:?}, asked {have}"
+                    )));
                 }
                 true
             }
             200 => false, // no range support: start over
             416 => {
                 let _ = std::fs::remove_file(partial); // our partial is longer than the file
-                return Err(ClientError::Network(format!("{url}: range not satisfiable, restarting")));
+                return Err(ClientError::Network(format!(
+                    "{url}: range not satisfiable, restarting"
+                )));
             }
             s => return Err(ClientError::Status(s, url)),
         };
         if append {
             hasher.update_from_file(partial, have).map_err(io)?;
         }
-        let mut out = std::fs::OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(partial).map_err(io)?;
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(partial)
+            .map_err(io)?;
         let start = if append { have } else { 0 };
         bar.set_position(start);
         let mut reader = resp.into_body().into_reader();
@@ -558,11 +713,15 @@ impl<'a> Client<'a> {
         let hasher = write_result.map_err(io)?;
         let (done, net_err) = received;
         if let Some(e) = net_err {
-            return Err(ClientError::Network(format!("{url}: connection lost after {done} bytes: {e}")));
+            return Err(ClientError::Network(format!(
+                "{url}: connection lost after {done} bytes: {e}"
+            )));
         }
         if let Some(size) = meta.size {
             if done < size {
-                return Err(ClientError::Network(format!("{url}: body ended after {done} of {size} bytes")));
+                return Err(ClientError::Network(format!(
+                    "{url}: body ended after {done} of {size} bytes"
+                )));
             }
         }
         Ok(hasher.finish())
@@ -658,11 +817,21 @@ impl Bars {
         if enabled && std::io::stderr().is_terminal() {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let total = multi.add(ProgressBar::new(0));
-            total.set_style(ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} files").unwrap().progress_chars("=> "));
+            total.set_style(
+                ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} files")
+                    .unwrap()
+                    .progress_chars("=> "),
+            );
             total.set_message("total");
-            Bars { multi: Some(multi), total }
+            Bars {
+                multi: Some(multi),
+                total,
+            }
         } else {
-            Bars { multi: None, total: ProgressBar::hidden() }
+            Bars {
+                multi: None,
+                total: ProgressBar::hidden(),
+            }
         }
     }
     fn total(&self, n: usize) {
@@ -673,9 +842,20 @@ impl Bars {
             Some(m) => {
                 let b = m.insert_before(&self.total, ProgressBar::new(size.unwrap_or(0)));
                 b.set_style(
-                    ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap().progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap()
+                    .progress_chars("=> "),
                 );
-                let short: String = name.chars().rev().take(24).collect::<Vec<_>>().into_iter().rev().collect();
+                let short: String = name
+                    .chars()
+                    .rev()
+                    .take(24)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 b.set_message(short);
                 b
             }

@@ -64,12 +64,21 @@ pub fn fnmatch(pattern: &str, name: &str) -> bool {
 /// names (when the repo has one and it was read).
 pub fn select(files: &[String], shards: Option<&[String]>, include: &[String], exclude: &[String]) -> Vec<String> {
     let has = |f: &str| files.iter().any(|x| x == f);
-    let mut out: Vec<String> = files.iter().filter(|f| META_FILES.contains(&f.as_str()) || f.ends_with(".tiktoken")).cloned().collect();
+    let mut out: Vec<String> = files
+        .iter()
+        .filter(|f| META_FILES.contains(&f.as_str()) || f.ends_with(".tiktoken"))
+        .cloned()
+        .collect();
     let safetensors: Vec<&String> = files.iter().filter(|f| f.ends_with(".safetensors")).collect();
     match shards {
         Some(s) => out.extend(s.iter().filter(|f| has(f)).cloned()),
         None if !safetensors.is_empty() => out.extend(safetensors.into_iter().cloned()),
-        None => out.extend(files.iter().filter(|f| FALLBACK_WEIGHTS.iter().any(|e| f.ends_with(e))).cloned()),
+        None => out.extend(
+            files
+                .iter()
+                .filter(|f| FALLBACK_WEIGHTS.iter().any(|e| f.ends_with(e)))
+                .cloned(),
+        ),
     }
     out.extend(files.iter().filter(|f| include.iter().any(|g| fnmatch(g, f))).cloned());
     out.retain(|f| !exclude.iter().any(|g| fnmatch(g, f)));
@@ -86,7 +95,10 @@ mod tests {
     fn fnmatch_like_python() {
         assert!(fnmatch("*.json", "config.json"));
         assert!(fnmatch("*.json", "sub/dir/x.json"));
-        assert!(fnmatch("model-0000?-of-*.safetensors", "model-00001-of-00002.safetensors"));
+        assert!(fnmatch(
+            "model-0000?-of-*.safetensors",
+            "model-00001-of-00002.safetensors"
+        ));
         assert!(fnmatch("[a-c]*", "b.txt"));
         assert!(!fnmatch("[!a-c]*", "b.txt"));
         assert!(!fnmatch("*.bin", "model.safetensors"));
@@ -94,17 +106,40 @@ mod tests {
 
     #[test]
     fn picks_index_shards_and_skips_duplicates() {
-        let files: Vec<String> = ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "stray.safetensors", "pytorch_model.bin", "README.md", "modeling_sa2va_chat.py"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let shards = vec!["model-00001-of-00002.safetensors".to_string(), "model-00002-of-00002.safetensors".to_string()];
+        let files: Vec<String> = [
+            "config.json",
+            "model.safetensors.index.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "stray.safetensors",
+            "pytorch_model.bin",
+            "README.md",
+            "modeling_sa2va_chat.py",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let shards = vec![
+            "model-00001-of-00002.safetensors".to_string(),
+            "model-00002-of-00002.safetensors".to_string(),
+        ];
         let got = select(&files, Some(&shards), &[], &[]);
-        assert_eq!(got, vec!["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]);
+        assert_eq!(
+            got,
+            vec![
+                "config.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+                "model.safetensors.index.json"
+            ]
+        );
         let got = select(&files, Some(&shards), &["*.py".into()], &["config.json".into()]);
         assert!(got.contains(&"modeling_sa2va_chat.py".to_string()) && !got.contains(&"config.json".to_string()));
         // .pt only when there are no safetensors at all
-        let meta: Vec<String> = ["sam2.1_hiera_large.pt", "README.md"].iter().map(|s| s.to_string()).collect();
+        let meta: Vec<String> = ["sam2.1_hiera_large.pt", "README.md"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(select(&meta, None, &[], &[]), vec!["sam2.1_hiera_large.pt"]);
     }
 }

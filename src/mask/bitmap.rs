@@ -13,12 +13,20 @@ pub struct Mask {
 
 impl Mask {
     pub fn empty(width: u32, height: u32) -> Self {
-        Self { width, height, data: vec![0; width as usize * height as usize] }
+        Self {
+            width,
+            height,
+            data: vec![0; width as usize * height as usize],
+        }
     }
 
     /// Threshold row-major logits at 0 (≡ sigmoid > 0.5), as SAM2 does.
     pub fn from_logits(width: u32, height: u32, logits: &[f32]) -> Self {
-        Self { width, height, data: logits.iter().map(|&x| u8::from(x > 0.0)).collect() }
+        Self {
+            width,
+            height,
+            data: logits.iter().map(|&x| u8::from(x > 0.0)).collect(),
+        }
     }
 
     /// Pixel-wise OR (several `[SEG]`s for one expression).

@@ -50,7 +50,9 @@ pub fn decode(s: &[u8]) -> Result<Vec<u32>, RleError> {
                 )));
             }
             if k >= 7 {
-                return Err(RleError(format!("count too large at position {start} of a compressed RLE")));
+                return Err(RleError(format!(
+                    "count too large at position {start} of a compressed RLE"
+                )));
             }
             let c = (byte - 48) as i64;
             x |= (c & 0x1f) << (5 * k);

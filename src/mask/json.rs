@@ -44,7 +44,10 @@ pub fn parse_mask_json(v: &Value) -> Result<MaskJson, RleError> {
                         .ok_or_else(|| RleError(format!("polygon {i} is not a list of numbers")))?;
                     let xy = coords
                         .iter()
-                        .map(|c| c.as_f64().ok_or_else(|| RleError(format!("polygon {i} has a non-number {c}"))))
+                        .map(|c| {
+                            c.as_f64()
+                                .ok_or_else(|| RleError(format!("polygon {i} has a non-number {c}")))
+                        })
                         .collect::<Result<Vec<f64>, _>>()?;
                     out.push(xy);
                 }
@@ -69,11 +72,18 @@ pub fn parse_mask_json(v: &Value) -> Result<MaskJson, RleError> {
                         .collect::<Result<Vec<u32>, _>>()?;
                     Rle::from_counts(h, w, counts)?
                 }
-                other => return Err(RleError(format!("RLE `counts` must be a string or a list, not {other}"))),
+                other => {
+                    return Err(RleError(format!(
+                        "RLE `counts` must be a string or a list, not {other}"
+                    )))
+                }
             };
             Ok(MaskJson::Rle(rle))
         }
-        other => Err(RleError(format!("unsupported mask value {}", truncate(&other.to_string())))),
+        other => Err(RleError(format!(
+            "unsupported mask value {}",
+            truncate(&other.to_string())
+        ))),
     }
 }
 
@@ -110,7 +120,10 @@ impl MaskJson {
                 if ps.is_empty() {
                     return Ok(Some(Rle::empty(h, w)));
                 }
-                let rles = ps.iter().map(|p| from_polygon(p, h, w)).collect::<Result<Vec<_>, _>>()?;
+                let rles = ps
+                    .iter()
+                    .map(|p| from_polygon(p, h, w))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok(Some(Rle::union(&rles)?))
             }
         }

@@ -59,7 +59,11 @@ impl Rle {
 
     /// An all-zero mask (sizes must pass [`check_size`]).
     pub fn empty(h: u32, w: u32) -> Self {
-        Rle { h, w, counts: vec![h.wrapping_mul(w)] }
+        Rle {
+            h,
+            w,
+            counts: vec![h.wrapping_mul(w)],
+        }
     }
 
     /// Decode the compressed string form (`rleFrString`).
@@ -195,7 +199,12 @@ impl Rle {
             ys = ys.min(y);
             ye = ye.max(y);
         }
-        [xs as f64, ys as f64, (xe as f64) - (xs as f64) + 1.0, (ye as f64) - (ys as f64) + 1.0]
+        [
+            xs as f64,
+            ys as f64,
+            (xe as f64) - (xs as f64) + 1.0,
+            (ye as f64) - (ys as f64) + 1.0,
+        ]
     }
 
     /// Intersection and union pixel counts of two masks of the same size (the run walk of `rleIou`).

@@ -24,7 +24,9 @@ const MAX_BOUNDARY: usize = 16 << 20;
 /// value is ignored, as pycocotools does (`int(len(p)/2)` points).
 pub fn from_polygon(xy: &[f64], h: u32, w: u32) -> Result<Rle, RleError> {
     if let Some(v) = xy.iter().find(|v| !v.is_finite() || v.abs() > MAX_COORD) {
-        return Err(RleError(format!("polygon coordinate {v} is not a finite number within ±{MAX_COORD}")));
+        return Err(RleError(format!(
+            "polygon coordinate {v} is not a finite number within ±{MAX_COORD}"
+        )));
     }
     super::check_size(h, w)?;
     let k = xy.len() / 2;
@@ -43,7 +45,9 @@ pub fn from_polygon(xy: &[f64], h: u32, w: u32) -> Result<Rle, RleError> {
         m += dx.max(dy) as usize + 1;
     }
     if m > MAX_BOUNDARY {
-        return Err(RleError(format!("polygon boundary of {m} upsampled points is too long to rasterise")));
+        return Err(RleError(format!(
+            "polygon boundary of {m} upsampled points is too long to rasterise"
+        )));
     }
     let mut u: Vec<i32> = Vec::with_capacity(m);
     let mut v: Vec<i32> = Vec::with_capacity(m);

@@ -59,10 +59,16 @@ impl DepthTokenSpec {
     pub fn resolve_with(&self, lookup: impl Fn(&str) -> Option<u32>) -> crate::Result<DepthTokenIds> {
         let bad = |m: String| Err(crate::Error::at("depth tokens", m));
         if self.code_format.matches("{}").count() != 1 {
-            return bad(format!("code_format {:?} must contain `{{}}` exactly once", self.code_format));
+            return bad(format!(
+                "code_format {:?} must contain `{{}}` exactly once",
+                self.code_format
+            ));
         }
         if self.grid.0 == 0 || self.grid.1 == 0 || self.codebook_size == 0 {
-            return bad(format!("grid {:?} and codebook_size {} must be positive", self.grid, self.codebook_size));
+            return bad(format!(
+                "grid {:?} and codebook_size {} must be positive",
+                self.grid, self.codebook_size
+            ));
         }
         let mut missing = Vec::new();
         let mut get = |s: &str| {
@@ -93,7 +99,13 @@ impl DepthTokenSpec {
         if start == end {
             return bad(format!("start and end markers are the same token id {start}"));
         }
-        Ok(DepthTokenIds { start, end, codes, code_of, grid: self.grid })
+        Ok(DepthTokenIds {
+            start,
+            end,
+            codes,
+            code_of,
+            grid: self.grid,
+        })
     }
 }
 
@@ -129,7 +141,12 @@ impl DepthBlock {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DepthParseError {
     #[error("depth block opened at {start} closes at {at} after {found} code tokens; {expected} expected")]
-    TooFewCodes { start: usize, at: usize, found: usize, expected: usize },
+    TooFewCodes {
+        start: usize,
+        at: usize,
+        found: usize,
+        expected: usize,
+    },
     #[error("depth block opened at {start} has more than {expected} code tokens (extra one at {at})")]
     TooManyCodes { start: usize, at: usize, expected: usize },
     #[error("token id {id} at {at} is not a depth code, inside the depth block opened at {start}")]
@@ -186,10 +203,20 @@ impl DepthTokenIds {
                         codes.push(k);
                     } else if id == self.end {
                         if codes.len() < n {
-                            return Err(DepthParseError::TooFewCodes { start, at, found: codes.len(), expected: n });
+                            return Err(DepthParseError::TooFewCodes {
+                                start,
+                                at,
+                                found: codes.len(),
+                                expected: n,
+                            });
                         }
                         let codes = std::mem::take(codes);
-                        found = Some(DepthBlock { start_pos: start, end_pos: at, codes, grid: self.grid });
+                        found = Some(DepthBlock {
+                            start_pos: start,
+                            end_pos: at,
+                            codes,
+                            grid: self.grid,
+                        });
                         open = None;
                     } else if id == self.start {
                         return Err(DepthParseError::NestedStart { start, at });
@@ -200,7 +227,10 @@ impl DepthTokenIds {
             }
         }
         if let Some((start, codes)) = open {
-            return Err(DepthParseError::Unterminated { start, found: codes.len() });
+            return Err(DepthParseError::Unterminated {
+                start,
+                found: codes.len(),
+            });
         }
         Ok(found)
     }
@@ -271,7 +301,13 @@ impl DepthConstraint {
         banned_after.push(ids.start);
         banned_before.sort_unstable();
         banned_after.sort_unstable();
-        Self { end_only: [ids.end], state: State::Before, ids, banned_before, banned_after }
+        Self {
+            end_only: [ids.end],
+            state: State::Before,
+            ids,
+            banned_before,
+            banned_after,
+        }
     }
 
     /// Tokens permitted at the next step.
@@ -297,7 +333,10 @@ impl DepthConstraint {
     /// Record the emitted token; an id the constraint did not allow is refused (state unchanged).
     pub fn step(&mut self, id: u32) -> Result<(), String> {
         if !self.allowed().permits(id) {
-            return Err(format!("token id {id} is not allowed in depth-decoding state {:?}", self.state));
+            return Err(format!(
+                "token id {id} is not allowed in depth-decoding state {:?}",
+                self.state
+            ));
         }
         let n = self.ids.num_codes();
         self.state = match self.state {
@@ -309,7 +348,6 @@ impl DepthConstraint {
         };
         Ok(())
     }
-
 }
 
 /// Constrained decoding plugs the constraint into the generation loop directly.
@@ -348,11 +386,21 @@ mod tests {
 
     /// Vocabulary: 0..10 text, 10 start, 11 end, 12.. codes (K = 5), grid 2×3.
     fn ids() -> DepthTokenIds {
-        let spec = DepthTokenSpec { grid: (2, 3), codebook_size: 5, ..Default::default() };
+        let spec = DepthTokenSpec {
+            grid: (2, 3),
+            codebook_size: 5,
+            ..Default::default()
+        };
         spec.resolve_with(|s| match s {
             "<DEPTH_START>" => Some(10),
             "<DEPTH_END>" => Some(11),
-            _ => s.strip_prefix("<DEPTH_")?.strip_suffix('>')?.parse::<u32>().ok().filter(|&k| k < 5).map(|k| 12 + k),
+            _ => s
+                .strip_prefix("<DEPTH_")?
+                .strip_suffix('>')?
+                .parse::<u32>()
+                .ok()
+                .filter(|&k| k < 5)
+                .map(|k| 12 + k),
         })
         .unwrap()
     }
@@ -372,8 +420,23 @@ mod tests {
         let t = ids();
         use DepthParseError::*;
         let e = |s: &[u32]| t.parse(s).unwrap_err();
-        assert_eq!(e(&[10, 12, 12, 11]), TooFewCodes { start: 0, at: 3, found: 2, expected: 6 });
-        assert_eq!(e(&[10, 12, 12, 12, 12, 12, 12, 12, 11]), TooManyCodes { start: 0, at: 7, expected: 6 });
+        assert_eq!(
+            e(&[10, 12, 12, 11]),
+            TooFewCodes {
+                start: 0,
+                at: 3,
+                found: 2,
+                expected: 6
+            }
+        );
+        assert_eq!(
+            e(&[10, 12, 12, 12, 12, 12, 12, 12, 11]),
+            TooManyCodes {
+                start: 0,
+                at: 7,
+                expected: 6
+            }
+        );
         assert_eq!(e(&[0, 10, 12, 3, 11]), NonCodeToken { start: 1, at: 3, id: 3 });
         assert_eq!(e(&[10, 12, 10]), NestedStart { start: 0, at: 2 });
         assert_eq!(e(&[0, 10, 12, 12]), Unterminated { start: 1, found: 2 });
@@ -387,10 +450,20 @@ mod tests {
     #[test]
     fn resolve_names_missing_tokens_and_checks_spec() {
         let spec = DepthTokenSpec::default();
-        let err = spec.resolve_with(|s| (s == "<DEPTH_START>").then_some(1)).unwrap_err().to_string();
+        let err = spec
+            .resolve_with(|s| (s == "<DEPTH_START>").then_some(1))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("<DEPTH_END>") && err.contains("129 missing"), "{err}");
-        let bad = DepthTokenSpec { code_format: "<D>".into(), ..Default::default() };
-        assert!(bad.resolve_with(|_| Some(0)).unwrap_err().to_string().contains("code_format"));
+        let bad = DepthTokenSpec {
+            code_format: "<D>".into(),
+            ..Default::default()
+        };
+        assert!(bad
+            .resolve_with(|_| Some(0))
+            .unwrap_err()
+            .to_string()
+            .contains("code_format"));
         let dup = spec.resolve_with(|_| Some(7)).unwrap_err().to_string();
         assert!(dup.contains("more than one"), "{dup}");
     }
@@ -398,16 +471,37 @@ mod tests {
     #[test]
     fn resolves_against_a_tokenizer() {
         use tokenizers::models::wordlevel::WordLevel;
-        let spec = DepthTokenSpec { codebook_size: 3, grid: (1, 2), ..Default::default() };
+        let spec = DepthTokenSpec {
+            codebook_size: 3,
+            grid: (1, 2),
+            ..Default::default()
+        };
         let mut vocab: HashMap<String, u32> = HashMap::new();
-        for (i, t) in ["<unk>", "<DEPTH_START>", "<DEPTH_END>", "<DEPTH_0>", "<DEPTH_1>", "<DEPTH_2>"].iter().enumerate() {
+        for (i, t) in [
+            "<unk>",
+            "<DEPTH_START>",
+            "<DEPTH_END>",
+            "<DEPTH_0>",
+            "<DEPTH_1>",
+            "<DEPTH_2>",
+        ]
+        .iter()
+        .enumerate()
+        {
             vocab.insert(t.to_string(), i as u32);
         }
-        let model = WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("<unk>".into()).build().unwrap();
+        let model = WordLevel::builder()
+            .vocab(vocab.into_iter().collect())
+            .unk_token("<unk>".into())
+            .build()
+            .unwrap();
         let tok = tokenizers::Tokenizer::new(model);
         let r = spec.resolve(&tok).unwrap();
         assert_eq!((r.start, r.end, r.codes.clone()), (1, 2, vec![3, 4, 5]));
-        let more = DepthTokenSpec { codebook_size: 4, ..spec };
+        let more = DepthTokenSpec {
+            codebook_size: 4,
+            ..spec
+        };
         assert!(more.resolve(&tok).unwrap_err().to_string().contains("<DEPTH_3>"));
     }
 
@@ -436,10 +530,18 @@ mod tests {
             let mut stream = Vec::new();
             for step in 0..40 {
                 // Bias towards the depth tokens so most trials open a block early.
-                let raw: Vec<f32> = (0..vocab).map(|i| 4.0 * rng.unit() + if i >= 10 { 1.5 } else { 0.0 }).collect();
+                let raw: Vec<f32> = (0..vocab)
+                    .map(|i| 4.0 * rng.unit() + if i >= 10 { 1.5 } else { 0.0 })
+                    .collect();
                 let logits = Tensor::from_vec(raw, (1, vocab), &candle_core::Device::Cpu).unwrap();
                 let masked = c.apply(&logits).unwrap();
-                let id = masked.argmax(D::Minus1).unwrap().squeeze(0).unwrap().to_scalar::<u32>().unwrap();
+                let id = masked
+                    .argmax(D::Minus1)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap()
+                    .to_scalar::<u32>()
+                    .unwrap();
                 c.step(id).unwrap_or_else(|e| panic!("trial {trial} step {step}: {e}"));
                 stream.push(id);
                 // The decoder may stop at any step outside the block (EOS is free text).

@@ -18,7 +18,9 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cuda" => cuda(0),
         other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
             Some(n) => cuda(n),
-            None => Err(Error::Usage(format!("--device {other:?}: expected auto, cpu, cuda or cuda:N"))),
+            None => Err(Error::Usage(format!(
+                "--device {other:?}: expected auto, cpu, cuda or cuda:N"
+            ))),
         },
     }
 }
@@ -26,12 +28,21 @@ pub fn parse_device(s: &str) -> Result<Device> {
 /// A CUDA device, or a clear error (exit 1) when this build or this machine has none.
 fn cuda(n: usize) -> Result<Device> {
     if !candle_core::utils::cuda_is_available() {
-        return Err(Error::at("--device", "this perceptio was built without CUDA support (build it with tools/build-cuda.sh or `--features cuda`)"));
+        return Err(Error::at(
+            "--device",
+            "this perceptio was built without CUDA support (build it with tools/build-cuda.sh or `--features cuda`)",
+        ));
     }
     // With CUDA built in, a machine without a driver or GPU fails here (no panic: cudarc's
     // errors come back as values).
     Device::new_cuda(n).map_err(|e| {
-        Error::at(format!("--device cuda:{n}"), format!("cannot open CUDA device {n} (no NVIDIA GPU or driver visible?): {}", crate::error::candle_message(&e)))
+        Error::at(
+            format!("--device cuda:{n}"),
+            format!(
+                "cannot open CUDA device {n} (no NVIDIA GPU or driver visible?): {}",
+                crate::error::candle_message(&e)
+            ),
+        )
     })
 }
 

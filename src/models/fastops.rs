@@ -133,19 +133,27 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 /// Apply a row/chunk kernel over a contiguous f32 storage in parallel, through its AVX2+FMA
 /// build when the CPU has those features.
 #[allow(unused_variables)]
-fn map_chunks(s: &CpuStorage, l: &Layout, chunk: usize, plain: fn(&[f32], &mut [f32]), avx2: unsafe fn(&[f32], &mut [f32])) -> Result<(CpuStorage, Shape)> {
+fn map_chunks(
+    s: &CpuStorage,
+    l: &Layout,
+    chunk: usize,
+    plain: fn(&[f32], &mut [f32]),
+    avx2: unsafe fn(&[f32], &mut [f32]),
+) -> Result<(CpuStorage, Shape)> {
     let src = contiguous_f32(s, l)?;
     let mut dst = vec![0f32; src.len()];
     let avx = has_avx2();
-    src.par_chunks(chunk.max(1)).zip(dst.par_chunks_mut(chunk.max(1))).for_each(|(s, d)| {
-        #[cfg(target_arch = "x86_64")]
-        if avx {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            unsafe { avx2(s, d) };
-            return;
-        }
-        plain(s, d)
-    });
+    src.par_chunks(chunk.max(1))
+        .zip(dst.par_chunks_mut(chunk.max(1)))
+        .for_each(|(s, d)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                unsafe { avx2(s, d) };
+                return;
+            }
+            plain(s, d)
+        });
     Ok((CpuStorage::F32(dst), l.shape().clone()))
 }
 

@@ -19,7 +19,13 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 512, temperature: 0.0, top_p: None, seed: 299792458, stop_ids: vec![] }
+        Self {
+            max_new_tokens: 512,
+            temperature: 0.0,
+            top_p: None,
+            seed: 299792458,
+            stop_ids: vec![],
+        }
     }
 }
 
@@ -46,7 +52,12 @@ pub trait LogitsConstraint {
 }
 
 /// Generate from prompt embeddings (1, L, h). `on_token` sees each id as it is produced.
-pub fn generate(model: &mut InternVl, embeds: &Tensor, opts: &GenerateOptions, on_token: impl FnMut(u32)) -> Result<Generation> {
+pub fn generate(
+    model: &mut InternVl,
+    embeds: &Tensor,
+    opts: &GenerateOptions,
+    on_token: impl FnMut(u32),
+) -> Result<Generation> {
     generate_constrained(model, embeds, opts, None, on_token)
 }
 
@@ -99,7 +110,14 @@ pub fn generate_constrained(
         last = h.i((0, 0))?;
         hidden.push(last.clone());
     }
-    Ok(Generation { ids, hidden, stopped, prompt_tokens, prefill_secs, decode_secs: t1.elapsed().as_secs_f64() })
+    Ok(Generation {
+        ids,
+        hidden,
+        stopped,
+        prompt_tokens,
+        prefill_secs,
+        decode_secs: t1.elapsed().as_secs_f64(),
+    })
 }
 
 /// Run a teacher-forced continuation (e.g. "Sure, [SEG].") after the prompt and return the

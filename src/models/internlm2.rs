@@ -3,7 +3,7 @@
 //! attention_norm, ffn_norm}`, `model.norm`, `output`. `wqkv` is grouped per KV head:
 //! rows are [q_0 … q_{g-1}, k, v] × head_dim for each of the KV heads (g = heads / kv_heads).
 
-use super::nn::{CausalAttention, Decoder, DecoderLayer, Linear, Rope, RmsNorm};
+use super::nn::{CausalAttention, Decoder, DecoderLayer, Linear, RmsNorm, Rope};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::Arc;
@@ -69,7 +69,6 @@ impl Layer {
             span: tracing::span!(tracing::Level::TRACE, "internlm2-layer"),
         })
     }
-
 }
 
 impl DecoderLayer for Layer {
@@ -78,14 +77,21 @@ impl DecoderLayer for Layer {
         let (b, s, _) = xs.dims3()?;
         let x = self.attention_norm.forward(xs)?;
         // (b, s, kv, groups + 2, d): queries are the first `groups` slots, then k, then v.
-        let qkv = self.wqkv.forward(&x)?.reshape((b, s, self.n_kv, self.groups + 2, self.head_dim))?;
-        let q = qkv.narrow(3, 0, self.groups)?.reshape((b, s, self.n_kv * self.groups, self.head_dim))?;
+        let qkv = self
+            .wqkv
+            .forward(&x)?
+            .reshape((b, s, self.n_kv, self.groups + 2, self.head_dim))?;
+        let q = qkv
+            .narrow(3, 0, self.groups)?
+            .reshape((b, s, self.n_kv * self.groups, self.head_dim))?;
         let k = qkv.narrow(3, self.groups, 1)?.squeeze(3)?;
         let v = qkv.narrow(3, self.groups + 1, 1)?.squeeze(3)?;
         let a = self.core.forward(&q, &k, &v, mask, offset)?.apply(&self.wo)?;
         let xs = (xs + a)?;
         let x = self.ffn_norm.forward(&xs)?;
-        let f = self.w2.forward(&(self.w1.forward(&x)?.silu()? * self.w3.forward(&x)?)?)?;
+        let f = self
+            .w2
+            .forward(&(self.w1.forward(&x)?.silu()? * self.w3.forward(&x)?)?)?;
         xs + f
     }
 
@@ -107,10 +113,18 @@ impl Decoder<Layer> {
         }
         let m = vb.pp("model");
         let head_dim = cfg.hidden_size / cfg.num_attention_heads;
-        let rope = Arc::new(Rope::new(head_dim, cfg.max_position_embeddings, cfg.rope_theta, vb.dtype(), vb.device())?);
+        let rope = Arc::new(Rope::new(
+            head_dim,
+            cfg.max_position_embeddings,
+            cfg.rope_theta,
+            vb.dtype(),
+            vb.device(),
+        )?);
         Ok(Decoder {
             embed_tokens: candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("tok_embeddings"))?,
-            layers: (0..cfg.num_hidden_layers).map(|i| Layer::new(rope.clone(), cfg, m.pp("layers").pp(i))).collect::<Result<_>>()?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| Layer::new(rope.clone(), cfg, m.pp("layers").pp(i)))
+                .collect::<Result<_>>()?,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
             lm_head: Linear::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("output"))?,
             span: tracing::span!(tracing::Level::TRACE, "internlm2"),

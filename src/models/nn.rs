@@ -24,11 +24,17 @@ pub struct Linear {
 impl Linear {
     pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let inner = candle_nn::linear_b(in_dim, out_dim, bias, vb)?;
-        Ok(Self { inner, span: tracing::span!(tracing::Level::TRACE, "linear") })
+        Ok(Self {
+            inner,
+            span: tracing::span!(tracing::Level::TRACE, "linear"),
+        })
     }
 
     pub fn from_weights(w: Tensor, b: Option<Tensor>) -> Self {
-        Self { inner: candle_nn::Linear::new(w, b), span: tracing::span!(tracing::Level::TRACE, "linear") }
+        Self {
+            inner: candle_nn::Linear::new(w, b),
+            span: tracing::span!(tracing::Level::TRACE, "linear"),
+        }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -64,7 +70,11 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(dim, "weight")?, eps, span: tracing::span!(tracing::Level::TRACE, "rms-norm") })
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+            span: tracing::span!(tracing::Level::TRACE, "rms-norm"),
+        })
     }
 }
 
@@ -89,7 +99,10 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { inner: candle_nn::layer_norm(dim, eps, vb)?, span: tracing::span!(tracing::Level::TRACE, "layer-norm") })
+        Ok(Self {
+            inner: candle_nn::layer_norm(dim, eps, vb)?,
+            span: tracing::span!(tracing::Level::TRACE, "layer-norm"),
+        })
     }
 }
 
@@ -106,7 +119,9 @@ pub fn repeat_kv(xs: Tensor, n_rep: usize) -> Result<Tensor> {
         return Ok(xs);
     }
     let (b, kv, s, d) = xs.dims4()?;
-    xs.unsqueeze(2)?.expand((b, kv, n_rep, s, d))?.reshape((b, kv * n_rep, s, d))
+    xs.unsqueeze(2)?
+        .expand((b, kv, n_rep, s, d))?
+        .reshape((b, kv * n_rep, s, d))
 }
 
 /// RoPE tables computed in f32 (positions beyond 256 lose precision in bf16), then cast.
@@ -118,12 +133,20 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(head_dim: usize, max_pos: usize, theta: f64, dtype: DType, dev: &candle_core::Device) -> Result<Self> {
-        let inv: Vec<f32> = (0..head_dim).step_by(2).map(|i| (1.0 / theta.powf(i as f64 / head_dim as f64)) as f32).collect();
+        let inv: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| (1.0 / theta.powf(i as f64 / head_dim as f64)) as f32)
+            .collect();
         let n = inv.len();
         let inv = Tensor::from_vec(inv, (1, n), dev)?;
-        let t = Tensor::arange(0u32, max_pos as u32, dev)?.to_dtype(DType::F32)?.reshape((max_pos, 1))?;
+        let t = Tensor::arange(0u32, max_pos as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((max_pos, 1))?;
         let freqs = t.matmul(&inv)?;
-        Ok(Self { sin: freqs.sin()?.to_dtype(dtype)?, cos: freqs.cos()?.to_dtype(dtype)? })
+        Ok(Self {
+            sin: freqs.sin()?.to_dtype(dtype)?,
+            cos: freqs.cos()?.to_dtype(dtype)?,
+        })
     }
 
     /// Rotate-half RoPE on (b, h, s, d) at positions offset..offset+s.
@@ -131,14 +154,19 @@ impl Rope {
         let (_, _, s, _) = q.dims4()?;
         let cos = self.cos.narrow(0, offset, s)?;
         let sin = self.sin.narrow(0, offset, s)?;
-        Ok((candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?, candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?))
+        Ok((
+            candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?,
+            candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?,
+        ))
     }
 }
 
 /// Additive causal mask (s, offset+s) for a chunk of `s` new positions after `offset` cached ones.
 pub fn causal_mask(s: usize, offset: usize, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
     let total = s + offset;
-    let mask: Vec<f32> = (0..s).flat_map(|i| (0..total).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mask: Vec<f32> = (0..s)
+        .flat_map(|i| (0..total).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
     Tensor::from_vec(mask, (s, total), dev)?.to_dtype(dtype)
 }
 
@@ -155,11 +183,24 @@ pub struct CausalAttention {
 
 impl CausalAttention {
     pub fn new(rope: std::sync::Arc<Rope>, n_heads: usize, n_kv: usize, head_dim: usize) -> Self {
-        Self { rope, cache: candle_nn::kv_cache::KvCache::new(2, 512), n_heads, n_kv, head_dim }
+        Self {
+            rope,
+            cache: candle_nn::kv_cache::KvCache::new(2, 512),
+            n_heads,
+            n_kv,
+            head_dim,
+        }
     }
 
     /// Attend new positions offset..offset+s to everything cached; returns (b, s, heads·head_dim).
-    pub fn forward(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
+    pub fn forward(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        offset: usize,
+    ) -> Result<Tensor> {
         let (b, s, _, _) = q.dims4()?;
         let q = q.transpose(1, 2)?;
         let k = k.transpose(1, 2)?;
@@ -174,7 +215,9 @@ impl CausalAttention {
             w = w.broadcast_add(m)?;
         }
         let w = crate::models::fastops::softmax_last_dim(&w)?;
-        w.matmul(&v)?.transpose(1, 2)?.reshape((b, s, self.n_heads * self.head_dim))
+        w.matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, s, self.n_heads * self.head_dim))
     }
 
     pub fn reset(&mut self) {
@@ -192,7 +235,11 @@ pub trait DecoderLayer {
 /// the final norm (the state transformers reports as `hidden_states[-1]`).
 pub fn run_decoder<L: DecoderLayer>(layers: &mut [L], norm: &RmsNorm, xs: &Tensor, offset: usize) -> Result<Tensor> {
     let (_, s, _) = xs.dims3()?;
-    let mask = if s > 1 { Some(causal_mask(s, offset, xs.dtype(), xs.device())?) } else { None };
+    let mask = if s > 1 {
+        Some(causal_mask(s, offset, xs.dtype(), xs.device())?)
+    } else {
+        None
+    };
     let mut xs = xs.clone();
     for l in layers.iter_mut() {
         xs = l.forward(&xs, mask.as_ref(), offset)?;

@@ -3,7 +3,7 @@
 //! features can replace `<IMG_CONTEXT>` rows, a preallocated KV cache, RoPE tables in f32, and
 //! the last-layer hidden states (for `[SEG]` and depth tokens).
 
-use super::nn::{CausalAttention, Decoder, DecoderLayer, Linear, Rope, RmsNorm};
+use super::nn::{CausalAttention, Decoder, DecoderLayer, Linear, RmsNorm, Rope};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 use std::sync::Arc;
@@ -115,15 +115,20 @@ impl Layer {
             self_attn: Attention::new(rope, cfg, vb.pp("self_attn"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
             input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
         })
     }
-
 }
 
 impl DecoderLayer for Layer {
     fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, mask, offset)?;
+        let h = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(xs)?, mask, offset)?;
         let xs = (xs + h)?;
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?;
         xs + h
@@ -142,8 +147,16 @@ impl Decoder<Layer> {
         let m = vb.pp("model");
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let head_dim = cfg.hidden_size / cfg.num_attention_heads;
-        let rope = Arc::new(Rope::new(head_dim, cfg.max_position_embeddings, cfg.rope_theta, vb.dtype(), vb.device())?);
-        let layers = (0..cfg.num_hidden_layers).map(|i| Layer::new(rope.clone(), cfg, m.pp("layers").pp(i))).collect::<Result<_>>()?;
+        let rope = Arc::new(Rope::new(
+            head_dim,
+            cfg.max_position_embeddings,
+            cfg.rope_theta,
+            vb.dtype(),
+            vb.device(),
+        )?);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::new(rope.clone(), cfg, m.pp("layers").pp(i)))
+            .collect::<Result<_>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
         // Tied embeddings (Qwen2.5-0.5B) store no lm_head; use it when present either way.
         let lm_head = if vb.contains_tensor("lm_head.weight") || !cfg.tie_word_embeddings {
@@ -151,6 +164,12 @@ impl Decoder<Layer> {
         } else {
             Linear::from_weights(embed_tokens.embeddings().clone(), None)
         };
-        Ok(Decoder { embed_tokens, layers, norm, lm_head, span: tracing::span!(tracing::Level::TRACE, "qwen2") })
+        Ok(Decoder {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            span: tracing::span!(tracing::Level::TRACE, "qwen2"),
+        })
     }
 }

@@ -19,7 +19,11 @@ const TEMPLATES: &[Template] = &[
         instruction: "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n",
         stop_words: &["<|im_end|>"],
     },
-    Template { name: "phi3_chat", instruction: "<|user|>\n{input}<|end|>\n<|assistant|>\n", stop_words: &["<|end|>"] },
+    Template {
+        name: "phi3_chat",
+        instruction: "<|user|>\n{input}<|end|>\n<|assistant|>\n",
+        stop_words: &["<|end|>"],
+    },
 ];
 
 impl Template {
@@ -52,7 +56,10 @@ mod tests {
     fn sa2va_prompt() {
         let t = Template::by_name("qwen_chat").unwrap();
         let p = t.prompt(&expand_image("<image>\nWhat is it?", 2));
-        assert_eq!(p, "<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            p,
+            "<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n"
+        );
         assert!(Template::by_name("vicuna").is_none());
     }
 }

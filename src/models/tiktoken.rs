@@ -40,10 +40,17 @@ pub fn parse_ranks(text: &str) -> Result<Vec<(Vec<u8>, u32)>> {
         }
         let mut it = line.split_whitespace();
         let (Some(b64), Some(rank)) = (it.next(), it.next()) else {
-            return Err(Error::at(format!("tiktoken ranks line {}", i + 1), "expected `base64 rank`"));
+            return Err(Error::at(
+                format!("tiktoken ranks line {}", i + 1),
+                "expected `base64 rank`",
+            ));
         };
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| Error::at(format!("tiktoken ranks line {}", i + 1), e.to_string()))?;
-        let rank: u32 = rank.parse().map_err(|_| Error::at(format!("tiktoken ranks line {}", i + 1), "bad rank"))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| Error::at(format!("tiktoken ranks line {}", i + 1), e.to_string()))?;
+        let rank: u32 = rank
+            .parse()
+            .map_err(|_| Error::at(format!("tiktoken ranks line {}", i + 1), "bad rank"))?;
         out.push((bytes, rank));
     }
     Ok(out)
@@ -65,7 +72,10 @@ pub fn tokenizer_from_ranks(ranks: &[(Vec<u8>, u32)], pattern: &str, specials: &
         }
     }
     merges.sort_unstable();
-    let merges: Vec<(String, String)> = merges.iter().map(|&(_, _, _, idx, i)| (to_str(&ranks[idx].0[..i]), to_str(&ranks[idx].0[i..]))).collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .map(|&(_, _, _, idx, i)| (to_str(&ranks[idx].0[..i]), to_str(&ranks[idx].0[i..])))
+        .collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .fuse_unk(false)
@@ -73,12 +83,21 @@ pub fn tokenizer_from_ranks(ranks: &[(Vec<u8>, u32)], pattern: &str, specials: &
         .build()
         .map_err(|e| Error::at("tiktoken", format!("cannot build BPE: {e}")))?;
     let mut tk = Tokenizer::new(bpe);
-    let split = Split::new(SplitPattern::Regex(pattern.to_string()), SplitDelimiterBehavior::Isolated, false)
-        .map_err(|e| Error::at("tiktoken", format!("bad pattern: {e}")))?;
-    tk.with_pre_tokenizer(Some(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()])));
-    tk.with_normalizer(Some(NFC)).map_err(|e| Error::at("tiktoken", e.to_string()))?;
+    let split = Split::new(
+        SplitPattern::Regex(pattern.to_string()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| Error::at("tiktoken", format!("bad pattern: {e}")))?;
+    tk.with_pre_tokenizer(Some(Sequence::new(vec![
+        split.into(),
+        ByteLevel::new(false, false, false).into(),
+    ])));
+    tk.with_normalizer(Some(NFC))
+        .map_err(|e| Error::at("tiktoken", e.to_string()))?;
     tk.with_decoder(Some(ByteLevelDecoder::default()));
     let added: Vec<AddedToken> = specials.iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
-    tk.add_special_tokens(added).map_err(|e| Error::at("tiktoken", e.to_string()))?;
+    tk.add_special_tokens(added)
+        .map_err(|e| Error::at("tiktoken", e.to_string()))?;
     Ok(tk)
 }

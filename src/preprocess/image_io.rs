@@ -68,7 +68,12 @@ fn png_header(head: &[u8]) -> Option<PngHeader> {
         return None;
     }
     let be = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-    Some(PngHeader { width: be(16), height: be(20), bit_depth: head[24], color_type: head[25] })
+    Some(PngHeader {
+        width: be(16),
+        height: be(20),
+        bit_depth: head[24],
+        color_type: head[25],
+    })
 }
 
 /// A walk over a JPEG's marker segments: the frame size (first SOFn) and whether the data reach
@@ -135,7 +140,10 @@ fn scan_jpeg(b: &[u8]) -> JpegScan {
 
 fn check_size(path: &Path, width: u32, height: u32) -> Result<()> {
     if width == 0 || height == 0 {
-        return Err(Error::input(path, format!("image has a zero dimension ({width}x{height})")));
+        return Err(Error::input(
+            path,
+            format!("image has a zero dimension ({width}x{height})"),
+        ));
     }
     let pixels = u64::from(width) * u64::from(height);
     if pixels > MAX_PIXELS {
@@ -150,16 +158,27 @@ fn check_size(path: &Path, width: u32, height: u32) -> Result<()> {
 fn decode_rgb<R: Read>(mut reader: R, path: &Path) -> Result<RgbImage> {
     // The header first: a PNG's size is refused before the rest of the file is even read.
     let mut bytes = Vec::with_capacity(33);
-    (&mut reader).take(33).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    (&mut reader)
+        .take(33)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
     if bytes.is_empty() {
         return Err(Error::input(path, "empty file, not an image"));
     }
     let format = match image::guess_format(&bytes) {
         Ok(f @ (ImageFormat::Png | ImageFormat::Jpeg)) => f,
         Ok(other) => {
-            return Err(Error::input(path, format!("{other:?} images are not supported (PNG or JPEG only)")));
+            return Err(Error::input(
+                path,
+                format!("{other:?} images are not supported (PNG or JPEG only)"),
+            ));
         }
-        Err(_) => return Err(Error::input(path, "not a PNG or JPEG image (unrecognised file signature)")),
+        Err(_) => {
+            return Err(Error::input(
+                path,
+                "not a PNG or JPEG image (unrecognised file signature)",
+            ))
+        }
     };
     let png = png_header(&bytes);
     if let Some(h) = &png {
@@ -172,7 +191,10 @@ fn decode_rgb<R: Read>(mut reader: R, path: &Path) -> Result<RgbImage> {
             check_size(path, w, h)?;
         }
         if !scan.complete {
-            return Err(Error::input(path, "cannot decode the image: truncated JPEG (no end-of-image marker)"));
+            return Err(Error::input(
+                path,
+                "cannot decode the image: truncated JPEG (no end-of-image marker)",
+            ));
         }
     }
 
@@ -180,8 +202,9 @@ fn decode_rgb<R: Read>(mut reader: R, path: &Path) -> Result<RgbImage> {
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_PIXELS * MAX_BYTES_PER_PIXEL + (64 << 20));
     reader.limits(limits);
-    let decoder =
-        reader.into_decoder().map_err(|e| Error::input(path, format!("cannot read the image header: {e}")))?;
+    let decoder = reader
+        .into_decoder()
+        .map_err(|e| Error::input(path, format!("cannot read the image header: {e}")))?;
     let (width, height) = decoder.dimensions();
     check_size(path, width, height)?;
     let img =
@@ -223,6 +246,41 @@ fn to_rgb_like_pillow(img: DynamicImage, pil_i16: bool) -> RgbImage {
         DynamicImage::ImageLumaA16(im) => from_fn16(2, &|p| [hi(p[0]); 3], im.as_raw()),
         other => other.to_rgb8(),
     }
+}
+
+/// Read a depth PNG/JPEG: 8-bit gray stays 8-bit (AURORA's input as is); 16-bit gray becomes a
+/// float map v/65535; colour images contribute their blue channel, as AURORA's
+/// `cv2.imread(...)[:, :, 0]` does (the three channels are equal in a `--grayscale` file).
+pub fn load_depth_image(path: &Path) -> Result<crate::depthmap::DepthMap> {
+    use crate::depthmap::{DepthMap, DepthScale};
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let img = image::load_from_memory(&bytes).map_err(|e| Error::input(path, format!("not a readable image: {e}")))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let gray8 = |data: Vec<u8>| DepthMap::new(w, h, data.iter().map(|&v| v as f32).collect(), DepthScale::Gray8);
+    let float16 = |data: Vec<u16>| {
+        DepthMap::new(
+            w,
+            h,
+            data.iter().map(|&v| v as f32 / 65535.0).collect(),
+            DepthScale::Float,
+        )
+    };
+    Ok(match img {
+        DynamicImage::ImageLuma8(i) => gray8(i.into_raw()),
+        DynamicImage::ImageLumaA8(i) => gray8(i.pixels().map(|p| p[0]).collect()),
+        DynamicImage::ImageRgb8(i) => gray8(i.pixels().map(|p| p[2]).collect()),
+        DynamicImage::ImageRgba8(i) => gray8(i.pixels().map(|p| p[2]).collect()),
+        DynamicImage::ImageLuma16(i) => float16(i.into_raw()),
+        DynamicImage::ImageLumaA16(i) => float16(i.pixels().map(|p| p[0]).collect()),
+        DynamicImage::ImageRgb16(i) => float16(i.pixels().map(|p| p[2]).collect()),
+        DynamicImage::ImageRgba16(i) => float16(i.pixels().map(|p| p[2]).collect()),
+        other => {
+            return Err(Error::input(
+                path,
+                format!("unsupported depth image type {:?}", other.color()),
+            ))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -268,27 +326,3 @@ mod tests {
         assert!(e.contains("x.png") && e.contains("30000x30000"), "{e}");
     }
 }
-
-/// Read a depth PNG/JPEG: 8-bit gray stays 8-bit (AURORA's input as is); 16-bit gray becomes a
-/// float map v/65535; colour images contribute their blue channel, as AURORA's
-/// `cv2.imread(...)[:, :, 0]` does (the three channels are equal in a `--grayscale` file).
-pub fn load_depth_image(path: &Path) -> Result<crate::depthmap::DepthMap> {
-    use crate::depthmap::{DepthMap, DepthScale};
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| Error::input(path, format!("not a readable image: {e}")))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let gray8 = |data: Vec<u8>| DepthMap::new(w, h, data.iter().map(|&v| v as f32).collect(), DepthScale::Gray8);
-    let float16 = |data: Vec<u16>| DepthMap::new(w, h, data.iter().map(|&v| v as f32 / 65535.0).collect(), DepthScale::Float);
-    Ok(match img {
-        DynamicImage::ImageLuma8(i) => gray8(i.into_raw()),
-        DynamicImage::ImageLumaA8(i) => gray8(i.pixels().map(|p| p[0]).collect()),
-        DynamicImage::ImageRgb8(i) => gray8(i.pixels().map(|p| p[2]).collect()),
-        DynamicImage::ImageRgba8(i) => gray8(i.pixels().map(|p| p[2]).collect()),
-        DynamicImage::ImageLuma16(i) => float16(i.into_raw()),
-        DynamicImage::ImageLumaA16(i) => float16(i.pixels().map(|p| p[0]).collect()),
-        DynamicImage::ImageRgb16(i) => float16(i.pixels().map(|p| p[2]).collect()),
-        DynamicImage::ImageRgba16(i) => float16(i.pixels().map(|p| p[2]).collect()),
-        other => return Err(Error::input(path, format!("unsupported depth image type {:?}", other.color()))),
-    })
-}
-

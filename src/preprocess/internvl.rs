@@ -81,7 +81,10 @@ struct PySet {
 
 impl PySet {
     fn new() -> Self {
-        PySet { table: vec![None; SET_MINSIZE], fill: 0 }
+        PySet {
+            table: vec![None; SET_MINSIZE],
+            fill: 0,
+        }
     }
 
     /// The free slot `set_insert_clean` / `set_add_entry` would use for `hash` (the key is new).

@@ -83,12 +83,21 @@ fn coeffs(in_size: u32, out_size: u32) -> Coeffs {
         for (x, k) in kout.iter_mut().enumerate().take(cnt) {
             let v = if ww != 0.0 { w[x] / ww } else { w[x] };
             let scaled = v * f64::from(1u32 << PRECISION_BITS);
-            *k = if v < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
+            *k = if v < 0.0 {
+                (-0.5 + scaled) as i32
+            } else {
+                (0.5 + scaled) as i32
+            };
         }
         first.push(xmin as usize);
         count.push(cnt);
     }
-    Coeffs { ksize, first, count, weights }
+    Coeffs {
+        ksize,
+        first,
+        count,
+        weights,
+    }
 }
 
 /// `clip8`: drop the fraction bits (arithmetic shift, as C does on these compilers) and clamp.
@@ -216,54 +225,12 @@ pub fn resize_bicubic_compat(img: &RgbImage, width: u32, height: u32, compat: Pi
     RgbImage::from_raw(width, height, data).expect("buffer size matches the dimensions")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_values() {
-        assert_eq!(bicubic_filter(0.0), 1.0);
-        assert_eq!(bicubic_filter(1.0), 0.0);
-        assert_eq!(bicubic_filter(-1.5), bicubic_filter(1.5));
-        assert_eq!(bicubic_filter(2.0), 0.0);
-        assert!(bicubic_filter(1.5) < 0.0);
-    }
-
-    #[test]
-    fn weights_sum_to_one_in_fixed_point() {
-        for (i, o) in [(7u32, 23u32), (37, 11), (1, 5), (400, 7), (451, 1344)] {
-            let c = coeffs(i, o);
-            for xx in 0..o as usize {
-                let s: i64 = c.weights[xx * c.ksize..][..c.count[xx]].iter().map(|&k| i64::from(k)).sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= c.count[xx] as i64, "{i}->{o} at {xx}: {s}");
-                assert!(c.first[xx] + c.count[xx] <= i as usize);
-            }
-        }
-    }
-
-    #[test]
-    fn constant_image_stays_constant() {
-        let img = RgbImage::from_pixel(13, 7, image::Rgb([10, 200, 255]));
-        for (w, h) in [(5, 3), (40, 21), (13, 2), (1, 1), (29, 7)] {
-            let out = resize_bicubic(&img, w, h);
-            assert_eq!(out.dimensions(), (w, h));
-            assert!(out.pixels().all(|p| p.0 == [10, 200, 255]), "{w}x{h}");
-        }
-    }
-
-    #[test]
-    fn degenerate_sizes_do_not_panic() {
-        let img = RgbImage::from_pixel(3, 2, image::Rgb([1, 2, 3]));
-        assert_eq!(resize_bicubic(&img, 0, 5).dimensions(), (0, 5));
-        assert_eq!(resize_bicubic(&RgbImage::new(0, 0), 4, 4), RgbImage::new(4, 4));
-        assert_eq!(resize_bicubic(&img, 3, 2), img);
-    }
-}
-
 /// Precision in which the cubic coefficients are computed: torch evaluates them in the
 /// tensor's accumulation type, which differs between the two places that need them (SAM2's
 /// pos-embed resize in f64, Depth Anything's post-processing in f32), and the goldens see it.
-pub trait CubicFloat: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> {
+pub trait CubicFloat:
+    Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self>
+{
     fn of(x: f32) -> Self;
     fn to_f32(self) -> f32;
 }
@@ -308,4 +275,54 @@ pub fn bicubic_matrix<T: CubicFloat>(n_in: usize, n_out: usize) -> Vec<f32> {
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_values() {
+        assert_eq!(bicubic_filter(0.0), 1.0);
+        assert_eq!(bicubic_filter(1.0), 0.0);
+        assert_eq!(bicubic_filter(-1.5), bicubic_filter(1.5));
+        assert_eq!(bicubic_filter(2.0), 0.0);
+        assert!(bicubic_filter(1.5) < 0.0);
+    }
+
+    #[test]
+    fn weights_sum_to_one_in_fixed_point() {
+        for (i, o) in [(7u32, 23u32), (37, 11), (1, 5), (400, 7), (451, 1344)] {
+            let c = coeffs(i, o);
+            for xx in 0..o as usize {
+                let s: i64 = c.weights[xx * c.ksize..][..c.count[xx]]
+                    .iter()
+                    .map(|&k| i64::from(k))
+                    .sum();
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= c.count[xx] as i64,
+                    "{i}->{o} at {xx}: {s}"
+                );
+                assert!(c.first[xx] + c.count[xx] <= i as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn constant_image_stays_constant() {
+        let img = RgbImage::from_pixel(13, 7, image::Rgb([10, 200, 255]));
+        for (w, h) in [(5, 3), (40, 21), (13, 2), (1, 1), (29, 7)] {
+            let out = resize_bicubic(&img, w, h);
+            assert_eq!(out.dimensions(), (w, h));
+            assert!(out.pixels().all(|p| p.0 == [10, 200, 255]), "{w}x{h}");
+        }
+    }
+
+    #[test]
+    fn degenerate_sizes_do_not_panic() {
+        let img = RgbImage::from_pixel(3, 2, image::Rgb([1, 2, 3]));
+        assert_eq!(resize_bicubic(&img, 0, 5).dimensions(), (0, 5));
+        assert_eq!(resize_bicubic(&RgbImage::new(0, 0), 4, 4), RgbImage::new(4, 4));
+        assert_eq!(resize_bicubic(&img, 3, 2), img);
+    }
 }

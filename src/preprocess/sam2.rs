@@ -10,8 +10,16 @@
 use super::resize::resize_bicubic;
 use image::RgbImage;
 
-const MEAN: [f32; 3] = [super::IMAGENET_MEAN[0] as f32, super::IMAGENET_MEAN[1] as f32, super::IMAGENET_MEAN[2] as f32];
-const STD: [f32; 3] = [super::IMAGENET_STD[0] as f32, super::IMAGENET_STD[1] as f32, super::IMAGENET_STD[2] as f32];
+const MEAN: [f32; 3] = [
+    super::IMAGENET_MEAN[0] as f32,
+    super::IMAGENET_MEAN[1] as f32,
+    super::IMAGENET_MEAN[2] as f32,
+];
+const STD: [f32; 3] = [
+    super::IMAGENET_STD[0] as f32,
+    super::IMAGENET_STD[1] as f32,
+    super::IMAGENET_STD[2] as f32,
+];
 
 /// Taps of one output pixel: first input index and normalised weights.
 struct Taps {
@@ -137,6 +145,9 @@ mod tests {
         // 4 → 2 with the triangle filter of support 2: each output mixes 3 inputs (1/4, 1/2, 1/4 → clipped at borders).
         let src = [0.0f32, 4.0, 8.0, 12.0];
         let out = resize_bilinear_aa(&src, 1, 1, 4, 1, 2);
-        assert!((out[0] - (0.0 * 0.75 + 4.0 * 0.75 + 8.0 * 0.25) / 1.75).abs() < 1e-5, "{out:?}");
+        assert!(
+            (out[0] - (0.0 * 0.75 + 4.0 * 0.75 + 8.0 * 0.25) / 1.75).abs() < 1e-5,
+            "{out:?}"
+        );
     }
 }

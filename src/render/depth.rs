@@ -7,7 +7,10 @@ use std::path::Path;
 
 fn check(data: &[f32], w: usize, h: usize) -> Result<()> {
     if w == 0 || h == 0 || w.checked_mul(h) != Some(data.len()) || w > u32::MAX as usize || h > u32::MAX as usize {
-        return Err(Error::at("depth writer", format!("{} values do not make a {w}x{h} map", data.len())));
+        return Err(Error::at(
+            "depth writer",
+            format!("{} values do not make a {w}x{h} map", data.len()),
+        ));
     }
     Ok(())
 }
@@ -34,9 +37,23 @@ pub fn turbo(x: f32) -> [u8; 3] {
     let (x2, x3) = (x * x, x * x * x);
     let (x4, x5) = (x2 * x2, x2 * x3);
     let poly = |c: [f64; 6]| c[0] + c[1] * x + c[2] * x2 + c[3] * x3 + c[4] * x4 + c[5] * x5;
-    let r = poly([0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943]);
+    let r = poly([
+        0.13572138,
+        4.61539260,
+        -42.66032258,
+        132.13108234,
+        -152.94239396,
+        59.28637943,
+    ]);
     let g = poly([0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604]);
-    let b = poly([0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973]);
+    let b = poly([
+        0.10667330,
+        12.64194608,
+        -60.58204836,
+        110.36276771,
+        -89.90310912,
+        27.34824973,
+    ]);
     [r, g, b].map(|c| (c.clamp(0.0, 1.0) * 255.0).round() as u8)
 }
 

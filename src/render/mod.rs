@@ -8,7 +8,14 @@ use crate::mask::Mask;
 use image::{ImageEncoder, RgbImage};
 
 /// Tint colours of successive masks (SAM demo palette, dodger blue first).
-pub const PALETTE: [[u8; 3]; 6] = [[30, 144, 255], [255, 99, 71], [50, 205, 50], [255, 215, 0], [186, 85, 211], [0, 206, 209]];
+pub const PALETTE: [[u8; 3]; 6] = [
+    [30, 144, 255],
+    [255, 99, 71],
+    [50, 205, 50],
+    [255, 215, 0],
+    [186, 85, 211],
+    [0, 206, 209],
+];
 
 /// Encode raw samples as PNG bytes.
 pub(crate) fn png(buf: &[u8], w: u32, h: u32, color: image::ExtendedColorType) -> Result<Vec<u8>> {
@@ -33,7 +40,9 @@ pub fn overlay(img: &RgbImage, masks: &[&Mask]) -> RgbImage {
     let thick = (w.min(h) / 400).max(1) as isize;
     for (k, m) in masks.iter().enumerate() {
         let c = PALETTE[k % PALETTE.len()];
-        let inside = |x: isize, y: isize| x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h && m.data[y as usize * w + x as usize] != 0;
+        let inside = |x: isize, y: isize| {
+            x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h && m.data[y as usize * w + x as usize] != 0
+        };
         for y in 0..h {
             for x in 0..w {
                 if m.data[y * w + x] == 0 {
@@ -42,8 +51,8 @@ pub fn overlay(img: &RgbImage, masks: &[&Mask]) -> RgbImage {
                 let (xi, yi) = (x as isize, y as isize);
                 let edge = (-thick..=thick).any(|d| !inside(xi + d, yi) || !inside(xi, yi + d));
                 let p = out.get_pixel_mut(x as u32, y as u32);
-                for ch in 0..3 {
-                    p.0[ch] = if edge { c[ch] } else { ((p.0[ch] as u16 + c[ch] as u16) / 2) as u8 };
+                for (v, &t) in p.0.iter_mut().zip(&c) {
+                    *v = if edge { t } else { ((*v as u16 + t as u16) / 2) as u8 };
                 }
             }
         }

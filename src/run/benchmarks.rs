@@ -82,14 +82,20 @@ fn groups<K: std::hash::Hash + Eq + Clone>(keys: &[K]) -> Vec<usize> {
 }
 
 fn open_log(o: &RunOptions, key: &'static str) -> Result<Option<PredictionFile>> {
-    o.log_samples.as_deref().map(|p| PredictionFile::open(p, key)).transpose()
+    o.log_samples
+        .as_deref()
+        .map(|p| PredictionFile::open(p, key))
+        .transpose()
 }
 
 /// A predictions file opened for resuming, saying so when a torn last line was dropped.
 fn open_output(path: &Path, key: &'static str) -> Result<PredictionFile> {
     let f = PredictionFile::open(path, key)?;
     if f.repaired {
-        eprintln!("perceptio: {}: dropped an incomplete last line (interrupted run); redoing that sample", path.display());
+        eprintln!(
+            "perceptio: {}: dropped an incomplete last line (interrupted run); redoing that sample",
+            path.display()
+        );
     }
     Ok(f)
 }
@@ -108,7 +114,13 @@ impl Progress {
     fn start(what: &str, planned: usize, resumed: usize) -> Self {
         let pb = progress(planned as u64, what);
         pb.inc(resumed as u64);
-        Self { t0: Instant::now(), pb, planned, resumed, predicted: 0 }
+        Self {
+            t0: Instant::now(),
+            pb,
+            planned,
+            resumed,
+            predicted: 0,
+        }
     }
 
     fn one_done(&mut self) {
@@ -118,7 +130,13 @@ impl Progress {
 
     fn finish(self, complete: bool) -> RunSummary {
         self.pb.finish_and_clear();
-        RunSummary { planned: self.planned, resumed: self.resumed, predicted: self.predicted, complete, seconds: self.t0.elapsed().as_secs_f64() }
+        RunSummary {
+            planned: self.planned,
+            resumed: self.resumed,
+            predicted: self.predicted,
+            complete,
+            seconds: self.t0.elapsed().as_secs_f64(),
+        }
     }
 }
 
@@ -126,21 +144,51 @@ fn finish(file: &PredictionFile, benchmark: &str, run: &Value, o: &RunOptions, p
     file.sync()?;
     let complete = o.limit.is_none() && planned.iter().all(|k| file.done.contains(k));
     if complete {
-        Manifest { benchmark: benchmark.into(), run: run.clone(), shard: o.shard, samples: file.done.len(), perceptio_version: env!("CARGO_PKG_VERSION").into() }.write(&file.path)?;
+        Manifest {
+            benchmark: benchmark.into(),
+            run: run.clone(),
+            shard: o.shard,
+            samples: file.done.len(),
+            perceptio_version: env!("CARGO_PKG_VERSION").into(),
+        }
+        .write(&file.path)?;
     }
     Ok(complete)
 }
 
 /// RefCOCO/+/g: one `{"sent_id", "mask"}` line per sentence of the split.
-pub fn refcoco(g: &mut Grounder, gt: &GroundTruth, images: &Path, out: &Path, run: &Value, o: &RunOptions) -> Result<RunSummary> {
-    let image_keys: Vec<String> = gt.samples.iter().map(|s| s.file_name.clone().or(s.image_id.map(|i| i.to_string())).unwrap_or_default()).collect();
+pub fn refcoco(
+    g: &mut Grounder,
+    gt: &GroundTruth,
+    images: &Path,
+    out: &Path,
+    run: &Value,
+    o: &RunOptions,
+) -> Result<RunSummary> {
+    let image_keys: Vec<String> = gt
+        .samples
+        .iter()
+        .map(|s| {
+            s.file_name
+                .clone()
+                .or(s.image_id.map(|i| i.to_string()))
+                .unwrap_or_default()
+        })
+        .collect();
     let group_of = groups(&image_keys);
     let planned = plan(&group_of, o);
     let mut file = open_output(out, "sent_id")?;
     let mut log = open_log(o, "sent_id")?;
-    let resumed = planned.iter().filter(|&&i| file.done.contains(&gt.samples[i].sent_id)).count();
+    let resumed = planned
+        .iter()
+        .filter(|&&i| file.done.contains(&gt.samples[i].sent_id))
+        .count();
     let mut prog = Progress::start("refcoco", planned.len(), resumed);
-    let sopts = SegmentOptions { max_tiles: o.max_tiles, force_seg: o.force_seg, generation: o.generation.clone() };
+    let sopts = SegmentOptions {
+        max_tiles: o.max_tiles,
+        force_seg: o.force_seg,
+        generation: o.generation.clone(),
+    };
     let mut i = 0;
     while i < planned.len() {
         let grp = group_of[planned[i]];
@@ -148,22 +196,49 @@ pub fn refcoco(g: &mut Grounder, gt: &GroundTruth, images: &Path, out: &Path, ru
         while j < planned.len() && group_of[planned[j]] == grp {
             j += 1;
         }
-        let todo: Vec<usize> = planned[i..j].iter().copied().filter(|&k| !file.done.contains(&gt.samples[k].sent_id)).collect();
+        let todo: Vec<usize> = planned[i..j]
+            .iter()
+            .copied()
+            .filter(|&k| !file.done.contains(&gt.samples[k].sent_id))
+            .collect();
         i = j;
         if todo.is_empty() {
             continue;
         }
         let s0 = &gt.samples[todo[0]];
-        let name = s0.file_name.as_deref().ok_or_else(|| Error::at(format!("sent_id {}", s0.sent_id), "the image has no file_name in the annotations, so it cannot be found under --images"))?;
+        let name = s0.file_name.as_deref().ok_or_else(|| {
+            Error::at(
+                format!("sent_id {}", s0.sent_id),
+                "the image has no file_name in the annotations, so it cannot be found under --images",
+            )
+        })?;
         let path = images.join(name);
         let img = crate::preprocess::load_rgb(&path)?;
         if (img.width(), img.height()) != (s0.width, s0.height) {
-            return Err(Error::input(&path, format!("is {}x{} but the annotations say {}x{}", img.width(), img.height(), s0.width, s0.height)));
+            return Err(Error::input(
+                &path,
+                format!(
+                    "is {}x{} but the annotations say {}x{}",
+                    img.width(),
+                    img.height(),
+                    s0.width,
+                    s0.height
+                ),
+            ));
         }
-        let mut vision = if o.reuse_features { Some(g.vision(&img, o.max_tiles)?) } else { None };
+        let mut vision = if o.reuse_features {
+            Some(g.vision(&img, o.max_tiles)?)
+        } else {
+            None
+        };
         for k in todo {
             let s = &gt.samples[k];
-            let text = s.text.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| Error::at(format!("sent_id {}", s.sent_id), "has no sentence text (`sent` in the refs pickle)"))?;
+            let text = s.text.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+                Error::at(
+                    format!("sent_id {}", s.sent_id),
+                    "has no sentence text (`sent` in the refs pickle)",
+                )
+            })?;
             if !o.reuse_features {
                 if let Some(s) = &g.sam2 {
                     s.clear_cache();
@@ -171,11 +246,20 @@ pub fn refcoco(g: &mut Grounder, gt: &GroundTruth, images: &Path, out: &Path, ru
                 vision = Some(g.vision(&img, o.max_tiles)?);
             }
             let r = g.segment(&img, vision.as_ref().expect("set above"), text, &sopts)?;
-            let pred = r.mask.to_rle().map_err(|e| Error::at(format!("sent_id {}", s.sent_id), e.0))?;
-            let mask = if r.seg_count > 0 { pred.to_coco_json() } else { Value::Null };
+            let pred = r
+                .mask
+                .to_rle()
+                .map_err(|e| Error::at(format!("sent_id {}", s.sent_id), e.0))?;
+            let mask = if r.seg_count > 0 {
+                pred.to_coco_json()
+            } else {
+                Value::Null
+            };
             file.append(&json!({"sent_id": s.sent_id, "mask": mask}))?;
             if let Some(l) = log.as_mut() {
-                let (inter, union) = pred.intersection_union(&gt.masks[s.mask]).map_err(|e| Error::at(format!("sent_id {}", s.sent_id), e.0))?;
+                let (inter, union) = pred
+                    .intersection_union(&gt.masks[s.mask])
+                    .map_err(|e| Error::at(format!("sent_id {}", s.sent_id), e.0))?;
                 l.append(&json!({
                     "sent_id": s.sent_id, "image": name, "sentence": text, "prompt": r.prompt, "output": r.text,
                     "seg_count": r.seg_count, "mask": mask, "intersection": inter, "union": union,
@@ -200,7 +284,11 @@ struct BlinkQuestion {
 
 /// Strip the end-of-turn markers Sa2VA's VLMEvalKit wrapper strips, then whitespace.
 fn clean_response(s: &str) -> String {
-    s.replace("<|end|>", "").replace("<|endoftext|>", "").replace("<|im_end|>", "").trim().to_string()
+    s.replace("<|end|>", "")
+        .replace("<|endoftext|>", "")
+        .replace("<|im_end|>", "")
+        .trim()
+        .to_string()
 }
 
 fn int_id(v: &Value, path: &Path, line: usize, what: &str) -> Result<i64> {
@@ -219,22 +307,37 @@ pub fn hardblink_output(dir: &Path, n: usize) -> PathBuf {
 
 /// HardBLINK: LLaVA-style answers files (`{"question_id", "prompt", "text", "answer_id",
 /// "model_id", "metadata"}`) per variant in `out_dir`.
-pub fn hardblink(chat: &mut ChatModel, root: &Path, images: &Path, out_dir: &Path, run: &Value, o: &RunOptions) -> Result<RunSummary> {
+pub fn hardblink(
+    chat: &mut ChatModel,
+    root: &Path,
+    images: &Path,
+    out_dir: &Path,
+    run: &Value,
+    o: &RunOptions,
+) -> Result<RunSummary> {
     // All items of the three variants, in file order; each item is its own image group.
     let mut items: Vec<(usize, i64, String, String)> = Vec::new();
     let mut gold: HashMap<(usize, i64), char> = HashMap::new();
     for n in hardblink::VARIANTS {
-        let q = root.join("questions").join(format!("blink_{n}pointscenter_questions.jsonl"));
+        let q = root
+            .join("questions")
+            .join(format!("blink_{n}pointscenter_questions.jsonl"));
         crate::util::jsonl::for_each::<BlinkQuestion, _>(&q, |line, b| {
             let id = int_id(&b.question_id, &q, line, "question_id")?;
             items.push((n, id, b.image, b.text));
             Ok(())
         })?;
-        let a = root.join("answers").join(format!("blink_{n}pointscenter_answers.jsonl"));
+        let a = root
+            .join("answers")
+            .join(format!("blink_{n}pointscenter_answers.jsonl"));
         if a.is_file() {
             crate::util::jsonl::for_each::<Value, _>(&a, |line, v| {
                 let id = int_id(v.get("question_id").unwrap_or(&Value::Null), &a, line, "question_id")?;
-                if let Some(c) = v.get("text").and_then(Value::as_str).and_then(|t| t.trim().trim_start_matches('(').chars().next()) {
+                if let Some(c) = v
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.trim().trim_start_matches('(').chars().next())
+                {
                     gold.insert((n, id), c);
                 }
                 Ok(())
@@ -248,7 +351,10 @@ pub fn hardblink(chat: &mut ChatModel, root: &Path, images: &Path, out_dir: &Pat
         files.insert(n, open_output(&hardblink_output(out_dir, n), "question_id")?);
     }
     let mut log = open_log(o, "log_id")?;
-    let resumed = planned.iter().filter(|&&i| files[&items[i].0].done.contains(&items[i].1)).count();
+    let resumed = planned
+        .iter()
+        .filter(|&&i| files[&items[i].0].done.contains(&items[i].1))
+        .count();
     let mut prog = Progress::start("hardblink", planned.len(), resumed);
     for &i in &planned {
         let (n, id, image, text) = &items[i];
@@ -276,7 +382,11 @@ pub fn hardblink(chat: &mut ChatModel, root: &Path, images: &Path, out_dir: &Pat
     }
     let mut complete = true;
     for n in hardblink::VARIANTS {
-        let keys: Vec<i64> = planned.iter().filter(|&&i| items[i].0 == n).map(|&i| items[i].1).collect();
+        let keys: Vec<i64> = planned
+            .iter()
+            .filter(|&&i| items[i].0 == n)
+            .map(|&i| items[i].1)
+            .collect();
         let mut r = run.clone();
         r["variant"] = json!(n);
         complete &= finish(&files[&n], &format!("hardblink{n}"), &r, o, &keys)?;
@@ -300,9 +410,17 @@ pub fn mmbench_prompt(question: &str, hint: Option<&str>, options: &Choices) -> 
     }
     let zh = cn_string(&q);
     if !options.is_empty() {
-        q.push_str(if zh { "\n请直接回答选项字母。" } else { "\nAnswer with the option's letter from the given choices directly." });
+        q.push_str(if zh {
+            "\n请直接回答选项字母。"
+        } else {
+            "\nAnswer with the option's letter from the given choices directly."
+        });
     } else {
-        q.push_str(if zh { "\n请直接回答问题。" } else { "\nAnswer the question directly." });
+        q.push_str(if zh {
+            "\n请直接回答问题。"
+        } else {
+            "\nAnswer the question directly."
+        });
     }
     q
 }
@@ -317,10 +435,18 @@ pub fn mmbench(chat: &mut ChatModel, tsv: &Path, out: &Path, run: &Value, o: &Ru
     let image = t.require("image", tsv)?;
     let answer = t.column("answer");
     let g_col = t.column("g_index");
-    let letters: Vec<(char, &[Option<String>])> = ('A'..='Z').filter_map(|c| t.column(&c.to_string()).map(|col| (c, col))).collect();
+    let letters: Vec<(char, &[Option<String>])> = ('A'..='Z')
+        .filter_map(|c| t.column(&c.to_string()).map(|col| (c, col)))
+        .collect();
     let row_of: HashMap<i64, usize> = idx.iter().enumerate().map(|(r, &i)| (i, r)).collect();
     let g_index: Vec<i64> = (0..idx.len())
-        .map(|r| g_col.and_then(|c| c[r].as_deref()).and_then(|s| s.trim().parse::<f64>().ok()).map(|f| f as i64).unwrap_or(idx[r] % 1_000_000))
+        .map(|r| {
+            g_col
+                .and_then(|c| c[r].as_deref())
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .map(|f| f as i64)
+                .unwrap_or(idx[r] % 1_000_000)
+        })
         .collect();
     let group_of = groups(&g_index);
     let planned = plan(&group_of, o);
@@ -335,21 +461,37 @@ pub fn mmbench(chat: &mut ChatModel, tsv: &Path, out: &Path, run: &Value, o: &Ru
         }
         let line = t.lines.get(r).copied().unwrap_or(0);
         // The image: base64, or (≤ 64 chars) the index of the row holding it.
-        let raw = image[r].as_deref().ok_or_else(|| Error::at_line(tsv, line, "no image"))?;
+        let raw = image[r]
+            .as_deref()
+            .ok_or_else(|| Error::at_line(tsv, line, "no image"))?;
         let src = if raw.len() <= 64 {
-            let j: i64 = raw.trim().parse::<f64>().map(|f| f as i64).map_err(|_| Error::at_line(tsv, line, format!("image reference {raw:?} is not an index")))?;
-            *row_of.get(&j).ok_or_else(|| Error::at_line(tsv, line, format!("image reference {j} is not an index of the TSV")))?
+            let j: i64 = raw
+                .trim()
+                .parse::<f64>()
+                .map(|f| f as i64)
+                .map_err(|_| Error::at_line(tsv, line, format!("image reference {raw:?} is not an index")))?;
+            *row_of
+                .get(&j)
+                .ok_or_else(|| Error::at_line(tsv, line, format!("image reference {j} is not an index of the TSV")))?
         } else {
             r
         };
         let cached = o.reuse_features && vision_cache.as_ref().is_some_and(|(s, _)| *s == src);
         if !cached {
             let b64 = image[src].as_deref().unwrap_or("");
-            let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| Error::at_line(tsv, line, format!("image is not base64: {e}")))?;
-            let img = crate::preprocess::image_io::decode_rgb_bytes(&bytes, Path::new(&format!("{}:{line} image", tsv.display())))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| Error::at_line(tsv, line, format!("image is not base64: {e}")))?;
+            let img = crate::preprocess::image_io::decode_rgb_bytes(
+                &bytes,
+                Path::new(&format!("{}:{line} image", tsv.display())),
+            )?;
             vision_cache = Some((src, chat.vision(&img, o.max_tiles)?));
         }
-        let options: Choices = letters.iter().filter_map(|(c, col)| col[r].clone().map(|v| (*c, v))).collect();
+        let options: Choices = letters
+            .iter()
+            .filter_map(|(c, col)| col[r].clone().map(|v| (*c, v)))
+            .collect();
         let q = question[r].as_deref().unwrap_or("");
         let h = hint.and_then(|c| c[r].as_deref());
         let prompt = format!("<image>\n{}", mmbench_prompt(q, h, &options));
@@ -379,14 +521,25 @@ mod tests {
 
     #[test]
     fn mmbench_prompt_is_sa2va_vlmevalkit_build_multi_choice_prompt() {
-        let opts: Choices = [('A', "cat".to_string()), ('B', "dog".to_string())].into_iter().collect();
+        let opts: Choices = [('A', "cat".to_string()), ('B', "dog".to_string())]
+            .into_iter()
+            .collect();
         assert_eq!(
             mmbench_prompt("What animal is shown?", Some("Look closely."), &opts),
             "Look closely.\nWhat animal is shown?\nA. cat\nB. dog\nAnswer with the option's letter from the given choices directly."
         );
-        assert_eq!(mmbench_prompt("图中是什么？", None, &opts), "图中是什么？\nA. cat\nB. dog\n请直接回答选项字母。");
-        assert_eq!(mmbench_prompt("Q?", None, &Choices::new()), "Q?\nAnswer the question directly.");
-        assert_eq!(referring_prompt("the left man"), "<image>\n Please segment the left man in this image.");
+        assert_eq!(
+            mmbench_prompt("图中是什么？", None, &opts),
+            "图中是什么？\nA. cat\nB. dog\n请直接回答选项字母。"
+        );
+        assert_eq!(
+            mmbench_prompt("Q?", None, &Choices::new()),
+            "Q?\nAnswer the question directly."
+        );
+        assert_eq!(
+            referring_prompt("the left man"),
+            "<image>\n Please segment the left man in this image."
+        );
     }
 
     #[test]

@@ -24,7 +24,10 @@ impl Shard {
     pub fn parse(s: &str) -> Result<Self> {
         let bad = || Error::Usage(format!("--shard {s:?}: expected K/N with 1 <= K <= N (e.g. 2/8)"));
         let (k, n) = s.split_once('/').ok_or_else(bad)?;
-        let (k, n): (usize, usize) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        let (k, n): (usize, usize) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
         if n == 0 || k == 0 || k > n {
             return Err(bad());
         }
@@ -73,21 +76,40 @@ impl PredictionFile {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let v: Value = serde_json::from_slice(line).map_err(|e| Error::at_line(path, i + 1, format!("not JSON ({e}); not a predictions file perceptio can resume")))?;
+                let v: Value = serde_json::from_slice(line).map_err(|e| {
+                    Error::at_line(
+                        path,
+                        i + 1,
+                        format!("not JSON ({e}); not a predictions file perceptio can resume"),
+                    )
+                })?;
                 let k = key_of(&v, key).ok_or_else(|| Error::at_line(path, i + 1, format!("no integer `{key}`")))?;
                 if !done.insert(k) {
                     return Err(Error::at_line(path, i + 1, format!("`{key}` {k} appears twice")));
                 }
             }
             if end < bytes.len() {
-                let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::io(path, e))?;
                 f.set_len(end as u64).map_err(|e| Error::io(path, e))?;
                 f.sync_all().map_err(|e| Error::io(path, e))?;
                 repaired = true;
             }
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), key, file, done, repaired })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            key,
+            file,
+            done,
+            repaired,
+        })
     }
 
     /// Append one line (written with a single `write_all`, then flushed to the OS).
@@ -95,7 +117,9 @@ impl PredictionFile {
         let k = key_of(v, self.key).expect("prediction lines carry their key");
         let mut s = serde_json::to_string(v).map_err(|e| Error::io(&self.path, e.into()))?;
         s.push('\n');
-        self.file.write_all(s.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
+        self.file
+            .write_all(s.as_bytes())
+            .map_err(|e| Error::io(&self.path, e))?;
         self.file.flush().map_err(|e| Error::io(&self.path, e))?;
         self.done.insert(k);
         Ok(())
@@ -136,7 +160,8 @@ impl Manifest {
         if !p.is_file() {
             return Err(Error::input(pred, format!("no {} next to it: that run did not finish its shard (resume it), or the file was not made by `--model`", p.display())));
         }
-        serde_json::from_slice(&crate::util::read_file(&p)?).map_err(|e| Error::input(&p, format!("not a perceptio manifest: {e}")))
+        serde_json::from_slice(&crate::util::read_file(&p)?)
+            .map_err(|e| Error::input(&p, format!("not a perceptio manifest: {e}")))
     }
 }
 
@@ -145,7 +170,10 @@ fn read_keyed(path: &Path, key: &str) -> Result<Vec<(i64, String)>> {
     let bytes = crate::util::read_file(path)?;
     let text = std::str::from_utf8(&bytes).map_err(|_| Error::input(path, "not UTF-8"))?;
     if !text.is_empty() && !text.ends_with('\n') {
-        return Err(Error::input(path, "the last line is incomplete (an interrupted run): resume it before merging"));
+        return Err(Error::input(
+            path,
+            "the last line is incomplete (an interrupted run): resume it before merging",
+        ));
     }
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -182,26 +210,52 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<usize> {
     let mut seen: BTreeMap<usize, &Path> = BTreeMap::new();
     for (m, p) in manifests.iter().zip(inputs) {
         if m.benchmark != first.benchmark || m.run != first.run || m.shard.n != n {
-            return Err(Error::input(p, format!("is from a different run than {} (benchmark, dataset, model or shard count differ)", inputs[0].display())));
+            return Err(Error::input(
+                p,
+                format!(
+                    "is from a different run than {} (benchmark, dataset, model or shard count differ)",
+                    inputs[0].display()
+                ),
+            ));
         }
         if let Some(prev) = seen.insert(m.shard.k, p) {
-            return Err(Error::input(p, format!("shard {}/{n} is also {}", m.shard.k, prev.display())));
+            return Err(Error::input(
+                p,
+                format!("shard {}/{n} is also {}", m.shard.k, prev.display()),
+            ));
         }
     }
-    let missing: Vec<String> = (1..=n).filter(|k| !seen.contains_key(k)).map(|k| format!("{k}/{n}")).collect();
+    let missing: Vec<String> = (1..=n)
+        .filter(|k| !seen.contains_key(k))
+        .map(|k| format!("{k}/{n}"))
+        .collect();
     if !missing.is_empty() {
-        return Err(Error::Usage(format!("shard(s) {} missing: all {n} shards are needed", missing.join(", "))));
+        return Err(Error::Usage(format!(
+            "shard(s) {} missing: all {n} shards are needed",
+            missing.join(", ")
+        )));
     }
-    let key = key_field(&first.benchmark).ok_or_else(|| Error::input(&inputs[0], format!("unknown benchmark `{}` in the manifest", first.benchmark)))?;
+    let key = key_field(&first.benchmark).ok_or_else(|| {
+        Error::input(
+            &inputs[0],
+            format!("unknown benchmark `{}` in the manifest", first.benchmark),
+        )
+    })?;
     let mut all: BTreeMap<i64, (String, &Path)> = BTreeMap::new();
     for (m, p) in manifests.iter().zip(inputs) {
         let lines = read_keyed(p, key)?;
         if lines.len() != m.samples {
-            return Err(Error::input(p, format!("has {} lines but its manifest says {}", lines.len(), m.samples)));
+            return Err(Error::input(
+                p,
+                format!("has {} lines but its manifest says {}", lines.len(), m.samples),
+            ));
         }
         for (k, l) in lines {
             if let Some((_, prev)) = all.insert(k, (l, p)) {
-                return Err(Error::input(p, format!("`{key}` {k} is also predicted in {}", prev.display())));
+                return Err(Error::input(
+                    p,
+                    format!("`{key}` {k} is also predicted in {}", prev.display()),
+                ));
             }
         }
     }
@@ -212,7 +266,14 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<usize> {
         }
         Ok(())
     })?;
-    Manifest { benchmark: first.benchmark.clone(), run: first.run.clone(), shard: Shard::ALL, samples: all.len(), perceptio_version: env!("CARGO_PKG_VERSION").into() }.write(out)?;
+    Manifest {
+        benchmark: first.benchmark.clone(),
+        run: first.run.clone(),
+        shard: Shard::ALL,
+        samples: all.len(),
+        perceptio_version: env!("CARGO_PKG_VERSION").into(),
+    }
+    .write(out)?;
     Ok(all.len())
 }
 
@@ -255,11 +316,18 @@ mod tests {
         assert_eq!(f.done, HashSet::from([1]));
         f.append(&serde_json::json!({"sent_id": 2, "mask": null})).unwrap();
         drop(f);
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"sent_id\": 1, \"mask\": null}\n{\"mask\":null,\"sent_id\":2}\n");
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"sent_id\": 1, \"mask\": null}\n{\"mask\":null,\"sent_id\":2}\n"
+        );
         std::fs::write(&p, "{\"sent_id\": 1}\n{\"sent_id\": 1}\n").unwrap();
         let e = PredictionFile::open(&p, "sent_id").err().unwrap().to_string();
         assert!(e.contains(":2:") && e.contains("twice"), "{e}");
         std::fs::write(&p, "{\"sent_id\": 1}\nnot json\n").unwrap();
-        assert!(PredictionFile::open(&p, "sent_id").err().unwrap().to_string().contains(":2:"));
+        assert!(PredictionFile::open(&p, "sent_id")
+            .err()
+            .unwrap()
+            .to_string()
+            .contains(":2:"));
     }
 }

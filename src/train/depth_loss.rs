@@ -29,7 +29,13 @@ pub struct DepthLossConfig {
 
 impl Default for DepthLossConfig {
     fn default() -> Self {
-        Self { marker_weight: 2.0, token_weight: 1.0, count_weight: 0.1, soft_merge_weight: 1.0, tau: 1.0 }
+        Self {
+            marker_weight: 2.0,
+            token_weight: 1.0,
+            count_weight: 0.1,
+            soft_merge_weight: 1.0,
+            tau: 1.0,
+        }
     }
 }
 
@@ -45,7 +51,12 @@ pub struct DepthLosses {
 }
 
 /// Depth blocks of the targets, one per row at most, as (row, block).
-pub fn target_blocks(targets: &[u32], batch: usize, seq: usize, ids: &DepthTokenIds) -> Result<Vec<(usize, DepthBlock)>> {
+pub fn target_blocks(
+    targets: &[u32],
+    batch: usize,
+    seq: usize,
+    ids: &DepthTokenIds,
+) -> Result<Vec<(usize, DepthBlock)>> {
     if targets.len() != batch * seq {
         bail!("depth loss: {} targets for a ({batch}, {seq}) batch", targets.len())
     }
@@ -174,17 +185,28 @@ pub fn soft_merge_loss(
     let (gh, gw) = ids.grid;
     let k = ids.codes.len();
     if k != vqvae.config().num_tokens {
-        bail!("soft merge: {k} code tokens but the VQ-VAE codebook has {} entries", vqvae.config().num_tokens)
+        bail!(
+            "soft merge: {k} code tokens but the VQ-VAE codebook has {} entries",
+            vqvae.config().num_tokens
+        )
     }
     if target_depth.dim(0)? != blocks.len() {
-        bail!("soft merge: {} target depth maps for {} depth blocks", target_depth.dim(0)?, blocks.len())
+        bail!(
+            "soft merge: {} target depth maps for {} depth blocks",
+            target_depth.dim(0)?,
+            blocks.len()
+        )
     }
     let (pos, _) = code_positions(&blocks, t);
     let z = code_logits(logits, &pos, ids)?.reshape((blocks.len(), gh, gw, k))?;
     let e = vqvae.soft_embeddings(&z, tau)?;
     let out = vqvae.decode_embeddings(&e)?;
     if out.dims() != target_depth.dims() {
-        bail!("soft merge: decoder gives {:?}, target depth is {:?}", out.dims(), target_depth.dims())
+        bail!(
+            "soft merge: decoder gives {:?}, target depth is {:?}",
+            out.dims(),
+            target_depth.dims()
+        )
     }
     (out - target_depth.to_dtype(logits.dtype())?)?.sqr()?.mean_all()
 }
@@ -209,7 +231,13 @@ pub fn depth_losses(
     if let Some(s) = &soft_merge {
         total = (total + (s * cfg.soft_merge_weight)?)?;
     }
-    Ok(DepthLosses { marker, token, count, soft_merge, total })
+    Ok(DepthLosses {
+        marker,
+        token,
+        count,
+        soft_merge,
+        total,
+    })
 }
 
 #[cfg(test)]
@@ -236,11 +264,20 @@ mod tests {
 
     /// Vocabulary of 12: text 0..5, start 5, end 6, codes 7..10 (K = 3), grid 2×2.
     fn ids() -> DepthTokenIds {
-        let spec = DepthTokenSpec { grid: (2, 2), codebook_size: 3, ..Default::default() };
+        let spec = DepthTokenSpec {
+            grid: (2, 2),
+            codebook_size: 3,
+            ..Default::default()
+        };
         spec.resolve_with(|s| match s {
             "<DEPTH_START>" => Some(5),
             "<DEPTH_END>" => Some(6),
-            _ => s.strip_prefix("<DEPTH_")?.strip_suffix('>')?.parse::<u32>().ok().map(|k| 7 + k),
+            _ => s
+                .strip_prefix("<DEPTH_")?
+                .strip_suffix('>')?
+                .parse::<u32>()
+                .ok()
+                .map(|k| 7 + k),
         })
         .unwrap()
     }
@@ -279,9 +316,19 @@ mod tests {
         let var = Var::from_vec(x0.clone(), (b, t, v), &Device::Cpu).unwrap();
         let loss = f(var.as_tensor());
         let grads = loss.backward().unwrap();
-        let g: Vec<f64> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let h = 1e-5;
-        let eval = |x: &[f64]| -> f64 { f(&Tensor::from_slice(x, (b, t, v), &Device::Cpu).unwrap()).to_scalar().unwrap() };
+        let eval = |x: &[f64]| -> f64 {
+            f(&Tensor::from_slice(x, (b, t, v), &Device::Cpu).unwrap())
+                .to_scalar()
+                .unwrap()
+        };
         let scale = g.iter().fold(0f64, |m, v| m.max(v.abs()));
         assert!(scale > 1e-6, "{name}: zero gradient");
         let mut worst = 0f64;
@@ -309,9 +356,15 @@ mod tests {
         let mut rng = Rng(42);
         let vq = tiny_vqvae(&mut rng);
         let depth = Tensor::from_vec(rng.vec(2 * 64, 1.0), (2, 1, 8, 8), &Device::Cpu).unwrap();
-        check_grad("soft_merge", &|z| soft_merge_loss(z, &targets, &ids, &vq, &depth, 0.7).unwrap());
+        check_grad("soft_merge", &|z| {
+            soft_merge_loss(z, &targets, &ids, &vq, &depth, 0.7).unwrap()
+        });
         let cfg = DepthLossConfig::default();
-        check_grad("total", &|z| depth_losses(z, &targets, &ids, &cfg, Some((&vq, &depth))).unwrap().total);
+        check_grad("total", &|z| {
+            depth_losses(z, &targets, &ids, &cfg, Some((&vq, &depth)))
+                .unwrap()
+                .total
+        });
     }
 
     #[test]
@@ -333,7 +386,10 @@ mod tests {
         // A malformed target block is an error, not a silent zero.
         let mut bad = targets.clone();
         bad[7] = 3;
-        assert!(token_loss(&z, &bad, &ids).unwrap_err().to_string().contains("target row 0"));
+        assert!(token_loss(&z, &bad, &ids)
+            .unwrap_err()
+            .to_string()
+            .contains("target row 0"));
     }
 
     #[test]
@@ -342,10 +398,22 @@ mod tests {
         let vq = tiny_vqvae(&mut rng);
         let codes = Tensor::from_vec(vec![2u32, 0, 1, 2], (1, 2, 2), &Device::Cpu).unwrap();
         let hard = vq.decode(&codes).unwrap();
-        let onehot: Vec<f64> = [2usize, 0, 1, 2].iter().flat_map(|&k| (0..3).map(move |j| if j == k { 60.0 } else { 0.0 })).collect();
+        let onehot: Vec<f64> = [2usize, 0, 1, 2]
+            .iter()
+            .flat_map(|&k| (0..3).map(move |j| if j == k { 60.0 } else { 0.0 }))
+            .collect();
         let z = Tensor::from_vec(onehot, (1, 2, 2, 3), &Device::Cpu).unwrap();
         let soft = vq.decode_embeddings(&vq.soft_embeddings(&z, 1.0).unwrap()).unwrap();
-        let d: f64 = (hard - soft).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        let d: f64 = (hard - soft)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(d < 1e-12, "{d}");
     }
 }

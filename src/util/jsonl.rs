@@ -21,8 +21,8 @@ where
 {
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line_no = i + 1;
-        let line = std::str::from_utf8(raw)
-            .map_err(|e| Error::at_line(path, line_no, format!("not valid UTF-8: {e}")))?;
+        let line =
+            std::str::from_utf8(raw).map_err(|e| Error::at_line(path, line_no, format!("not valid UTF-8: {e}")))?;
         let line = line.trim();
         if line.is_empty() {
             continue;

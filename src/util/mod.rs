@@ -50,7 +50,8 @@ pub fn safetensors_index_shards(path: &Path) -> Result<Vec<String>> {
     struct Index {
         weight_map: std::collections::BTreeMap<String, String>,
     }
-    let idx: Index = serde_json::from_slice(&read_file(path)?).map_err(|e| Error::input(path, format!("not a safetensors index: {e}")))?;
+    let idx: Index = serde_json::from_slice(&read_file(path)?)
+        .map_err(|e| Error::input(path, format!("not a safetensors index: {e}")))?;
     let mut files: Vec<String> = idx.weight_map.into_values().collect();
     files.sort();
     files.dedup();

@@ -37,7 +37,11 @@ pub struct HubFile {
 
 impl HubFile {
     pub fn new(name: &str, bytes: Vec<u8>, lfs: bool) -> Self {
-        HubFile { name: name.into(), body: Body::Bytes(Arc::new(bytes)), lfs }
+        HubFile {
+            name: name.into(),
+            body: Body::Bytes(Arc::new(bytes)),
+            lfs,
+        }
     }
     pub fn sha256(&self) -> String {
         match &self.body {
@@ -46,7 +50,9 @@ impl HubFile {
         }
     }
     pub fn git_sha1(&self) -> String {
-        let Body::Bytes(b) = &self.body else { panic!("git files are small") };
+        let Body::Bytes(b) = &self.body else {
+            panic!("git files are small")
+        };
         let mut h = sha1::Sha1::new();
         h.update(format!("blob {}\0", b.len()).as_bytes());
         h.update(b.as_slice());
@@ -115,7 +121,12 @@ impl HubServer {
                 });
             }
         });
-        HubServer { url, stats, faults, repos }
+        HubServer {
+            url,
+            stats,
+            faults,
+            repos,
+        }
     }
 
     pub fn stats(&self) -> Stats {
@@ -123,11 +134,22 @@ impl HubServer {
     }
 
     pub fn body_gets_of(&self, file: &str) -> Vec<u64> {
-        self.stats().body_gets.iter().filter(|(f, _)| f == file).map(|(_, r)| *r).collect()
+        self.stats()
+            .body_gets
+            .iter()
+            .filter(|(f, _)| f == file)
+            .map(|(_, r)| *r)
+            .collect()
     }
 }
 
-fn respond(conn: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8], head: bool) -> std::io::Result<()> {
+fn respond(
+    conn: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    head: bool,
+) -> std::io::Result<()> {
     let mut h = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
     for (k, v) in headers {
         h.push_str(&format!("{k}: {v}\r\n"));
@@ -143,12 +165,20 @@ fn respond(conn: &mut TcpStream, status: &str, headers: &[(&str, String)], body:
     conn.flush()
 }
 
-fn handle(mut conn: TcpStream, stats: &Mutex<Stats>, faults: &Mutex<Faults>, repos: &Mutex<HashMap<String, HubRepo>>) -> std::io::Result<()> {
+fn handle(
+    mut conn: TcpStream,
+    stats: &Mutex<Stats>,
+    faults: &Mutex<Faults>,
+    repos: &Mutex<HashMap<String, HubRepo>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
     let mut headers = HashMap::new();
     loop {
         let mut l = String::new();
@@ -163,10 +193,18 @@ fn handle(mut conn: TcpStream, stats: &Mutex<Stats>, faults: &Mutex<Faults>, rep
     let auth = headers.get("authorization").cloned();
     let range_from: u64 = headers
         .get("range")
-        .and_then(|r| r.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|s| s.parse().ok()))
+        .and_then(|r| {
+            r.strip_prefix("bytes=")
+                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|s| s.parse().ok())
+        })
         .unwrap_or(0);
     let repos = repos.lock().unwrap().clone();
-    let gated = |repo: &HubRepo| repo.gated_token.as_ref().is_some_and(|t| auth.as_deref() != Some(&format!("Bearer {t}")));
+    let gated = |repo: &HubRepo| {
+        repo.gated_token
+            .as_ref()
+            .is_some_and(|t| auth.as_deref() != Some(&format!("Bearer {t}")))
+    };
 
     // /api/models/{org}/{name}/revision/{rev}
     if let Some(rest) = path.strip_prefix("/api/models/") {
@@ -176,24 +214,53 @@ fn handle(mut conn: TcpStream, stats: &Mutex<Stats>, faults: &Mutex<Faults>, rep
             let id = format!("{}/{}", segs[0], segs[1]);
             let rev = segs[3].replace("%2F", "/");
             let Some(repo) = repos.get(&id) else {
-                return respond(&mut conn, "401 Unauthorized", &[], b"{\"error\":\"Repository not found\"}", head);
+                return respond(
+                    &mut conn,
+                    "401 Unauthorized",
+                    &[],
+                    b"{\"error\":\"Repository not found\"}",
+                    head,
+                );
             };
             if gated(repo) {
                 return respond(&mut conn, "401 Unauthorized", &[], b"{\"error\":\"gated\"}", head);
             }
-            let commit = repo.refs.get(&rev).cloned().or_else(|| repo.commits.contains_key(&rev).then(|| rev.clone()));
+            let commit = repo
+                .refs
+                .get(&rev)
+                .cloned()
+                .or_else(|| repo.commits.contains_key(&rev).then(|| rev.clone()));
             let Some(commit) = commit else {
-                return respond(&mut conn, "404 Not Found", &[("X-Error-Code", "RevisionNotFound".into())], b"{\"error\":\"Revision not found\"}", head);
+                return respond(
+                    &mut conn,
+                    "404 Not Found",
+                    &[("X-Error-Code", "RevisionNotFound".into())],
+                    b"{\"error\":\"Revision not found\"}",
+                    head,
+                );
             };
-            let siblings: Vec<serde_json::Value> = repo.commits[&commit].iter().map(|f| serde_json::json!({"rfilename": f.name})).collect();
+            let siblings: Vec<serde_json::Value> = repo.commits[&commit]
+                .iter()
+                .map(|f| serde_json::json!({"rfilename": f.name}))
+                .collect();
             let body = serde_json::to_vec(&serde_json::json!({"id": id, "sha": commit, "siblings": siblings})).unwrap();
-            return respond(&mut conn, "200 OK", &[("Content-Type", "application/json".into())], &body, head);
+            return respond(
+                &mut conn,
+                "200 OK",
+                &[("Content-Type", "application/json".into())],
+                &body,
+                head,
+            );
         }
         return respond(&mut conn, "404 Not Found", &[], b"", head);
     }
     // /lfs-cdn/{sha256}: the LFS storage the resolve URL redirects to
     if let Some(sha) = path.strip_prefix("/lfs-cdn/") {
-        let file = repos.values().flat_map(|r| r.commits.values().flatten()).find(|f| f.lfs && f.sha256() == sha).cloned();
+        let file = repos
+            .values()
+            .flat_map(|r| r.commits.values().flatten())
+            .find(|f| f.lfs && f.sha256() == sha)
+            .cloned();
         return match file {
             Some(f) => serve_body(&mut conn, &f, range_from, head, stats, faults, &[]),
             None => respond(&mut conn, "404 Not Found", &[], b"", head),
@@ -216,7 +283,13 @@ fn handle(mut conn: TcpStream, stats: &Mutex<Stats>, faults: &Mutex<Faults>, rep
         };
         let name = segs[4];
         let Some(f) = files.iter().find(|f| f.name == name).cloned() else {
-            return respond(&mut conn, "404 Not Found", &[("X-Error-Code", "EntryNotFound".into())], b"", head);
+            return respond(
+                &mut conn,
+                "404 Not Found",
+                &[("X-Error-Code", "EntryNotFound".into())],
+                b"",
+                head,
+            );
         };
         {
             let mut fl = faults.lock().unwrap();
@@ -247,14 +320,31 @@ fn handle(mut conn: TcpStream, stats: &Mutex<Stats>, faults: &Mutex<Faults>, rep
 impl HubFile {
     /// The ETag of an LFS file's pointer (what `ETag` carries next to `X-Linked-Etag`).
     fn git_sha1_or_pointer(&self) -> String {
-        format!("{:x}", sha1::Sha1::digest(format!("pointer {}", self.sha256()).as_bytes()))
+        format!(
+            "{:x}",
+            sha1::Sha1::digest(format!("pointer {}", self.sha256()).as_bytes())
+        )
     }
 }
 
-fn serve_body(conn: &mut TcpStream, f: &HubFile, from: u64, head: bool, stats: &Mutex<Stats>, faults: &Mutex<Faults>, extra: &[(&str, String)]) -> std::io::Result<()> {
+fn serve_body(
+    conn: &mut TcpStream,
+    f: &HubFile,
+    from: u64,
+    head: bool,
+    stats: &Mutex<Stats>,
+    faults: &Mutex<Faults>,
+    extra: &[(&str, String)],
+) -> std::io::Result<()> {
     let len = f.body.len();
     if from > len || (from == len && len > 0) {
-        return respond(conn, "416 Range Not Satisfiable", &[("Content-Range", format!("bytes */{len}"))], b"", head);
+        return respond(
+            conn,
+            "416 Range Not Satisfiable",
+            &[("Content-Range", format!("bytes */{len}"))],
+            b"",
+            head,
+        );
     }
     let mut headers: Vec<(&str, String)> = extra.to_vec();
     headers.push(("Accept-Ranges", "bytes".into()));
@@ -277,7 +367,11 @@ fn serve_body(conn: &mut TcpStream, f: &HubFile, from: u64, head: bool, stats: &
     stats.lock().unwrap().body_gets.push((f.name.clone(), from));
     let (drop_after, corrupt, throttle) = {
         let mut fl = faults.lock().unwrap();
-        (fl.drop_after.remove(&f.name), fl.corrupt.contains(&f.name), fl.throttle.get(&f.name).copied())
+        (
+            fl.drop_after.remove(&f.name),
+            fl.corrupt.contains(&f.name),
+            fl.throttle.get(&f.name).copied(),
+        )
     };
     let limit = drop_after.map(|d| d.max(from)).unwrap_or(len);
     let mut pos = from;

@@ -40,7 +40,11 @@ pub fn run_json(args: &[&str]) -> serde_json::Value {
 pub fn assert_fails(args: &[&str], needle: &str) {
     let o = run(args, None);
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "perceptio {args:?}: expected exit 1, stderr: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "perceptio {args:?}: expected exit 1, stderr: {err}"
+    );
     assert!(err.starts_with("error: "), "no error line: {err}");
     assert!(err.contains(needle), "error should mention {needle:?}: {err}");
     assert!(!err.contains("panicked"), "panicked: {err}");

@@ -13,15 +13,38 @@ fn fixture(rel: &str) -> PathBuf {
 /// Build the sharded Sa2VA-layout checkpoint in `dir`.
 pub fn assemble(dir: &Path) {
     let base = candle_core::safetensors::load(fixture("internvl/tiny-qwen2/model.safetensors"), &Device::Cpu).unwrap();
-    let shard1: HashMap<String, Tensor> = base.into_iter().filter(|(k, _)| !k.starts_with("text_hidden_fcs.") && !k.starts_with("grounding_encoder.")).collect();
+    let shard1: HashMap<String, Tensor> = base
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("text_hidden_fcs.") && !k.starts_with("grounding_encoder."))
+        .collect();
     candle_core::safetensors::save(&shard1, dir.join("model-00001-of-00003.safetensors")).unwrap();
-    std::fs::copy(fixture("sam2/tiny_sa2va_sam2.safetensors"), dir.join("model-00002-of-00003.safetensors")).unwrap();
-    std::fs::copy(fixture("sa2va/text_hidden_fcs.safetensors"), dir.join("model-00003-of-00003.safetensors")).unwrap();
+    std::fs::copy(
+        fixture("sam2/tiny_sa2va_sam2.safetensors"),
+        dir.join("model-00002-of-00003.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("sa2va/text_hidden_fcs.safetensors"),
+        dir.join("model-00003-of-00003.safetensors"),
+    )
+    .unwrap();
     let mut map = serde_json::Map::new();
-    for (i, f) in ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"].iter().enumerate() {
+    for (i, f) in [
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+    ]
+    .iter()
+    .enumerate()
+    {
         let t = candle_core::safetensors::load(dir.join(f), &Device::Cpu).unwrap();
         for k in t.keys() {
-            assert!(map.insert(k.clone(), serde_json::Value::String(f.to_string())).is_none(), "duplicate key {k} (shard {})", i + 1);
+            assert!(
+                map.insert(k.clone(), serde_json::Value::String(f.to_string()))
+                    .is_none(),
+                "duplicate key {k} (shard {})",
+                i + 1
+            );
         }
     }
     let idx = serde_json::json!({"metadata": {}, "weight_map": map});
@@ -31,7 +54,6 @@ pub fn assemble(dir: &Path) {
         std::fs::copy(fixture(&format!("internvl/tiny-qwen2/{f}")), dir.join(f)).unwrap();
     }
 }
-
 
 /// Turn the assembled Sa2VA checkpoint in `dir` into a tiny Perceptio checkpoint: depth tokens
 /// `<DEPTH_START>`, `<DEPTH_END>`, `<DEPTH_0..15>` added to the tokenizer, the (tied) embedding
@@ -55,7 +77,9 @@ pub fn add_depth_tokens(dir: &Path) {
     let e = t[key].to_dtype(candle_core::DType::F32).unwrap();
     let (_, h) = e.dims2().unwrap();
     // Deterministic "random" rows with the scale of the existing ones.
-    let rows: Vec<f32> = (0..names.len() * h).map(|i| ((i as f32 * 12.9898).sin() * 43758.547).fract() * 0.04).collect();
+    let rows: Vec<f32> = (0..names.len() * h)
+        .map(|i| ((i as f32 * 12.9898).sin() * 43758.547).fract() * 0.04)
+        .collect();
     let extra = Tensor::from_vec(rows, (names.len(), h), &Device::Cpu).unwrap();
     let grown = Tensor::cat(&[&e, &extra], 0).unwrap().to_dtype(t[key].dtype()).unwrap();
     t.insert(key.to_string(), grown);

@@ -117,12 +117,19 @@ pub fn find_predictions(dir: &Path, n: usize) -> Result<PathBuf> {
     found.sort();
     match found.len() {
         1 => Ok(found.pop().unwrap()),
-        0 => Err(Error::input(dir, format!("no predictions file {prefix}*.jsonl for the {n}-point variant"))),
+        0 => Err(Error::input(
+            dir,
+            format!("no predictions file {prefix}*.jsonl for the {n}-point variant"),
+        )),
         _ => Err(Error::input(
             dir,
             format!(
                 "several predictions files for the {n}-point variant: {}",
-                found.iter().map(|p| p.file_name().unwrap().to_string_lossy()).collect::<Vec<_>>().join(", ")
+                found
+                    .iter()
+                    .map(|p| p.file_name().unwrap().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }
@@ -139,11 +146,22 @@ fn read_gold(path: &Path, n: usize) -> Result<Vec<(String, char)>> {
         let c = match (cs.next(), cs.next()) {
             (Some(c), None) if c.is_ascii_uppercase() && ((c as u8 - b'A') as usize) < n => c,
             _ => {
-                return Err(Error::at_line(path, line, format!("gold answer {text:?} is not one of (A)..({})", (b'A' + n as u8 - 1) as char)))
+                return Err(Error::at_line(
+                    path,
+                    line,
+                    format!(
+                        "gold answer {text:?} is not one of (A)..({})",
+                        (b'A' + n as u8 - 1) as char
+                    ),
+                ))
             }
         };
         if let Some(prev) = seen.insert(id.clone(), line) {
-            return Err(Error::at_line(path, line, format!("question_id {id} already on line {prev}")));
+            return Err(Error::at_line(
+                path,
+                line,
+                format!("question_id {id} already on line {prev}"),
+            ));
         }
         gold.push((id, c));
     }
@@ -160,10 +178,18 @@ pub fn score_variant(gold_path: &Path, pred_path: &Path, n: usize) -> Result<Var
     let mut preds: HashMap<String, (usize, String)> = HashMap::new();
     for (line, id, text) in read_answers(pred_path)? {
         if !gold_ids.contains_key(id.as_str()) {
-            return Err(Error::at_line(pred_path, line, format!("question_id {id} is not in {}", gold_path.display())));
+            return Err(Error::at_line(
+                pred_path,
+                line,
+                format!("question_id {id} is not in {}", gold_path.display()),
+            ));
         }
         if let Some((prev, _)) = preds.insert(id.clone(), (line, text)) {
-            return Err(Error::at_line(pred_path, line, format!("question_id {id} already answered on line {prev}")));
+            return Err(Error::at_line(
+                pred_path,
+                line,
+                format!("question_id {id} already answered on line {prev}"),
+            ));
         }
     }
     let (mut correct, mut unparsable, mut missing, mut out_of_range) = (0, 0, 0, 0);
@@ -196,7 +222,9 @@ pub fn score_variant(gold_path: &Path, pred_path: &Path, n: usize) -> Result<Var
 pub fn score(root: &Path, pred_dir: &Path, blink2: Option<&Path>) -> Result<Report> {
     let mut details = Vec::new();
     for n in VARIANTS {
-        let gold = root.join("answers").join(format!("blink_{n}pointscenter_answers.jsonl"));
+        let gold = root
+            .join("answers")
+            .join(format!("blink_{n}pointscenter_answers.jsonl"));
         if !gold.is_file() {
             return Err(Error::input(&gold, "missing HardBLINK answers file (expected the AURORA layout answers/blink_{3,4,5}pointscenter_answers.jsonl)"));
         }
@@ -207,8 +235,17 @@ pub fn score(root: &Path, pred_dir: &Path, blink2: Option<&Path>) -> Result<Repo
     let mean = details.iter().map(|d| d.accuracy).sum::<f64>() / details.len() as f64;
     let unparsable = details.iter().map(|d| d.unparsable).sum();
     let blink2 = blink2.map(score_blink2).transpose()?;
-    let aurora_mean = blink2.as_ref().map(|b| (b.accuracy + details.iter().map(|d| d.accuracy).sum::<f64>()) / 4.0);
-    Ok(Report { variants, mean, unparsable, aurora_mean, blink2, details })
+    let aurora_mean = blink2
+        .as_ref()
+        .map(|b| (b.accuracy + details.iter().map(|d| d.accuracy).sum::<f64>()) / 4.0);
+    Ok(Report {
+        variants,
+        mean,
+        unparsable,
+        aurora_mean,
+        blink2,
+        details,
+    })
 }
 
 #[derive(Deserialize)]
@@ -229,9 +266,18 @@ pub fn score_blink2(path: &Path) -> Result<VariantScore> {
         if let Some(prev) = seen.insert(id.clone(), line) {
             return Err(Error::at_line(path, line, format!("item {id} already on line {prev}")));
         }
-        let g = b.answer.trim().trim_start_matches('(').trim_end_matches(')').to_string();
+        let g = b
+            .answer
+            .trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .to_string();
         if g != "A" && g != "B" {
-            return Err(Error::at_line(path, line, format!("gold answer {:?} is not (A) or (B)", b.answer)));
+            return Err(Error::at_line(
+                path,
+                line,
+                format!("gold answer {:?} is not (A) or (B)", b.answer),
+            ));
         }
         items += 1;
         match parse_answer(&b.text, 2) {

@@ -42,7 +42,11 @@ pub fn can_infer(matcher: Matcher, answer: &str, choices: &Choices) -> Option<ch
     match matcher {
         Matcher::Vlmevalkit => can_infer_option(answer, choices).or_else(|| can_infer_text(answer, choices, true)),
         Matcher::Legacy => legacy_option(answer).or_else(|| {
-            let abcd: Choices = choices.iter().filter(|(k, _)| ('A'..='D').contains(k)).map(|(k, v)| (*k, v.clone())).collect();
+            let abcd: Choices = choices
+                .iter()
+                .filter(|(k, _)| ('A'..='D').contains(k))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
             can_infer_text(answer, &abcd, false)
         }),
     }
@@ -55,7 +59,10 @@ fn can_infer_option(answer: &str, choices: &Choices) -> Option<char> {
     if REFUSALS.iter().any(|r| answer.contains(r)) {
         return Some('Z');
     }
-    let stripped: String = answer.chars().map(|c| if ".()[],:;!*#{}".contains(c) { ' ' } else { c }).collect();
+    let stripped: String = answer
+        .chars()
+        .map(|c| if ".()[],:;!*#{}".contains(c) { ' ' } else { c })
+        .collect();
     let splits = py_split(&stripped);
     let has = |tok: &str| splits.contains(&tok);
     let mut buf = [0u8; 4];
@@ -88,7 +95,12 @@ fn legacy_option(answer: &str) -> Option<char> {
         return None;
     }
     let splits = py_split(answer);
-    let count = |pre: &str, suf: &str| LETTERS.iter().filter(|c| splits.contains(&format!("{pre}{c}{suf}").as_str())).count();
+    let count = |pre: &str, suf: &str| {
+        LETTERS
+            .iter()
+            .filter(|c| splits.contains(&format!("{pre}{c}{suf}").as_str()))
+            .count()
+    };
     if count("", "") == 1 {
         for c in LETTERS {
             if splits.contains(&"A") && splits.len() > 3 {
@@ -135,7 +147,10 @@ fn can_infer_text(answer: &str, choices: &Choices, cap: bool) -> Option<char> {
             return None;
         }
     }
-    let mut cands = choices.iter().filter(|(_, v)| answer.contains(&v.to_lowercase())).map(|(k, _)| *k);
+    let mut cands = choices
+        .iter()
+        .filter(|(_, v)| answer.contains(&v.to_lowercase()))
+        .map(|(k, _)| *k);
     match (cands.next(), cands.next()) {
         (Some(k), None) => Some(k),
         _ => None,

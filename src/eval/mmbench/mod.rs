@@ -70,8 +70,9 @@ pub fn read_annotations(path: &Path) -> Result<Annotations> {
     let answer = t.column("answer").ok_or_else(|| {
         Error::input(path, "missing column `answer`: MMBench TEST files carry no answers and can only be scored by the OpenCompass server")
     })?;
-    let letters: Vec<(char, &[Option<String>])> =
-        ('A'..='Z').filter_map(|c| t.column(&c.to_string()).map(|col| (c, col))).collect();
+    let letters: Vec<(char, &[Option<String>])> = ('A'..='Z')
+        .filter_map(|c| t.column(&c.to_string()).map(|col| (c, col)))
+        .collect();
     if letters.is_empty() {
         return Err(Error::input(path, "missing option columns `A`, `B`, ..."));
     }
@@ -95,7 +96,10 @@ pub fn read_annotations(path: &Path) -> Result<Annotations> {
     };
     let mut rows = BTreeMap::new();
     for i in 0..t.len() {
-        let choices: Choices = letters.iter().filter_map(|(c, col)| col[i].clone().map(|v| (*c, v))).collect();
+        let choices: Choices = letters
+            .iter()
+            .filter_map(|(c, col)| col[i].clone().map(|v| (*c, v)))
+            .collect();
         let row = Row {
             index: idx[i],
             // Python's % is non-negative for a positive divisor
@@ -107,31 +111,56 @@ pub fn read_annotations(path: &Path) -> Result<Annotations> {
             split: split.and_then(|c| c[i].clone()),
         };
         if rows.insert(idx[i], row).is_some() {
-            return Err(Error::at_line(path, t.lines[i], format!("index {} appears twice", idx[i])));
+            return Err(Error::at_line(
+                path,
+                t.lines[i],
+                format!("index {} appears twice", idx[i]),
+            ));
         }
     }
-    Ok(Annotations { rows, has_category: category.is_some(), has_l2: l2.is_some() })
+    Ok(Annotations {
+        rows,
+        has_category: category.is_some(),
+        has_l2: l2.is_some(),
+    })
 }
 
 /// Read predictions: JSONL `{"index": int, "prediction": str}`, or VLMEvalKit's own `.tsv` /
 /// `.xlsx` with `index` and `prediction` columns. Values are as `str(x)` gives them
 /// (a NaN prediction is the text "nan", as in VLMEvalKit).
 pub fn read_predictions(path: &Path) -> Result<HashMap<i64, String>> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let put = |index: i64, pred: String, line: usize, out: &mut HashMap<i64, (usize, String)>| -> Result<()> {
         if let Some((prev, _)) = out.insert(index, (line, pred)) {
-            return Err(Error::at_line(path, line, format!("index {index} already predicted on line {prev}")));
+            return Err(Error::at_line(
+                path,
+                line,
+                format!("index {index} already predicted on line {prev}"),
+            ));
         }
         Ok(())
     };
     let mut with_lines: HashMap<i64, (usize, String)> = HashMap::new();
     match ext.as_str() {
         "tsv" | "xlsx" | "xls" | "xlsm" | "ods" => {
-            let t: Table = if ext == "tsv" { table::read_tsv(path)? } else { table::read_xlsx(path)? };
+            let t: Table = if ext == "tsv" {
+                table::read_tsv(path)?
+            } else {
+                table::read_xlsx(path)?
+            };
             let idx = t.indices(path)?;
             let pred = t.require("prediction", path)?;
             for i in 0..t.len() {
-                put(idx[i], pred[i].clone().unwrap_or_else(|| "nan".into()), t.lines[i], &mut with_lines)?;
+                put(
+                    idx[i],
+                    pred[i].clone().unwrap_or_else(|| "nan".into()),
+                    t.lines[i],
+                    &mut with_lines,
+                )?;
             }
         }
         _ => {
@@ -203,14 +232,25 @@ pub struct Report {
 
 /// CircularEval: a question counts only if every rotation that has a prediction is answered
 /// correctly. Predictions for indices not in the annotations are an error (VLMEvalKit asserts).
-pub fn evaluate(ann: &Annotations, preds: &HashMap<i64, String>, matcher: Matcher, missing: MissingPolicy, pred_path: &Path) -> Result<Report> {
+pub fn evaluate(
+    ann: &Annotations,
+    preds: &HashMap<i64, String>,
+    matcher: Matcher,
+    missing: MissingPolicy,
+    pred_path: &Path,
+) -> Result<Report> {
     let mut unknown: Vec<i64> = preds.keys().filter(|k| !ann.rows.contains_key(k)).copied().collect();
     if !unknown.is_empty() {
         unknown.sort_unstable();
         let shown: Vec<String> = unknown.iter().take(5).map(|i| i.to_string()).collect();
         return Err(Error::input(
             pred_path,
-            format!("{} prediction(s) for indices not in the annotations: {}{}", unknown.len(), shown.join(", "), if unknown.len() > 5 { ", ..." } else { "" }),
+            format!(
+                "{} prediction(s) for indices not in the annotations: {}{}",
+                unknown.len(),
+                shown.join(", "),
+                if unknown.len() > 5 { ", ..." } else { "" }
+            ),
         ));
     }
     let mut groups: BTreeMap<i64, Vec<&Row>> = BTreeMap::new();
@@ -219,7 +259,9 @@ pub fn evaluate(ann: &Annotations, preds: &HashMap<i64, String>, matcher: Matche
     }
     let mut results = Vec::new();
     for (g, rows) in &groups {
-        let Some(main) = ann.rows.get(g).filter(|m| m.g_index == *g) else { continue }; // rotations without a main row
+        let Some(main) = ann.rows.get(g).filter(|m| m.g_index == *g) else {
+            continue;
+        }; // rotations without a main row
         let base = QuestionResult {
             index: *g,
             outcome: Outcome::Missing,
@@ -251,7 +293,12 @@ pub fn evaluate(ann: &Annotations, preds: &HashMap<i64, String>, matcher: Matche
             }
         }
         let hit = u8::from(outcome == Outcome::Correct);
-        results.push(QuestionResult { outcome, hit, rows: n, ..base });
+        results.push(QuestionResult {
+            outcome,
+            hit,
+            rows: n,
+            ..base
+        });
     }
     let mean = |it: &mut dyn Iterator<Item = &QuestionResult>| -> f64 {
         let (s, c) = it.fold((0u64, 0u64), |(s, c), r| (s + r.hit as u64, c + 1));
@@ -263,7 +310,10 @@ pub fn evaluate(ann: &Annotations, preds: &HashMap<i64, String>, matcher: Matche
     };
     let questions = results.len();
     if questions == 0 {
-        return Err(Error::input(pred_path, "no question to score (no prediction matches a main question)"));
+        return Err(Error::input(
+            pred_path,
+            "no question to score (no prediction matches a main question)",
+        ));
     }
     let overall = mean(&mut results.iter());
     let mut l2_categories = BTreeMap::new();
@@ -271,13 +321,19 @@ pub fn evaluate(ann: &Annotations, preds: &HashMap<i64, String>, matcher: Matche
     if ann.has_l2 {
         let names: BTreeSet<String> = results.iter().filter_map(|r| r.l2_category.clone()).collect();
         for n in names {
-            l2_categories.insert(n.clone(), mean(&mut results.iter().filter(|r| r.l2_category.as_deref() == Some(&n))));
+            l2_categories.insert(
+                n.clone(),
+                mean(&mut results.iter().filter(|r| r.l2_category.as_deref() == Some(&n))),
+            );
         }
     }
     if ann.has_category {
         let names: BTreeSet<String> = results.iter().filter_map(|r| r.category.clone()).collect();
         for n in names {
-            categories.insert(n.clone(), mean(&mut results.iter().filter(|r| r.category.as_deref() == Some(&n))));
+            categories.insert(
+                n.clone(),
+                mean(&mut results.iter().filter(|r| r.category.as_deref() == Some(&n))),
+            );
         }
     }
     Ok(Report {
@@ -288,7 +344,11 @@ pub fn evaluate(ann: &Annotations, preds: &HashMap<i64, String>, matcher: Matche
         correct: results.iter().filter(|r| r.hit == 1).count(),
         unresolved: results.iter().filter(|r| r.outcome == Outcome::Unresolved).count(),
         missing_main_predictions: results.iter().filter(|r| r.outcome == Outcome::Missing).count()
-            + if missing == MissingPolicy::Vlmevalkit { dropped_mains(ann, preds) } else { 0 },
+            + if missing == MissingPolicy::Vlmevalkit {
+                dropped_mains(ann, preds)
+            } else {
+                0
+            },
         matcher,
         missing,
         judge: "none: exact matching only; answers no rule can read count as wrong",
@@ -297,14 +357,21 @@ pub fn evaluate(ann: &Annotations, preds: &HashMap<i64, String>, matcher: Matche
 }
 
 fn dropped_mains(ann: &Annotations, preds: &HashMap<i64, String>) -> usize {
-    ann.rows.values().filter(|r| r.g_index == r.index && !preds.contains_key(&r.index)).count()
+    ann.rows
+        .values()
+        .filter(|r| r.g_index == r.index && !preds.contains_key(&r.index))
+        .count()
 }
 
 /// The `_acc.csv` table of VLMEvalKit's `report_acc`: one row per split; columns `split`,
 /// `Overall`, L2 categories (sorted by full name, abbreviated), leaf categories (sorted);
 /// every field quoted, floats as Python prints them, NaN as an empty field.
 pub fn acc_csv(report: &Report) -> Vec<u8> {
-    let splits: BTreeSet<String> = report.results.iter().map(|r| r.split.clone().unwrap_or_else(|| "none".into())).collect();
+    let splits: BTreeSet<String> = report
+        .results
+        .iter()
+        .map(|r| r.split.clone().unwrap_or_else(|| "none".into()))
+        .collect();
     let l2: BTreeSet<&str> = report.results.iter().filter_map(|r| r.l2_category.as_deref()).collect();
     let cats: BTreeSet<&str> = report.results.iter().filter_map(|r| r.category.as_deref()).collect();
     let mut header = vec!["split".to_string(), "Overall".to_string()];
@@ -317,16 +384,30 @@ pub fn acc_csv(report: &Report) -> Vec<u8> {
             pyfmt::py_float_repr(hits.iter().map(|&h| h as u64).sum::<u64>() as f64 / hits.len() as f64)
         }
     };
-    let mut w = csv::WriterBuilder::new().quote_style(csv::QuoteStyle::Always).from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new()
+        .quote_style(csv::QuoteStyle::Always)
+        .from_writer(Vec::new());
     w.write_record(&header).expect("in-memory write");
     for sp in &splits {
-        let in_split: Vec<&QuestionResult> = report.results.iter().filter(|r| r.split.as_deref().unwrap_or("none") == sp).collect();
+        let in_split: Vec<&QuestionResult> = report
+            .results
+            .iter()
+            .filter(|r| r.split.as_deref().unwrap_or("none") == sp)
+            .collect();
         let mut rec = vec![sp.clone(), fmt(in_split.iter().map(|r| r.hit).collect())];
         for n in &l2 {
-            rec.push(fmt(in_split.iter().filter(|r| r.l2_category.as_deref() == Some(n)).map(|r| r.hit).collect()));
+            rec.push(fmt(in_split
+                .iter()
+                .filter(|r| r.l2_category.as_deref() == Some(n))
+                .map(|r| r.hit)
+                .collect()));
         }
         for n in &cats {
-            rec.push(fmt(in_split.iter().filter(|r| r.category.as_deref() == Some(n)).map(|r| r.hit).collect()));
+            rec.push(fmt(in_split
+                .iter()
+                .filter(|r| r.category.as_deref() == Some(n))
+                .map(|r| r.hit)
+                .collect()));
         }
         w.write_record(&rec).expect("in-memory write");
     }

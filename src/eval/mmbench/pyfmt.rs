@@ -31,7 +31,11 @@ pub fn py_float_repr(x: f64) -> String {
         return if x > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if x == 0.0 {
-        return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let sci = format!("{x:e}"); // e.g. "-1.2345e-5", shortest round-trip digits
     let (mant, exp) = sci.split_once('e').expect("{:e} has an exponent");
@@ -52,7 +56,11 @@ pub fn py_float_repr(x: f64) -> String {
         };
         format!("{sign}{s}")
     } else {
-        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
         format!("{sign}{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
     }
 }
@@ -100,7 +108,10 @@ pub fn column_strings(raw: &[Option<String>]) -> Vec<Option<String>> {
             .collect();
     }
     if present.iter().all(|s| parse_float(s).is_some()) {
-        return cells.iter().map(|c| c.map(|s| py_float_repr(parse_float(s).unwrap()))).collect();
+        return cells
+            .iter()
+            .map(|c| c.map(|s| py_float_repr(parse_float(s).unwrap())))
+            .collect();
     }
     cells.iter().map(|c| c.map(str::to_string)).collect()
 }
@@ -132,10 +143,19 @@ mod tests {
     #[test]
     fn pandas_columns() {
         let col = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
-        assert_eq!(column_strings(&col(&["1", "2"])), vec![Some("1".into()), Some("2".into())]);
+        assert_eq!(
+            column_strings(&col(&["1", "2"])),
+            vec![Some("1".into()), Some("2".into())]
+        );
         assert_eq!(column_strings(&col(&["1", ""])), vec![Some("1.0".into()), None]);
-        assert_eq!(column_strings(&col(&["1.50", "2"])), vec![Some("1.5".into()), Some("2.0".into())]);
-        assert_eq!(column_strings(&col(&["cat", "None", "2"])), vec![Some("cat".into()), None, Some("2".into())]);
+        assert_eq!(
+            column_strings(&col(&["1.50", "2"])),
+            vec![Some("1.5".into()), Some("2.0".into())]
+        );
+        assert_eq!(
+            column_strings(&col(&["cat", "None", "2"])),
+            vec![Some("cat".into()), None, Some("2".into())]
+        );
     }
 
     #[test]

@@ -21,7 +21,13 @@ impl Table {
         // VLMEvalKit lower-cases every column name except single uppercase letters (options).
         let norm: Vec<String> = columns
             .iter()
-            .map(|c| if c.len() == 1 && c.as_bytes()[0].is_ascii_uppercase() { c.clone() } else { c.to_lowercase() })
+            .map(|c| {
+                if c.len() == 1 && c.as_bytes()[0].is_ascii_uppercase() {
+                    c.clone()
+                } else {
+                    c.to_lowercase()
+                }
+            })
             .collect();
         let mut by_name = HashMap::new();
         for (i, c) in norm.iter().enumerate() {
@@ -40,10 +46,18 @@ impl Table {
             if name != "image" {
                 cells[j] = column_strings(&cells[j]);
             } else {
-                cells[j] = cells[j].iter().map(|c| c.clone().filter(|s| !super::pyfmt::is_na(s))).collect();
+                cells[j] = cells[j]
+                    .iter()
+                    .map(|c| c.clone().filter(|s| !super::pyfmt::is_na(s)))
+                    .collect();
             }
         }
-        Ok(Table { columns: norm, cells, lines, by_name })
+        Ok(Table {
+            columns: norm,
+            cells,
+            lines,
+            by_name,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -61,7 +75,10 @@ impl Table {
     /// A required column, or an error naming the file and the column.
     pub fn require(&self, name: &str, path: &Path) -> Result<&[Option<String>]> {
         self.column(name).ok_or_else(|| {
-            Error::input(path, format!("missing column `{name}` (columns: {})", self.columns.join(", ")))
+            Error::input(
+                path,
+                format!("missing column `{name}` (columns: {})", self.columns.join(", ")),
+            )
         })
     }
 
@@ -71,10 +88,17 @@ impl Table {
         col.iter()
             .zip(&self.lines)
             .map(|(v, &line)| {
-                let s = v.as_deref().ok_or_else(|| Error::at_line(path, line, "empty `index`"))?;
+                let s = v
+                    .as_deref()
+                    .ok_or_else(|| Error::at_line(path, line, "empty `index`"))?;
                 s.parse::<i64>()
                     .ok()
-                    .or_else(|| s.parse::<f64>().ok().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64))
+                    .or_else(|| {
+                        s.parse::<f64>()
+                            .ok()
+                            .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                            .map(|f| f as i64)
+                    })
                     .ok_or_else(|| Error::at_line(path, line, format!("`index` {s:?} is not an integer")))
             })
             .collect()
@@ -90,7 +114,11 @@ pub fn read_tsv(path: &Path) -> Result<Table> {
 /// [`read_tsv`], keeping the base64 `image` column when `keep_images` (to run a model).
 pub fn read_tsv_opts(path: &Path, keep_images: bool) -> Result<Table> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut rdr = csv::ReaderBuilder::new().delimiter(b'\t').has_headers(true).flexible(true).from_reader(std::io::BufReader::new(file));
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(b'\t')
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(std::io::BufReader::new(file));
     let headers: Vec<String> = rdr
         .headers()
         .map_err(|e| Error::input(path, format!("cannot read the TSV header: {e}")))?
@@ -101,7 +129,10 @@ pub fn read_tsv_opts(path: &Path, keep_images: bool) -> Result<Table> {
         return Err(Error::input(path, "empty TSV header"));
     }
     // Images are not needed for scoring; don't keep megabytes of base64 in memory.
-    let image_col = headers.iter().position(|h| h.eq_ignore_ascii_case("image")).filter(|_| !keep_images);
+    let image_col = headers
+        .iter()
+        .position(|h| h.eq_ignore_ascii_case("image"))
+        .filter(|_| !keep_images);
     let mut rows = Vec::new();
     let mut lines = Vec::new();
     for rec in rdr.records() {
@@ -114,10 +145,23 @@ pub fn read_tsv_opts(path: &Path, keep_images: bool) -> Result<Table> {
             continue; // blank line, skipped by pandas
         }
         if rec.len() > headers.len() {
-            return Err(Error::at_line(path, line, format!("{} fields, the header has {}", rec.len(), headers.len())));
+            return Err(Error::at_line(
+                path,
+                line,
+                format!("{} fields, the header has {}", rec.len(), headers.len()),
+            ));
         }
-        let mut row: Vec<Option<String>> =
-            rec.iter().enumerate().map(|(j, s)| if Some(j) == image_col { None } else { Some(s.to_string()) }).collect();
+        let mut row: Vec<Option<String>> = rec
+            .iter()
+            .enumerate()
+            .map(|(j, s)| {
+                if Some(j) == image_col {
+                    None
+                } else {
+                    Some(s.to_string())
+                }
+            })
+            .collect();
         row.resize(headers.len(), None); // short rows are padded with NaN, as pandas does
         rows.push(row);
         lines.push(line);
@@ -128,7 +172,8 @@ pub fn read_tsv_opts(path: &Path, keep_images: bool) -> Result<Table> {
 /// Read the first sheet of an xlsx file (VLMEvalKit's default prediction format).
 pub fn read_xlsx(path: &Path) -> Result<Table> {
     use calamine::{open_workbook_auto, Data, Reader};
-    let mut wb = open_workbook_auto(path).map_err(|e| Error::input(path, format!("cannot open the spreadsheet: {e}")))?;
+    let mut wb =
+        open_workbook_auto(path).map_err(|e| Error::input(path, format!("cannot open the spreadsheet: {e}")))?;
     let range = wb
         .worksheet_range_at(0)
         .ok_or_else(|| Error::input(path, "the spreadsheet has no sheet"))?

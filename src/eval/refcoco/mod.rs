@@ -47,7 +47,9 @@ fn read_predictions(path: &Path) -> Result<Vec<PredLine>> {
         .map(|&(line, raw)| {
             let v: serde_json::Value = serde_json::from_slice(raw)
                 .map_err(|e| Error::at_line(path, line, format!("malformed JSON line: {e}")))?;
-            let obj = v.as_object().ok_or_else(|| Error::at_line(path, line, "expected a JSON object"))?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| Error::at_line(path, line, "expected a JSON object"))?;
             let sent_id = obj
                 .get("sent_id")
                 .and_then(|s| s.as_i64())
@@ -147,7 +149,15 @@ pub fn score(gt: &GroundTruth, pred_path: &Path) -> Result<Report> {
                 None => (0, g.area()),
             };
             let iou = if u == 0 { 1.0 } else { i as f64 / u as f64 };
-            Ok(SampleScore { sent_id: s.sent_id, ref_id: s.ref_id, image_id: s.image_id, intersection: i, union: u, iou, prediction: status })
+            Ok(SampleScore {
+                sent_id: s.sent_id,
+                ref_id: s.ref_id,
+                image_id: s.image_id,
+                intersection: i,
+                union: u,
+                iou,
+                prediction: status,
+            })
         })
         .collect::<Result<_>>()?;
     let intersection: u64 = per_sample.iter().map(|s| s.intersection).sum();
@@ -155,7 +165,11 @@ pub fn score(gt: &GroundTruth, pred_path: &Path) -> Result<Report> {
     let n = per_sample.len();
     let giou = per_sample.iter().map(|s| s.iou).sum::<f64>() / n as f64;
     Ok(Report {
-        ciou: if union == 0 { 0.0 } else { intersection as f64 / union as f64 },
+        ciou: if union == 0 {
+            0.0
+        } else {
+            intersection as f64 / union as f64
+        },
         giou,
         samples: n,
         intersection,

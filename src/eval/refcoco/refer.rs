@@ -151,12 +151,21 @@ pub fn load_refs(path: &Path) -> Result<Vec<Ref>> {
     let mut refs = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
         let bad = |what: &str| Error::at(format!("{} ref #{i}", path.display()), what.to_string());
-        let Pv::Dict(d) = item else { return Err(bad("is not a dict")) };
-        let get_int = |k: &str| d.get(&key(k)).and_then(pint).ok_or_else(|| bad(&format!("has no integer `{k}`")));
+        let Pv::Dict(d) = item else {
+            return Err(bad("is not a dict"));
+        };
+        let get_int = |k: &str| {
+            d.get(&key(k))
+                .and_then(pint)
+                .ok_or_else(|| bad(&format!("has no integer `{k}`")))
+        };
         let ref_id = get_int("ref_id")?;
         let ann_id = get_int("ann_id")?;
         let image_id = get_int("image_id")?;
-        let split = d.get(&key("split")).and_then(pstr).ok_or_else(|| bad("has no string `split`"))?;
+        let split = d
+            .get(&key("split"))
+            .and_then(pstr)
+            .ok_or_else(|| bad("has no string `split`"))?;
         let sents = match d.get(&key("sentences")) {
             Some(Pv::List(s)) | Some(Pv::Tuple(s)) => s,
             _ => return Err(bad("has no `sentences` list")),
@@ -164,18 +173,35 @@ pub fn load_refs(path: &Path) -> Result<Vec<Ref>> {
         let mut sent_ids = Vec::with_capacity(sents.len());
         let mut texts = Vec::with_capacity(sents.len());
         for s in sents {
-            let Pv::Dict(sd) = s else { return Err(bad("has a sentence that is not a dict")) };
-            let id = sd.get(&key("sent_id")).and_then(pint).ok_or_else(|| bad("has a sentence without `sent_id`"))?;
+            let Pv::Dict(sd) = s else {
+                return Err(bad("has a sentence that is not a dict"));
+            };
+            let id = sd
+                .get(&key("sent_id"))
+                .and_then(pint)
+                .ok_or_else(|| bad("has a sentence without `sent_id`"))?;
             sent_ids.push(id);
             texts.push(sd.get(&key("sent")).and_then(pstr).unwrap_or_default());
         }
-        refs.push(Ref { ref_id, ann_id, image_id, split, sent_ids, sents: texts });
+        refs.push(Ref {
+            ref_id,
+            ann_id,
+            image_id,
+            split,
+            sent_ids,
+            sents: texts,
+        });
     }
     Ok(refs)
 }
 
 /// Rasterise a COCO `segmentation` (polygon list or RLE) into one mask, combining parts per `overlap`.
-pub fn segmentation_mask(seg: &serde_json::Value, h: u32, w: u32, overlap: GtOverlap) -> std::result::Result<Rle, String> {
+pub fn segmentation_mask(
+    seg: &serde_json::Value,
+    h: u32,
+    w: u32,
+    overlap: GtOverlap,
+) -> std::result::Result<Rle, String> {
     crate::mask::check_size(h, w).map_err(|e| e.to_string())?;
     let parts: Vec<Rle> = match seg {
         serde_json::Value::Null => vec![],
@@ -211,7 +237,11 @@ pub fn segmentation_mask(seg: &serde_json::Value, h: u32, w: u32, overlap: GtOve
         return Ok(Rle::empty(h, w));
     }
     if let Some(p) = parts.iter().find(|p| p.size() != (h, w)) {
-        return Err(format!("segmentation RLE size {}x{} differs from the image size {h}x{w}", p.height(), p.width()));
+        return Err(format!(
+            "segmentation RLE size {}x{} differs from the image size {h}x{w}",
+            p.height(),
+            p.width()
+        ));
     }
     if parts.len() == 1 {
         // One part: every convention reads it as is (count 1 where set).
@@ -246,17 +276,26 @@ pub fn load_refer(root: &Path, dataset: &str, split_by: &str, split: &str, overl
         let mut splits: Vec<&str> = refs.iter().map(|r| r.split.as_str()).collect();
         splits.sort_unstable();
         splits.dedup();
-        return Err(Error::input(&refs_file, format!("no refs in split `{split}` (splits present: {})", splits.join(", "))));
+        return Err(Error::input(
+            &refs_file,
+            format!("no refs in split `{split}` (splits present: {})", splits.join(", ")),
+        ));
     }
     // Rasterise each chosen ref's annotation once, in parallel.
     let masks: Vec<(Rle, u32, u32, Option<String>)> = chosen
         .par_iter()
         .map(|r| {
             let img = images.get(&r.image_id).ok_or_else(|| {
-                Error::input(&inst_file, format!("image {} of ref {} is not in `images`", r.image_id, r.ref_id))
+                Error::input(
+                    &inst_file,
+                    format!("image {} of ref {} is not in `images`", r.image_id, r.ref_id),
+                )
             })?;
             let ann = anns.get(&r.ann_id).ok_or_else(|| {
-                Error::input(&inst_file, format!("annotation {} of ref {} is not in `annotations`", r.ann_id, r.ref_id))
+                Error::input(
+                    &inst_file,
+                    format!("annotation {} of ref {} is not in `annotations`", r.ann_id, r.ref_id),
+                )
             })?;
             let m = segmentation_mask(&ann.segmentation, img.height, img.width, overlap)
                 .map_err(|e| Error::at(format!("{} annotation {}", inst_file.display(), ann.id), e))?;
@@ -269,18 +308,35 @@ pub fn load_refer(root: &Path, dataset: &str, split_by: &str, split: &str, overl
         out_masks.push(m);
         for (j, &sent_id) in r.sent_ids.iter().enumerate() {
             let text = r.sents.get(j).filter(|t| !t.is_empty()).cloned();
-            samples.push(Sample { sent_id, ref_id: Some(r.ref_id), image_id: Some(r.image_id), height: h, width: w, mask: i, text, file_name: file_name.clone() });
+            samples.push(Sample {
+                sent_id,
+                ref_id: Some(r.ref_id),
+                image_id: Some(r.image_id),
+                height: h,
+                width: w,
+                mask: i,
+                text,
+                file_name: file_name.clone(),
+            });
         }
     }
     check_unique(&samples, &refs_file)?;
-    Ok(GroundTruth { samples, masks: out_masks, all_sent_ids, sources: vec![refs_file, inst_file] })
+    Ok(GroundTruth {
+        samples,
+        masks: out_masks,
+        all_sent_ids,
+        sources: vec![refs_file, inst_file],
+    })
 }
 
 fn check_unique(samples: &[Sample], path: &Path) -> Result<()> {
     let mut seen = HashSet::with_capacity(samples.len());
     for s in samples {
         if !seen.insert(s.sent_id) {
-            return Err(Error::input(path, format!("sent_id {} appears twice in the split", s.sent_id)));
+            return Err(Error::input(
+                path,
+                format!("sent_id {} appears twice in the split", s.sent_id),
+            ));
         }
     }
     Ok(())
@@ -311,7 +367,11 @@ pub fn load_gt_jsonl(path: &Path) -> Result<GroundTruth> {
     let mut seen: HashMap<i64, usize> = HashMap::new();
     crate::util::jsonl::for_each::<GtLine, _>(path, |line, g| {
         if let Some(prev) = seen.insert(g.sent_id, line) {
-            return Err(Error::at_line(path, line, format!("sent_id {} already given on line {prev}", g.sent_id)));
+            return Err(Error::at_line(
+                path,
+                line,
+                format!("sent_id {} already given on line {prev}", g.sent_id),
+            ));
         }
         crate::mask::check_size(g.height, g.width).map_err(|e| Error::at_line(path, line, e.to_string()))?;
         let m = parse_mask_json(&g.mask)
@@ -335,5 +395,10 @@ pub fn load_gt_jsonl(path: &Path) -> Result<GroundTruth> {
         return Err(Error::input(path, "no annotation lines"));
     }
     let all_sent_ids = samples.iter().map(|s| s.sent_id).collect();
-    Ok(GroundTruth { samples, masks, all_sent_ids, sources: vec![path.to_path_buf()] })
+    Ok(GroundTruth {
+        samples,
+        masks,
+        all_sent_ids,
+        sources: vec![path.to_path_buf()],
+    })
 }

@@ -166,7 +166,12 @@ impl BackboneConfig {
                         .strip_prefix("stage")
                         .and_then(|k| k.parse::<usize>().ok())
                         .filter(|&k| k >= 1 && (k as i64) < n)
-                        .ok_or_else(|| format!("backbone_config.out_features has {s:?}, not stem or stage1..stage{}", n - 1)),
+                        .ok_or_else(|| {
+                            format!(
+                                "backbone_config.out_features has {s:?}, not stem or stage1..stage{}",
+                                n - 1
+                            )
+                        }),
                 })
                 .collect();
         }
@@ -195,22 +200,37 @@ impl Config {
         }
         let b = &self.backbone_config;
         if b.model_type != "dinov2" {
-            return Err(format!("backbone_config.model_type {:?} is not supported (only dinov2)", b.model_type));
+            return Err(format!(
+                "backbone_config.model_type {:?} is not supported (only dinov2)",
+                b.model_type
+            ));
         }
         if b.use_swiglu_ffn {
             return Err("backbone_config.use_swiglu_ffn (DINOv2 giant) is not supported".into());
         }
-        if !matches!(b.hidden_act.as_str(), "gelu" | "gelu_pytorch_tanh" | "gelu_new" | "relu") {
-            return Err(format!("backbone_config.hidden_act {:?} is not supported", b.hidden_act));
+        if !matches!(
+            b.hidden_act.as_str(),
+            "gelu" | "gelu_pytorch_tanh" | "gelu_new" | "relu"
+        ) {
+            return Err(format!(
+                "backbone_config.hidden_act {:?} is not supported",
+                b.hidden_act
+            ));
         }
         if b.num_attention_heads == 0 || !b.hidden_size.is_multiple_of(b.num_attention_heads) {
-            return Err(format!("backbone_config.hidden_size {} is not a multiple of num_attention_heads {}", b.hidden_size, b.num_attention_heads));
+            return Err(format!(
+                "backbone_config.hidden_size {} is not a multiple of num_attention_heads {}",
+                b.hidden_size, b.num_attention_heads
+            ));
         }
         if b.patch_size == 0 || self.patch_size == 0 || b.num_channels != 3 {
             return Err("patch sizes must be positive and num_channels 3".into());
         }
         if !["relative", "metric"].contains(&self.depth_estimation_type.as_str()) {
-            return Err(format!("depth_estimation_type must be relative or metric, got {:?}", self.depth_estimation_type));
+            return Err(format!(
+                "depth_estimation_type must be relative or metric, got {:?}",
+                self.depth_estimation_type
+            ));
         }
         let outs = b.resolved_out_indices()?;
         let n = self.neck_hidden_sizes.len();
@@ -222,13 +242,20 @@ impl Config {
             ));
         }
         for &f in &self.reassemble_factors {
-            let ok = if f > 1.0 { f.fract() == 0.0 } else { f == 1.0 || (f > 0.0 && (1.0 / f).fract() == 0.0) };
+            let ok = if f > 1.0 {
+                f.fract() == 0.0
+            } else {
+                f == 1.0 || (f > 0.0 && (1.0 / f).fract() == 0.0)
+            };
             if !ok {
                 return Err(format!("reassemble factor {f} is not an integer or the inverse of one"));
             }
         }
         if self.head_in_index >= n as i64 || self.head_in_index < -(n as i64) {
-            return Err(format!("head_in_index {} is out of range for {n} fused maps", self.head_in_index));
+            return Err(format!(
+                "head_in_index {} is out of range for {n} fused maps",
+                self.head_in_index
+            ));
         }
         if self.fusion_hidden_size < 2 {
             return Err("fusion_hidden_size must be at least 2".into());

@@ -26,11 +26,20 @@ impl Embeddings {
     fn new(cfg: &BackboneConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let grid = cfg.image_size / cfg.patch_size;
-        let conv = candle_nn::Conv2dConfig { stride: cfg.patch_size, ..Default::default() };
+        let conv = candle_nn::Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
         Ok(Self {
             cls_token: vb.get((1, 1, d), "cls_token")?,
             position_embeddings: vb.get((1, grid * grid + 1, d), "position_embeddings")?,
-            projection: candle_nn::conv2d(cfg.num_channels, d, cfg.patch_size, conv, vb.pp("patch_embeddings").pp("projection"))?,
+            projection: candle_nn::conv2d(
+                cfg.num_channels,
+                d,
+                cfg.patch_size,
+                conv,
+                vb.pp("patch_embeddings").pp("projection"),
+            )?,
             patch_size: cfg.patch_size,
             span: tracing::span!(tracing::Level::TRACE, "dinov2-embeddings"),
         })
@@ -52,7 +61,11 @@ impl Embeddings {
         let (nh, nw) = (height / self.patch_size, width / self.patch_size);
         let dtype = self.position_embeddings.dtype();
         let cls = self.position_embeddings.narrow(1, 0, 1)?;
-        let grid = self.position_embeddings.narrow(1, 1, n_pos)?.reshape((side, side, d))?.permute((2, 0, 1))?;
+        let grid = self
+            .position_embeddings
+            .narrow(1, 1, n_pos)?
+            .reshape((side, side, d))?
+            .permute((2, 0, 1))?;
         let grid = resize_bicubic(&grid.to_dtype(candle_core::DType::F32)?.contiguous()?, nh, nw)?.to_dtype(dtype)?;
         let grid = grid.permute((1, 2, 0))?.reshape((1, nh * nw, d))?;
         Tensor::cat(&[&cls, &grid], 1)
@@ -103,7 +116,11 @@ impl Attention {
         let _g = self.span.enter();
         let (b, n, c) = xs.dims3()?;
         let hd = c / self.heads;
-        let qkv = self.qkv.forward(xs)?.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?; // (3, b, h, n, hd)
+        let qkv = self
+            .qkv
+            .forward(xs)?
+            .reshape((b, n, 3, self.heads, hd))?
+            .permute((2, 0, 3, 1, 4))?; // (3, b, h, n, hd)
         let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
@@ -145,7 +162,10 @@ impl Layer {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        let h = self.attention.forward(&self.norm1.forward(xs)?)?.broadcast_mul(&self.lambda1)?;
+        let h = self
+            .attention
+            .forward(&self.norm1.forward(xs)?)?
+            .broadcast_mul(&self.lambda1)?;
         let xs = (xs + h)?;
         let a = self.fc1.forward(&self.norm2.forward(&xs)?)?;
         let a = match self.act.as_str() {
@@ -176,8 +196,14 @@ impl Dinov2Backbone {
         Ok(Self {
             embeddings: Embeddings::new(cfg, vb.pp("embeddings"))?,
             // layers after the last output index are never used: not loaded, not run
-            layers: (0..last.min(cfg.num_hidden_layers)).map(|i| Layer::new(cfg, enc.pp(i))).collect::<Result<_>>()?,
-            layernorm: if cfg.apply_layernorm { Some(LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("layernorm"))?) } else { None },
+            layers: (0..last.min(cfg.num_hidden_layers))
+                .map(|i| Layer::new(cfg, enc.pp(i)))
+                .collect::<Result<_>>()?,
+            layernorm: if cfg.apply_layernorm {
+                Some(LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("layernorm"))?)
+            } else {
+                None
+            },
             out_indices,
             span: tracing::span!(tracing::Level::TRACE, "dinov2"),
         })

@@ -8,7 +8,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 fn conv3x3(c_in: usize, c_out: usize, bias: bool, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig { padding: 1, ..Default::default() };
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
     if bias {
         candle_nn::conv2d(c_in, c_out, 3, cfg, vb)
     } else {
@@ -44,11 +47,19 @@ impl Reassemble {
         let resize = if factor > 1.0 {
             let f = factor as usize;
             let r = vb.pp("resize");
-            Resize::Up { weight: r.get((c, c, f, f), "weight")?.reshape((c, c * f * f))?, bias: r.get(c, "bias")?, factor: f }
+            Resize::Up {
+                weight: r.get((c, c, f, f), "weight")?.reshape((c, c * f * f))?,
+                bias: r.get(c, "bias")?,
+                factor: f,
+            }
         } else if factor == 1.0 {
             Resize::Identity
         } else {
-            let cfg = Conv2dConfig { padding: 1, stride: (1.0 / factor) as usize, ..Default::default() };
+            let cfg = Conv2dConfig {
+                padding: 1,
+                stride: (1.0 / factor) as usize,
+                ..Default::default()
+            };
             Resize::Down(candle_nn::conv2d(c, c, 3, cfg, vb.pp("resize"))?)
         };
         let p = vb.pp("projection");
@@ -72,7 +83,11 @@ impl Reassemble {
         let x = x.matmul(&self.proj_w.t()?)?.broadcast_add(&self.proj_b)?; // (b·h·w, c)
         let c = self.proj_b.dim(0)?;
         match &self.resize {
-            Resize::Up { weight, bias, factor: f } => {
+            Resize::Up {
+                weight,
+                bias,
+                factor: f,
+            } => {
                 let y = x.matmul(weight)?.reshape((b, ph, pw, c, *f, *f))?;
                 let y = y.permute((0, 3, 1, 4, 2, 5))?.reshape((b, c, ph * f, pw * f))?;
                 y.broadcast_add(&bias.reshape((1, c, 1, 1))?)
@@ -92,7 +107,10 @@ struct PreActResidual {
 
 impl PreActResidual {
     fn new(f: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { conv1: conv3x3(f, f, true, vb.pp("convolution1"))?, conv2: conv3x3(f, f, true, vb.pp("convolution2"))? })
+        Ok(Self {
+            conv1: conv3x3(f, f, true, vb.pp("convolution1"))?,
+            conv2: conv3x3(f, f, true, vb.pp("convolution2"))?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -129,7 +147,11 @@ impl FusionLayer {
         let mut x = hidden.clone();
         if let Some(r) = residual {
             let (_, _, rh, rw) = r.dims4()?;
-            let r = if (rh, rw) != (h, w) { r.upsample_bilinear2d(h, w, false)? } else { r.clone() };
+            let r = if (rh, rw) != (h, w) {
+                r.upsample_bilinear2d(h, w, false)?
+            } else {
+                r.clone()
+            };
             x = (x + self.residual1.forward(&r)?)?;
         }
         let x = self.residual2.forward(&x)?;
@@ -159,20 +181,39 @@ impl Neck {
             .enumerate()
             .map(|(i, (&c, &fac))| Reassemble::new(cfg.reassemble_hidden_size, c, fac, ra.pp(i)))
             .collect::<Result<_>>()?;
-        let convs = cfg.neck_hidden_sizes.iter().enumerate().map(|(i, &c)| conv3x3(c, f, false, vb.pp("convs").pp(i))).collect::<Result<_>>()?;
+        let convs = cfg
+            .neck_hidden_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| conv3x3(c, f, false, vb.pp("convs").pp(i)))
+            .collect::<Result<_>>()?;
         let fl = vb.pp("fusion_stage").pp("layers");
-        let fusion = (0..cfg.neck_hidden_sizes.len()).map(|i| FusionLayer::new(f, fl.pp(i))).collect::<Result<_>>()?;
-        Ok(Self { reassemble, convs, fusion })
+        let fusion = (0..cfg.neck_hidden_sizes.len())
+            .map(|i| FusionLayer::new(f, fl.pp(i)))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            reassemble,
+            convs,
+            fusion,
+        })
     }
 
     /// Backbone maps (finest level first) → fused maps, coarsest-derived first (as the reference's
     /// `fused_hidden_states`; the last one is the finest).
     pub fn forward(&self, maps: &[Tensor], ph: usize, pw: usize) -> Result<Vec<Tensor>> {
         if maps.len() != self.reassemble.len() {
-            candle_core::bail!("the neck takes {} feature maps, got {}", self.reassemble.len(), maps.len());
+            candle_core::bail!(
+                "the neck takes {} feature maps, got {}",
+                self.reassemble.len(),
+                maps.len()
+            );
         }
-        let feats: Vec<Tensor> =
-            maps.iter().zip(&self.reassemble).zip(&self.convs).map(|((m, r), c)| c.forward(&r.forward(m, ph, pw)?)).collect::<Result<_>>()?;
+        let feats: Vec<Tensor> = maps
+            .iter()
+            .zip(&self.reassemble)
+            .zip(&self.convs)
+            .map(|((m, r), c)| c.forward(&r.forward(m, ph, pw)?))
+            .collect::<Result<_>>()?;
         let rev: Vec<&Tensor> = feats.iter().rev().collect();
         let mut fused: Vec<Tensor> = Vec::with_capacity(rev.len());
         for (i, (feat, layer)) in rev.iter().zip(&self.fusion).enumerate() {
@@ -226,7 +267,11 @@ impl Head {
     pub fn forward(&self, fused: &[Tensor], ph: usize, pw: usize) -> Result<Tensor> {
         let _g = self.span.enter();
         let n = fused.len() as i64;
-        let i = if self.in_index < 0 { self.in_index + n } else { self.in_index };
+        let i = if self.in_index < 0 {
+            self.in_index + n
+        } else {
+            self.in_index
+        };
         let Some(x) = usize::try_from(i).ok().and_then(|i| fused.get(i)) else {
             candle_core::bail!("head_in_index {} is out of range for {n} fused maps", self.in_index)
         };
@@ -234,8 +279,16 @@ impl Head {
         let x = x.upsample_bilinear2d(ph * self.patch_size, pw * self.patch_size, true)?;
         let x = self.conv2.forward(&x)?.relu()?;
         let x = self.conv3.forward(&x)?;
-        let x = if self.metric { candle_nn::ops::sigmoid(&x)? } else { x.relu()? };
-        let x = if self.max_depth != 1.0 { (x * self.max_depth)? } else { x };
+        let x = if self.metric {
+            candle_nn::ops::sigmoid(&x)?
+        } else {
+            x.relu()?
+        };
+        let x = if self.max_depth != 1.0 {
+            (x * self.max_depth)?
+        } else {
+            x
+        };
         x.squeeze(1)
     }
 }

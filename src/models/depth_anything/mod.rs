@@ -49,7 +49,10 @@ impl DepthAnything {
         if let Err(m) = cfg.validate() {
             candle_core::bail!("unsupported Depth Anything config: {m}");
         }
-        let outs = cfg.backbone_config.resolved_out_indices().map_err(candle_core::Error::msg)?;
+        let outs = cfg
+            .backbone_config
+            .resolved_out_indices()
+            .map_err(candle_core::Error::msg)?;
         if cfg.reassemble_hidden_size != cfg.backbone_config.hidden_size {
             candle_core::bail!(
                 "reassemble_hidden_size {} differs from the backbone's hidden_size {}",
@@ -74,7 +77,12 @@ impl DepthAnything {
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> UserResult<Self> {
         let ck = Checkpoint::open(dir, dtype, device)?;
         let cfg: Config = ck.config_as()?;
-        cfg.validate().map_err(|m| Error::input(dir.join("config.json"), format!("unsupported Depth Anything config: {m}")))?;
+        cfg.validate().map_err(|m| {
+            Error::input(
+                dir.join("config.json"),
+                format!("unsupported Depth Anything config: {m}"),
+            )
+        })?;
         let pre_path = dir.join("preprocessor_config.json");
         let preprocessor = if pre_path.is_file() {
             let p: PreprocessorConfig = serde_json::from_slice(&crate::util::read_file(&pre_path)?)
@@ -120,7 +128,11 @@ impl DepthAnything {
         let p = self.config.patch_size;
         let bp = self.config.backbone_config.patch_size;
         if c != 3 || h < p.max(bp) || w < p.max(bp) {
-            candle_core::bail!("Depth Anything takes (b, 3, H, W) with H, W ≥ {}, got {:?}", p.max(bp), pixel_values.dims());
+            candle_core::bail!(
+                "Depth Anything takes (b, 3, H, W) with H, W ≥ {}, got {:?}",
+                p.max(bp),
+                pixel_values.dims()
+            );
         }
         let maps = self.backbone.forward(&pixel_values.to_dtype(self.dtype)?)?;
         let (ph, pw) = (h / p, w / p);
@@ -150,6 +162,11 @@ impl DepthAnything {
         let pred = self.forward(&px)?.squeeze(0)?;
         let out = Self::post_process(&pred, height, width)?;
         // Relative models give affine-invariant inverse depth (larger = nearer); metric ones metres.
-        Ok(DepthMap::new(width, height, out.flatten_all()?.to_vec1::<f32>()?, DepthScale::Float))
+        Ok(DepthMap::new(
+            width,
+            height,
+            out.flatten_all()?.to_vec1::<f32>()?,
+            DepthScale::Float,
+        ))
     }
 }

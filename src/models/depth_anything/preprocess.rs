@@ -59,7 +59,10 @@ pub struct Size {
 
 impl Default for Size {
     fn default() -> Self {
-        Size { height: 518, width: 518 }
+        Size {
+            height: 518,
+            width: 518,
+        }
     }
 }
 
@@ -104,7 +107,10 @@ impl PreprocessorConfig {
     /// Refuse settings this port does not reproduce (rather than silently differ).
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.do_resize && self.resample != 3 {
-            return Err(format!("resample {} is not supported (only 3 = bicubic, as the Depth Anything repos use)", self.resample));
+            return Err(format!(
+                "resample {} is not supported (only 3 = bicubic, as the Depth Anything repos use)",
+                self.resample
+            ));
         }
         if self.do_pad {
             return Err("do_pad is not supported".into());
@@ -155,7 +161,11 @@ impl PreprocessorConfig {
         if nw == 0 || nh == 0 {
             candle_core::bail!("a {w}x{h} image resizes to {nw}x{nh} for Depth Anything (aspect ratio too extreme)");
         }
-        let resized = if self.do_resize { resize_u8_bicubic_aa(img.as_raw(), w, h, nw, nh) } else { img.as_raw().clone() };
+        let resized = if self.do_resize {
+            resize_u8_bicubic_aa(img.as_raw(), w, h, nw, nh)
+        } else {
+            img.as_raw().clone()
+        };
         Tensor::from_vec(self.normalize(&resized, nw * nh), (1, 3, nh, nw), device)
     }
 
@@ -222,7 +232,9 @@ fn int16_taps(n_in: usize, n_out: usize) -> Int16Taps {
         let center = scale * (i as f64 + 0.5);
         let xmin = ((center - support + 0.5) as i64).max(0); // C++ truncation toward zero
         let xsize = (((center + support + 0.5) as i64).min(n_in as i64) - xmin).clamp(0, max_taps);
-        let mut w: Vec<f64> = (0..xsize).map(|j| aa_cubic((j as f64 + xmin as f64 - center + 0.5) * invscale)).collect();
+        let mut w: Vec<f64> = (0..xsize)
+            .map(|j| aa_cubic((j as f64 + xmin as f64 - center + 0.5) * invscale))
+            .collect();
         let total: f64 = w.iter().sum();
         if total != 0.0 {
             for v in w.iter_mut() {
@@ -254,7 +266,11 @@ fn int16_taps(n_in: usize, n_out: usize) -> Int16Taps {
                 .collect()
         })
         .collect();
-    Int16Taps { start, weights, precision }
+    Int16Taps {
+        start,
+        weights,
+        precision,
+    }
 }
 
 /// One fixed-point tap sum, as `ImagingResample*Convolution8u`: rounding bias, arithmetic
@@ -280,7 +296,10 @@ pub fn resize_u8_bicubic_aa(src: &[u8], w: usize, h: usize, nw: usize, nh: usize
             for x in 0..nw {
                 let (s, k) = (t.start[x], &t.weights[x]);
                 for c in 0..C {
-                    let acc = k.iter().enumerate().fold(bias, |a, (j, &wj)| a + row[(s + j) * C + c] as i32 * wj);
+                    let acc = k
+                        .iter()
+                        .enumerate()
+                        .fold(bias, |a, (j, &wj)| a + row[(s + j) * C + c] as i32 * wj);
                     out[(y * nw + x) * C + c] = fixed_point(acc, t.precision);
                 }
             }
@@ -295,7 +314,10 @@ pub fn resize_u8_bicubic_aa(src: &[u8], w: usize, h: usize, nw: usize, nh: usize
         for y in 0..nh {
             let (s, k) = (t.start[y], &t.weights[y]);
             for i in 0..cw * C {
-                let acc = k.iter().enumerate().fold(bias, |a, (j, &wj)| a + cur[(s + j) * cw * C + i] as i32 * wj);
+                let acc = k
+                    .iter()
+                    .enumerate()
+                    .fold(bias, |a, (j, &wj)| a + cur[(s + j) * cw * C + i] as i32 * wj);
                 out[y * cw * C + i] = fixed_point(acc, t.precision);
             }
         }

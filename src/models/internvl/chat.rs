@@ -42,17 +42,38 @@ impl ChatModel {
         let dir = ck.dir.as_path();
         let (device, dtype) = (ck.device(), ck.dtype());
         let config: Config = ck.config_as()?;
-        config.llm_arch().map_err(|m| Error::input(dir.join("config.json"), m))?;
-        let template = Template::by_name(&config.template)
-            .ok_or_else(|| Error::input(dir.join("config.json"), format!("unknown template {:?} (supported: qwen_chat, internlm2_chat, phi3_chat)", config.template)))?;
+        config
+            .llm_arch()
+            .map_err(|m| Error::input(dir.join("config.json"), m))?;
+        let template = Template::by_name(&config.template).ok_or_else(|| {
+            Error::input(
+                dir.join("config.json"),
+                format!(
+                    "unknown template {:?} (supported: qwen_chat, internlm2_chat, phi3_chat)",
+                    config.template
+                ),
+            )
+        })?;
         let tokenizer = Self::load_tokenizer(dir)?;
         let tok_path = dir.join("tokenizer.json");
         let image_token_id = tokenizer
             .token_to_id(IMG_CONTEXT)
             .ok_or_else(|| Error::input(&tok_path, "the tokenizer has no <IMG_CONTEXT> token"))?;
-        let stop_ids = template.stop_words.iter().filter_map(|w| tokenizer.token_to_id(w)).collect();
+        let stop_ids = template
+            .stop_words
+            .iter()
+            .filter_map(|w| tokenizer.token_to_id(w))
+            .collect();
         let model = InternVl::new(config, ck.vb()).map_err(|e| ck.weight_error(e))?;
-        Ok(Self { model, tokenizer, template, image_token_id, stop_ids, device: device.clone(), dtype })
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            image_token_id,
+            stop_ids,
+            device: device.clone(),
+            dtype,
+        })
     }
 
     /// The tokenizer of a model directory (`tokenizer.json`).
@@ -84,7 +105,10 @@ impl ChatModel {
     pub fn prompt_ids(&self, text: &str, n_tiles: usize) -> Result<Vec<u32>> {
         let n = n_tiles * self.config().num_image_token();
         let prompt = self.template.prompt(&expand_image(text, n));
-        let enc = self.tokenizer.encode(prompt, true).map_err(|e| Error::at("tokenizer", e.to_string()))?;
+        let enc = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| Error::at("tokenizer", e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -102,18 +126,31 @@ impl ChatModel {
         let (px, grid, n_tiles) = self.pixel_values(img, max_tiles)?;
         let t = std::time::Instant::now();
         let feats = self.model.extract_feature(&px)?;
-        Ok(Vision { feats, grid, n_tiles, secs: t.elapsed().as_secs_f64() })
+        Ok(Vision {
+            feats,
+            grid,
+            n_tiles,
+            secs: t.elapsed().as_secs_f64(),
+        })
     }
 
     /// Prompt ids and embeddings of a user turn (containing `<image>`) over `vision`.
     pub fn embed_prompt(&self, vision: &Vision, user: &str) -> Result<(Vec<u32>, Tensor)> {
         let ids = self.prompt_ids(user, vision.n_tiles)?;
-        let e = self.model.embed_with_images(&ids, self.image_token_id, Some(&vision.feats))?;
+        let e = self
+            .model
+            .embed_with_images(&ids, self.image_token_id, Some(&vision.feats))?;
         Ok((ids, e))
     }
 
     /// Generate the assistant reply to the user turn `user` (e.g. `<image>\n{question}`).
-    pub fn reply(&mut self, vision: &Vision, user: &str, opts: &GenerateOptions, on_token: impl FnMut(u32)) -> Result<Answer> {
+    pub fn reply(
+        &mut self,
+        vision: &Vision,
+        user: &str,
+        opts: &GenerateOptions,
+        on_token: impl FnMut(u32),
+    ) -> Result<Answer> {
         let (prompt_ids, embeds) = self.embed_prompt(vision, user)?;
         let mut opts = opts.clone();
         if opts.stop_ids.is_empty() {
@@ -121,14 +158,24 @@ impl ChatModel {
         }
         let generation = generate(&mut self.model, &embeds, &opts, on_token)?;
         let text = self.decode_reply(&generation.ids, &opts.stop_ids)?;
-        Ok(Answer { text, generation, n_tiles: vision.n_tiles, grid: vision.grid, prompt_ids, vision_secs: vision.secs })
+        Ok(Answer {
+            text,
+            generation,
+            n_tiles: vision.n_tiles,
+            grid: vision.grid,
+            prompt_ids,
+            vision_secs: vision.secs,
+        })
     }
 
     /// The text of generated ids: stop tokens dropped, special tokens such as `[SEG]` kept,
     /// surrounding whitespace trimmed (as Sa2VA's `predict_forward` returns it).
     pub fn decode_reply(&self, ids: &[u32], stop_ids: &[u32]) -> Result<String> {
         let kept: Vec<u32> = ids.iter().copied().filter(|i| !stop_ids.contains(i)).collect();
-        let text = self.tokenizer.decode(&kept, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
+        let text = self
+            .tokenizer
+            .decode(&kept, false)
+            .map_err(|e| Error::at("tokenizer", e.to_string()))?;
         Ok(text.trim().to_string())
     }
 
@@ -136,7 +183,10 @@ impl ChatModel {
     /// and their last-layer hidden states (n, h) — LISA/GLaMM-style `Sure, [SEG].` evaluation.
     pub fn force_reply(&mut self, vision: &Vision, user: &str, reply: &str) -> Result<(Vec<u32>, Tensor)> {
         let (_, embeds) = self.embed_prompt(vision, user)?;
-        let enc = self.tokenizer.encode(reply, false).map_err(|e| Error::at("tokenizer", e.to_string()))?;
+        let enc = self
+            .tokenizer
+            .encode(reply, false)
+            .map_err(|e| Error::at("tokenizer", e.to_string()))?;
         let ids = enc.get_ids().to_vec();
         if ids.is_empty() {
             return Err(Error::Usage("the forced reply is empty".into()));
@@ -146,7 +196,14 @@ impl ChatModel {
     }
 
     /// Ask `question` about `img` (Sa2VA's user turn `<image>\n{question}`).
-    pub fn ask(&mut self, img: &image::RgbImage, question: &str, max_tiles: usize, opts: &GenerateOptions, on_token: impl FnMut(u32)) -> Result<Answer> {
+    pub fn ask(
+        &mut self,
+        img: &image::RgbImage,
+        question: &str,
+        max_tiles: usize,
+        opts: &GenerateOptions,
+        on_token: impl FnMut(u32),
+    ) -> Result<Answer> {
         let vision = self.vision(img, max_tiles)?;
         self.reply(&vision, &format!("<image>\n{question}"), opts, on_token)
     }
@@ -159,4 +216,3 @@ pub struct Vision {
     pub n_tiles: usize,
     pub secs: f64,
 }
-

@@ -114,7 +114,12 @@ impl Config {
     }
 
     pub fn llm_arch(&self) -> Result<LlmArch, String> {
-        let arch = self.llm_config.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("");
+        let arch = self
+            .llm_config
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .unwrap_or("");
         let mt = self.llm_config.get("model_type").and_then(|a| a.as_str()).unwrap_or("");
         match (arch, mt) {
             ("Qwen2ForCausalLM", _) | (_, "qwen2") => Ok(LlmArch::Qwen2),

@@ -69,7 +69,9 @@ impl Projector {
 impl Module for Projector {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        self.fc2.forward(&crate::models::fastops::gelu_erf(&self.fc1.forward(&self.norm.forward(xs)?)?)?)
+        self.fc2.forward(&crate::models::fastops::gelu_erf(
+            &self.fc1.forward(&self.norm.forward(xs)?)?,
+        )?)
     }
 }
 
@@ -107,12 +109,20 @@ impl InternVl {
         let arch = config.llm_arch().map_err(candle_core::Error::msg)?;
         let (llm, hidden) = match arch {
             LlmArch::Qwen2 => {
-                let c: qwen2::Config = serde_json::from_value(config.llm_config.clone()).map_err(|e| candle_core::Error::msg(format!("llm_config: {e}")))?;
-                (Llm::Qwen2(qwen2::Model::new(&c, vb.pp("language_model"))?), c.hidden_size)
+                let c: qwen2::Config = serde_json::from_value(config.llm_config.clone())
+                    .map_err(|e| candle_core::Error::msg(format!("llm_config: {e}")))?;
+                (
+                    Llm::Qwen2(qwen2::Model::new(&c, vb.pp("language_model"))?),
+                    c.hidden_size,
+                )
             }
             LlmArch::InternLm2 => {
-                let c: internlm2::Config = serde_json::from_value(config.llm_config.clone()).map_err(|e| candle_core::Error::msg(format!("llm_config: {e}")))?;
-                (Llm::InternLm2(internlm2::Model::new(&c, vb.pp("language_model"))?), c.hidden_size)
+                let c: internlm2::Config = serde_json::from_value(config.llm_config.clone())
+                    .map_err(|e| candle_core::Error::msg(format!("llm_config: {e}")))?;
+                (
+                    Llm::InternLm2(internlm2::Model::new(&c, vb.pp("language_model"))?),
+                    c.hidden_size,
+                )
             }
         };
         let r = (1.0 / config.downsample_ratio).round() as usize;
@@ -120,19 +130,37 @@ impl InternVl {
         let text_hidden_fcs = if vb.contains_tensor("text_hidden_fcs.0.weight") {
             let t = vb.pp("text_hidden_fcs");
             let out = t.pp("2").get_unchecked("weight")?.dims2()?.0;
-            Some((Linear::new(hidden, hidden, true, t.pp("0"))?, Linear::new(hidden, out, true, t.pp("2"))?))
+            Some((
+                Linear::new(hidden, hidden, true, t.pp("0"))?,
+                Linear::new(hidden, out, true, t.pp("2"))?,
+            ))
         } else {
             None
         };
-        Ok(Self { config, vision, mlp1, llm, text_hidden_fcs, span: tracing::span!(tracing::Level::TRACE, "internvl") })
+        Ok(Self {
+            config,
+            vision,
+            mlp1,
+            llm,
+            text_hidden_fcs,
+            span: tracing::span!(tracing::Level::TRACE, "internvl"),
+        })
     }
 
     /// ViT hidden states at `select_layer` (CLS included), as the reference's `extract_feature` reads them.
     pub fn vit_hidden(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let l = self.vision.num_layers() as i64;
-        let k = if self.config.select_layer < 0 { l + 1 + self.config.select_layer } else { self.config.select_layer };
+        let k = if self.config.select_layer < 0 {
+            l + 1 + self.config.select_layer
+        } else {
+            self.config.select_layer
+        };
         if !(0..=l).contains(&k) {
-            candle_core::bail!("select_layer {} is outside the ViT's {} layers", self.config.select_layer, l);
+            candle_core::bail!(
+                "select_layer {} is outside the ViT's {} layers",
+                self.config.select_layer,
+                l
+            );
         }
         self.vision.forward_to(pixel_values, k as usize)
     }
@@ -156,12 +184,22 @@ impl InternVl {
         let dev = self.mlp1_device();
         let ids_t = Tensor::new(ids, &dev)?.unsqueeze(0)?;
         let emb = self.llm.embed(&ids_t)?.squeeze(0)?; // (L, h)
-        let Some(img) = image_tokens else { return emb.unsqueeze(0) };
+        let Some(img) = image_tokens else {
+            return emb.unsqueeze(0);
+        };
         let img = img.flatten_to(1)?.to_dtype(emb.dtype())?; // (N, h)
         let n_img = img.dim(0)?;
-        let positions: Vec<usize> = ids.iter().enumerate().filter(|(_, &t)| t == image_token_id).map(|(i, _)| i).collect();
+        let positions: Vec<usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == image_token_id)
+            .map(|(i, _)| i)
+            .collect();
         if positions.len() != n_img {
-            candle_core::bail!("the prompt has {} <IMG_CONTEXT> tokens but the image gives {n_img} features", positions.len());
+            candle_core::bail!(
+                "the prompt has {} <IMG_CONTEXT> tokens but the image gives {n_img} features",
+                positions.len()
+            );
         }
         // Splice contiguous runs of image positions.
         let mut pieces = Vec::new();

@@ -42,7 +42,10 @@ impl Embeddings {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let n_pos = (cfg.image_size / cfg.patch_size).pow(2) + 1;
-        let conv_cfg = candle_nn::Conv2dConfig { stride: cfg.patch_size, ..Default::default() };
+        let conv_cfg = candle_nn::Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
         Ok(Self {
             class_embedding: vb.get((1, 1, d), "class_embedding")?,
             patch_embedding: candle_nn::conv2d(3, d, cfg.patch_size, conv_cfg, vb.pp("patch_embedding"))?,
@@ -80,7 +83,10 @@ impl Attention {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let (q_norm, k_norm) = if cfg.qk_normalization {
-            (Some(RmsNorm::new(d, cfg.layer_norm_eps, vb.pp("q_norm"))?), Some(RmsNorm::new(d, cfg.layer_norm_eps, vb.pp("k_norm"))?))
+            (
+                Some(RmsNorm::new(d, cfg.layer_norm_eps, vb.pp("q_norm"))?),
+                Some(RmsNorm::new(d, cfg.layer_norm_eps, vb.pp("k_norm"))?),
+            )
         } else {
             (None, None)
         };
@@ -154,7 +160,11 @@ impl Layer {
         let h = self.attn.forward(&self.norm1.forward(xs)?)?.broadcast_mul(&self.ls1)?;
         let xs = (xs + h)?;
         let a = self.fc1.forward(&self.norm2.forward(&xs)?)?;
-        let a = if matches!(self.act, Activation::Gelu) { crate::models::fastops::gelu_erf(&a)? } else { a.apply(&self.act)? };
+        let a = if matches!(self.act, Activation::Gelu) {
+            crate::models::fastops::gelu_erf(&a)?
+        } else {
+            a.apply(&self.act)?
+        };
         let h = self.fc2.forward(&a)?.broadcast_mul(&self.ls2)?;
         xs + h
     }
@@ -173,7 +183,9 @@ impl InternVit {
         let enc = vb.pp("encoder").pp("layers");
         Ok(Self {
             embeddings: Embeddings::new(cfg, vb.pp("embeddings"))?,
-            layers: (0..cfg.num_hidden_layers).map(|i| Layer::new(cfg, enc.pp(i))).collect::<Result<_>>()?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| Layer::new(cfg, enc.pp(i)))
+                .collect::<Result<_>>()?,
             span: tracing::span!(tracing::Level::TRACE, "internvit"),
         })
     }

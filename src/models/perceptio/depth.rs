@@ -4,8 +4,8 @@
 
 use crate::depthmap::{DepthMap, DepthScale};
 use crate::error::{Error, Result};
-use crate::models::depth_tokens::{DepthBlock, DepthConstraint, DepthTokenIds, DepthTokenSpec};
 use crate::models::checkpoint::Checkpoint;
+use crate::models::depth_tokens::{DepthBlock, DepthConstraint, DepthTokenIds, DepthTokenSpec};
 use crate::models::vqvae::{self, VqVae};
 use candle_core::{DType, Device};
 use serde::Deserialize;
@@ -62,8 +62,11 @@ impl DepthConfig {
     /// The `perceptio.depth` block of a model's `config.json` (`cfg_path` names it in errors);
     /// `Ok(None)` when there is none.
     pub fn from_model_config(config: &serde_json::Value, cfg_path: &Path) -> Result<Option<Self>> {
-        let Some(block) = config.get("perceptio") else { return Ok(None) };
-        let b: PerceptioBlock = serde_json::from_value(block.clone()).map_err(|e| Error::input(cfg_path, format!("invalid `perceptio` block: {e}")))?;
+        let Some(block) = config.get("perceptio") else {
+            return Ok(None);
+        };
+        let b: PerceptioBlock = serde_json::from_value(block.clone())
+            .map_err(|e| Error::input(cfg_path, format!("invalid `perceptio` block: {e}")))?;
         Ok(b.depth)
     }
 
@@ -77,9 +80,15 @@ impl DepthConfig {
 impl DepthHead {
     /// The depth head of an opened checkpoint, from its `perceptio.depth` block; `Ok(None)` when
     /// there is none. `vqvae_dir` is the resolved directory of the block's `vqvae.repo`.
-    pub fn from_checkpoint(ck: &Checkpoint, tokenizer: &tokenizers::Tokenizer, vqvae_dir: Option<&Path>) -> Result<Option<Self>> {
+    pub fn from_checkpoint(
+        ck: &Checkpoint,
+        tokenizer: &tokenizers::Tokenizer,
+        vqvae_dir: Option<&Path>,
+    ) -> Result<Option<Self>> {
         let cfg_path = ck.dir.join("config.json");
-        let Some(d) = DepthConfig::from_model_config(&ck.config, &cfg_path)? else { return Ok(None) };
+        let Some(d) = DepthConfig::from_model_config(&ck.config, &cfg_path)? else {
+            return Ok(None);
+        };
         let ids = d.tokens.resolve(tokenizer)?;
         if d.vqvae_config.grid() != d.tokens.grid || d.vqvae_config.num_tokens != d.tokens.codebook_size {
             return Err(Error::input(
@@ -96,21 +105,41 @@ impl DepthHead {
         d.vqvae_config.validate()?;
         // The VQ-VAE runs in f32 whatever the LLM's dtype (its codebook distances decide codes).
         let vqvae = match (&d.vqvae.prefix, &d.vqvae.file, &d.vqvae.repo) {
-            (Some(prefix), None, None) => VqVae::new(&d.vqvae_config, ck.vb().set_dtype(DType::F32).pp(prefix.trim_end_matches('.')))
-                .map_err(|e| Error::input(&cfg_path, format!("VQ-VAE under `{prefix}`: {}", crate::error::candle_message(&e))))?,
+            (Some(prefix), None, None) => VqVae::new(
+                &d.vqvae_config,
+                ck.vb().set_dtype(DType::F32).pp(prefix.trim_end_matches('.')),
+            )
+            .map_err(|e| {
+                Error::input(
+                    &cfg_path,
+                    format!("VQ-VAE under `{prefix}`: {}", crate::error::candle_message(&e)),
+                )
+            })?,
             (None, Some(file), repo) => {
                 let base: PathBuf = match (repo, vqvae_dir) {
                     (None, _) => ck.dir.clone(),
                     (Some(_), Some(d)) => d.to_path_buf(),
                     (Some(r), None) => {
-                        return Err(Error::input(&cfg_path, format!("perceptio.depth.vqvae names the repo {r:?}: resolve it and pass its directory")))
+                        return Err(Error::input(
+                            &cfg_path,
+                            format!("perceptio.depth.vqvae names the repo {r:?}: resolve it and pass its directory"),
+                        ))
                     }
                 };
                 vqvae::load(&base.join(file), &d.vqvae_config, DType::F32, ck.device())?
             }
-            _ => return Err(Error::input(&cfg_path, "perceptio.depth.vqvae: give either {\"prefix\"} or {\"file\"[, \"repo\"]}")),
+            _ => {
+                return Err(Error::input(
+                    &cfg_path,
+                    "perceptio.depth.vqvae: give either {\"prefix\"} or {\"file\"[, \"repo\"]}",
+                ))
+            }
         };
-        Ok(Some(Self { ids, vqvae, prompt: d.prompt }))
+        Ok(Some(Self {
+            ids,
+            vqvae,
+            prompt: d.prompt,
+        }))
     }
 
     pub fn constraint(&self) -> DepthConstraint {
@@ -123,7 +152,9 @@ impl DepthHead {
         let dev = self.vqvae.codebook().device();
         let codes = block.to_tensor(dev)?;
         let x = vqvae::preprocess::denormalize(&self.vqvae.decode(&codes)?.to_dtype(DType::F32)?)?;
-        let x = x.upsample_bilinear2d(h as usize, w as usize, false)?.clamp(0f32, 1f32)?;
+        let x = x
+            .upsample_bilinear2d(h as usize, w as usize, false)?
+            .clamp(0f32, 1f32)?;
         let data: Vec<f32> = x.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
         Ok(DepthMap::new(w as usize, h as usize, data, DepthScale::Unit))
     }
@@ -133,7 +164,11 @@ impl DepthHead {
     pub fn encode_map(vq: &VqVae, map: &vqvae::preprocess::DepthMap) -> Result<Vec<u32>> {
         let dev = vq.codebook().device().clone();
         let x = vqvae::preprocess::normalize_depth(map, vq.config().image_size, &dev)?;
-        let c = vq.encode(&x).and_then(|c| c.flatten_all()).and_then(|c| c.to_dtype(DType::U32)).and_then(|c| c.to_vec1::<u32>());
+        let c = vq
+            .encode(&x)
+            .and_then(|c| c.flatten_all())
+            .and_then(|c| c.to_dtype(DType::U32))
+            .and_then(|c| c.to_vec1::<u32>());
         c.map_err(|e| Error::at("vqvae", crate::error::candle_message(&e)))
     }
 }

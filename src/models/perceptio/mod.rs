@@ -9,17 +9,17 @@
 
 pub mod depth;
 
+use crate::depthmap::DepthMap;
 use crate::error::{Error, Result};
+use crate::mask::{Mask, Segment};
+use crate::models::checkpoint::Checkpoint;
 use crate::models::depth_tokens::{DepthBlock, DepthParseError};
 use crate::models::generate::{generate_constrained, GenerateOptions, LogitsConstraint};
-use crate::depthmap::DepthMap;
-use depth::DepthHead;
 use crate::models::internvl::chat::{ChatModel, Vision};
-use crate::mask::{Mask, Segment};
 use crate::models::sam2::{Preprocess, Prompt, Sam2};
 use candle_core::{IndexOp, Tensor};
+use depth::DepthHead;
 use image::RgbImage;
-use crate::models::checkpoint::Checkpoint;
 use std::path::Path;
 use std::time::Instant;
 
@@ -136,22 +136,35 @@ impl Grounder {
             Some(m)
         } else if o.require_grounding {
             return Err(if !has_fcs {
-                Error::input(dir, "the checkpoint has no text_hidden_fcs ([SEG] projection): it is not a Sa2VA-style grounding model")
+                Error::input(
+                    dir,
+                    "the checkpoint has no text_hidden_fcs ([SEG] projection): it is not a Sa2VA-style grounding model",
+                )
             } else if seg_id.is_none() {
                 Error::input(dir.join("tokenizer.json"), "the tokenizer has no [SEG] token")
             } else {
-                Error::input(dir, "the checkpoint holds no SAM2 (no grounding_encoder.sam2_model.* tensors)")
+                Error::input(
+                    dir,
+                    "the checkpoint holds no SAM2 (no grounding_encoder.sam2_model.* tensors)",
+                )
             });
         } else {
             None
         };
         let depth = DepthHead::from_checkpoint(ck, &chat.tokenizer, o.vqvae_dir.as_deref())?;
         let seg_id = if sam2.is_some() { seg_id } else { None };
-        Ok(Self { chat, sam2, seg_id, depth })
+        Ok(Self {
+            chat,
+            sam2,
+            seg_id,
+            depth,
+        })
     }
 
     fn sam2(&self) -> Result<&Sam2> {
-        self.sam2.as_ref().ok_or_else(|| Error::at("model", "this checkpoint has no SAM2 grounding head"))
+        self.sam2
+            .as_ref()
+            .ok_or_else(|| Error::at("model", "this checkpoint has no SAM2 grounding head"))
     }
 
     /// Masks of `[SEG]` hidden states on `img` (SAM2 features cached per image).
@@ -168,9 +181,17 @@ impl Grounder {
         timings.sam2_cached = hit;
         let t = Instant::now();
         for hs in seg_hidden {
-            let e = self.chat.model.seg_projection(&hs.unsqueeze(0)?)?.ok_or_else(|| Error::at("model", "the checkpoint has no text_hidden_fcs"))?;
+            let e = self
+                .chat
+                .model
+                .seg_projection(&hs.unsqueeze(0)?)?
+                .ok_or_else(|| Error::at("model", "the checkpoint has no text_hidden_fcs"))?;
             let p = sam2.predict_mask(&feats, Prompt::Seg(&e.to_device(&sam2.device)?), (w, h))?;
-            out.push(Segment { mask: p.mask, score: p.scores[p.best], object_score: p.object_score });
+            out.push(Segment {
+                mask: p.mask,
+                score: p.scores[p.best],
+                object_score: p.object_score,
+            });
         }
         timings.sam2_decode_s = t.elapsed().as_secs_f64();
         Ok(out)
@@ -178,7 +199,14 @@ impl Grounder {
 
     /// The general chain for one user turn: generate (depth block kept well-formed when
     /// `constrain`), decode the depth block with the VQ-VAE, `[SEG]`s with SAM2, and the answer.
-    pub fn respond(&mut self, img: &RgbImage, vision: &Vision, user: &str, o: &RespondOptions, on_token: impl FnMut(u32)) -> Result<SpatialAnswer> {
+    pub fn respond(
+        &mut self,
+        img: &RgbImage,
+        vision: &Vision,
+        user: &str,
+        o: &RespondOptions,
+        on_token: impl FnMut(u32),
+    ) -> Result<SpatialAnswer> {
         let t = Instant::now();
         let (_, mut embeds) = self.chat.embed_prompt(vision, user)?;
         let mut opts = o.generation.clone();
@@ -188,7 +216,12 @@ impl Grounder {
         let mut guard = self.depth.as_ref().map(|d| d.constraint());
         let mut prefix: Vec<u32> = Vec::new();
         if o.force_depth {
-            let d = self.depth.as_ref().ok_or_else(|| Error::at("model", "this checkpoint has no depth tokens (no `perceptio.depth` block in config.json)"))?;
+            let d = self.depth.as_ref().ok_or_else(|| {
+                Error::at(
+                    "model",
+                    "this checkpoint has no depth tokens (no `perceptio.depth` block in config.json)",
+                )
+            })?;
             let start = d.ids.start;
             let e = self.chat.model.llm.embed(&Tensor::new(&[[start]], embeds.device())?)?;
             embeds = Tensor::cat(&[&embeds, &e], 1)?;
@@ -197,7 +230,11 @@ impl Grounder {
             }
             prefix.push(start);
         }
-        let c: Option<&mut dyn LogitsConstraint> = if o.constrain { guard.as_mut().map(|g| g as &mut dyn LogitsConstraint) } else { None };
+        let c: Option<&mut dyn LogitsConstraint> = if o.constrain {
+            guard.as_mut().map(|g| g as &mut dyn LogitsConstraint)
+        } else {
+            None
+        };
         let g = generate_constrained(&mut self.chat.model, &embeds, &opts, c, on_token)?;
         let llm_s = t.elapsed().as_secs_f64();
         let seg_hidden: Vec<Tensor> = match self.seg_id {
@@ -213,18 +250,33 @@ impl Grounder {
         if let Some(d) = &self.depth {
             match d.ids.parse(&ids) {
                 Ok(Some(block)) => {
-                    spatial[block.start_pos..=block.end_pos].iter_mut().for_each(|x| *x = true);
+                    spatial[block.start_pos..=block.end_pos]
+                        .iter_mut()
+                        .for_each(|x| *x = true);
                     let map = d.decode(&block, (w, h))?;
-                    depth = Some(DepthOutcome { block: Ok(block), map: Some(map) });
+                    depth = Some(DepthOutcome {
+                        block: Ok(block),
+                        map: Some(map),
+                    });
                 }
                 Ok(None) => {}
-                Err(e) => depth = Some(DepthOutcome { block: Err(e), map: None }),
+                Err(e) => {
+                    depth = Some(DepthOutcome {
+                        block: Err(e),
+                        map: None,
+                    })
+                }
             }
         }
         if let Some(sid) = self.seg_id {
             ids.iter().zip(spatial.iter_mut()).for_each(|(&id, s)| *s |= id == sid);
         }
-        let plain: Vec<u32> = ids.iter().zip(&spatial).filter(|(_, s)| !**s).map(|(&i, _)| i).collect();
+        let plain: Vec<u32> = ids
+            .iter()
+            .zip(&spatial)
+            .filter(|(_, s)| !**s)
+            .map(|(&i, _)| i)
+            .collect();
         let answer = self.chat.decode_reply(&plain, &opts.stop_ids)?;
         let mut timings = SegmentTimings::default();
         let segments = self.masks(img, &seg_hidden, &mut timings)?;
@@ -246,18 +298,38 @@ impl Grounder {
     }
 
     /// Segment what `expression` refers to, with Sa2VA's referring prompt.
-    pub fn segment(&mut self, img: &RgbImage, vision: &Vision, expression: &str, opts: &SegmentOptions) -> Result<SegmentResult> {
+    pub fn segment(
+        &mut self,
+        img: &RgbImage,
+        vision: &Vision,
+        expression: &str,
+        opts: &SegmentOptions,
+    ) -> Result<SegmentResult> {
         let prompt = referring_prompt(expression);
         self.segment_prompt(img, vision, expression, &prompt, opts)
     }
 
     /// Segment with an arbitrary user turn (must contain `<image>`).
-    pub fn segment_prompt(&mut self, img: &RgbImage, vision: &Vision, expression: &str, prompt: &str, opts: &SegmentOptions) -> Result<SegmentResult> {
+    pub fn segment_prompt(
+        &mut self,
+        img: &RgbImage,
+        vision: &Vision,
+        expression: &str,
+        prompt: &str,
+        opts: &SegmentOptions,
+    ) -> Result<SegmentResult> {
         let t = Instant::now();
         let (token_ids, text, seg_hidden) = if opts.force_seg {
             let (ids, h) = self.chat.force_reply(vision, prompt, FORCED_REPLY)?;
-            let sid = self.seg_id.ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
-            let rows: Vec<Tensor> = ids.iter().enumerate().filter(|(_, &id)| id == sid).map(|(i, _)| h.i(i)).collect::<candle_core::Result<_>>()?;
+            let sid = self
+                .seg_id
+                .ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
+            let rows: Vec<Tensor> = ids
+                .iter()
+                .enumerate()
+                .filter(|(_, &id)| id == sid)
+                .map(|(i, _)| h.i(i))
+                .collect::<candle_core::Result<_>>()?;
             (ids, FORCED_REPLY.to_string(), rows)
         } else {
             // Same decoding as `respond`: a model with depth tokens keeps any depth block it
@@ -270,14 +342,20 @@ impl Grounder {
             let mut guard = self.depth.as_ref().map(|d| d.constraint());
             let c = guard.as_mut().map(|g| g as &mut dyn LogitsConstraint);
             let g = &generate_constrained(&mut self.chat.model, &embeds, &gen, c, |_| {})?;
-            let sid = self.seg_id.ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
+            let sid = self
+                .seg_id
+                .ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
             let rows = seg_rows(g, sid);
             let text = self.chat.decode_reply(&g.ids, &gen.stop_ids)?;
             (g.ids.clone(), text, rows)
         };
         let llm_s = t.elapsed().as_secs_f64();
         let (w, h) = (img.width(), img.height());
-        let mut timings = SegmentTimings { vision_s: vision.secs, llm_s, ..Default::default() };
+        let mut timings = SegmentTimings {
+            vision_s: vision.secs,
+            llm_s,
+            ..Default::default()
+        };
         let segs = self.masks(img, &seg_hidden, &mut timings)?;
         let mut mask = Mask::empty(w, h);
         for s in &segs {
@@ -302,14 +380,29 @@ impl Grounder {
 /// Hidden states at the generated `[SEG]`s (where each is fed back; Sa2VA reads output_ids[:-1],
 /// so a `[SEG]` that is the very last token has none).
 fn seg_rows(g: &crate::models::generate::Generation, sid: u32) -> Vec<Tensor> {
-    g.ids.iter().zip(&g.hidden).filter(|(&id, _)| id == sid).map(|(_, h)| h.clone()).collect()
+    g.ids
+        .iter()
+        .zip(&g.hidden)
+        .filter(|(&id, _)| id == sid)
+        .map(|(_, h)| h.clone())
+        .collect()
 }
 
 fn check_projection(chat: &ChatModel, sam2: &Sam2, dir: &Path) -> Result<()> {
-    let proj_out = chat.model.text_hidden_fcs.as_ref().map(|(_, b)| b.weight().dim(0).unwrap_or(0)).unwrap_or(0);
+    let proj_out = chat
+        .model
+        .text_hidden_fcs
+        .as_ref()
+        .map(|(_, b)| b.weight().dim(0).unwrap_or(0))
+        .unwrap_or(0);
     if proj_out != sam2.config.decoder.transformer_dim {
-        return Err(Error::input(dir, format!("text_hidden_fcs projects to {proj_out} but the SAM2 decoder is {} wide", sam2.config.decoder.transformer_dim)));
+        return Err(Error::input(
+            dir,
+            format!(
+                "text_hidden_fcs projects to {proj_out} but the SAM2 decoder is {} wide",
+                sam2.config.decoder.transformer_dim
+            ),
+        ));
     }
     Ok(())
 }
-

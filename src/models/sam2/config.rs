@@ -81,10 +81,13 @@ impl HieraConfig {
     /// Index of the last block of each stage.
     pub fn stage_ends(&self) -> Vec<usize> {
         let mut acc = 0;
-        self.stages.iter().map(|s| {
-            acc += s;
-            acc - 1
-        }).collect()
+        self.stages
+            .iter()
+            .map(|s| {
+                acc += s;
+                acc - 1
+            })
+            .collect()
     }
 
     /// The window size lags a block: a stage's first block still uses the previous stage's window.
@@ -105,7 +108,13 @@ impl HieraConfig {
                 heads = (heads as f64 * self.head_mul) as usize;
                 stage += 1;
             }
-            out.push(BlockSpec { dim, dim_out, heads, window, q_pool: q_pool_blocks.contains(&i) });
+            out.push(BlockSpec {
+                dim,
+                dim_out,
+                heads,
+                window,
+                q_pool: q_pool_blocks.contains(&i),
+            });
             dim = dim_out;
         }
         out
@@ -131,10 +140,34 @@ pub struct Variant {
 /// Meta's Hiera variants (SAM2 and SAM2.1 share them), told apart by their stage depths alone,
 /// so a checkpoint with a variant's depths but other widths still gets its heads and windows.
 pub const VARIANTS: [Variant; 4] = [
-    Variant { name: "hiera_t", stages: [1, 2, 7, 2], num_heads: 1, global_att_blocks: &[5, 7, 9], window_spec: [8, 4, 14, 7] },
-    Variant { name: "hiera_s", stages: [1, 2, 11, 2], num_heads: 1, global_att_blocks: &[7, 10, 13], window_spec: [8, 4, 14, 7] },
-    Variant { name: "hiera_b+", stages: [2, 3, 16, 3], num_heads: 2, global_att_blocks: &[12, 16, 20], window_spec: [8, 4, 14, 7] },
-    Variant { name: "hiera_l", stages: [2, 6, 36, 4], num_heads: 2, global_att_blocks: &[23, 33, 43], window_spec: [8, 4, 16, 8] },
+    Variant {
+        name: "hiera_t",
+        stages: [1, 2, 7, 2],
+        num_heads: 1,
+        global_att_blocks: &[5, 7, 9],
+        window_spec: [8, 4, 14, 7],
+    },
+    Variant {
+        name: "hiera_s",
+        stages: [1, 2, 11, 2],
+        num_heads: 1,
+        global_att_blocks: &[7, 10, 13],
+        window_spec: [8, 4, 14, 7],
+    },
+    Variant {
+        name: "hiera_b+",
+        stages: [2, 3, 16, 3],
+        num_heads: 2,
+        global_att_blocks: &[12, 16, 20],
+        window_spec: [8, 4, 14, 7],
+    },
+    Variant {
+        name: "hiera_l",
+        stages: [2, 6, 36, 4],
+        num_heads: 2,
+        global_att_blocks: &[23, 33, 43],
+        window_spec: [8, 4, 16, 8],
+    },
 ];
 
 /// The variant Sa2VA builds for every checkpoint (`SAM2_HIERA_L` in its `sam2.py`, SAM2 not 2.1).
@@ -229,11 +262,17 @@ impl Sam2Config {
     /// `image_encoder.trunk.pos_embed`) are in `idx`. `src` names the checkpoint in errors.
     pub fn infer(idx: &ShapeIndex, ov: &Sam2Overrides, layout: Layout, src: &str) -> Result<Self> {
         let shape = |k: &str| -> Result<&Vec<usize>> {
-            idx.get(k).ok_or_else(|| Error::at(src, format!("not a SAM2 checkpoint: tensor `{k}` is missing")))
+            idx.get(k)
+                .ok_or_else(|| Error::at(src, format!("not a SAM2 checkpoint: tensor `{k}` is missing")))
         };
         let dim = |k: &str, i: usize| -> Result<usize> {
             let s = shape(k)?;
-            s.get(i).copied().ok_or_else(|| Error::at(src, format!("tensor `{k}` has shape {s:?}, expected at least {} dims", i + 1)))
+            s.get(i).copied().ok_or_else(|| {
+                Error::at(
+                    src,
+                    format!("tensor `{k}` has shape {s:?}, expected at least {} dims", i + 1),
+                )
+            })
         };
         let t = &ov.trunk;
         // Trunk: widths and depths from the weights.
@@ -250,11 +289,17 @@ impl Sam2Config {
         let pe = shape("image_encoder.trunk.pos_embed")?;
         let pew = shape("image_encoder.trunk.pos_embed_window")?;
         if pe.len() != 4 || pew.len() != 4 {
-            return Err(Error::at(src, format!("trunk.pos_embed{pe:?} / pos_embed_window{pew:?} must be 4-d")));
+            return Err(Error::at(
+                src,
+                format!("trunk.pos_embed{pe:?} / pos_embed_window{pew:?} must be 4-d"),
+            ));
         }
         // Stage widths grow by `dim_mul` at each `proj`, the MLP by `mlp_ratio`: both read off the shapes.
         let dim_mul = match starts.get(1) {
-            Some(&b) => dim(&format!("image_encoder.trunk.blocks.{b}.proj.weight"), 0)? as f64 / dim(&format!("image_encoder.trunk.blocks.{b}.proj.weight"), 1)?.max(1) as f64,
+            Some(&b) => {
+                dim(&format!("image_encoder.trunk.blocks.{b}.proj.weight"), 0)? as f64
+                    / dim(&format!("image_encoder.trunk.blocks.{b}.proj.weight"), 1)?.max(1) as f64
+            }
             None => 2.0,
         };
         let mlp_ratio = dim("image_encoder.trunk.blocks.0.mlp.layers.0.weight", 0)? as f64 / embed_dim.max(1) as f64;
@@ -270,7 +315,10 @@ impl Sam2Config {
                      stages [1, 2, 7, 2], [1, 2, 11, 2], [2, 3, 16, 3], [2, 6, 36, 4])"
                 ),
             };
-            Error::at(src, format!("{why}; give `{what}` in a `sam2` block of config.json (see docs/formats.md)"))
+            Error::at(
+                src,
+                format!("{why}; give `{what}` in a `sam2` block of config.json (see docs/formats.md)"),
+            )
         };
         let num_heads = match (t.num_heads, known) {
             (Some(h), _) => h,
@@ -291,7 +339,13 @@ impl Sam2Config {
             window_spec[0] = pew[2];
         }
         if window_spec.len() != stages.len() {
-            return Err(Error::at(src, format!("sam2.trunk.window_spec {window_spec:?} needs one entry per stage ({} stages)", stages.len())));
+            return Err(Error::at(
+                src,
+                format!(
+                    "sam2.trunk.window_spec {window_spec:?} needs one entry per stage ({} stages)",
+                    stages.len()
+                ),
+            ));
         }
         let trunk = HieraConfig {
             embed_dim: t.embed_dim.unwrap_or(embed_dim),
@@ -308,15 +362,30 @@ impl Sam2Config {
         };
         let n_blocks: usize = trunk.stages.iter().sum();
         if let Some(b) = trunk.global_att_blocks.iter().find(|&&b| b >= n_blocks) {
-            return Err(Error::at(src, format!("sam2.trunk.global_att_blocks names block {b} but the trunk has {n_blocks} blocks")));
+            return Err(Error::at(
+                src,
+                format!("sam2.trunk.global_att_blocks names block {b} but the trunk has {n_blocks} blocks"),
+            ));
         }
         for (i, b) in trunk.blocks().iter().enumerate() {
             if b.heads == 0 || b.dim_out % b.heads != 0 {
-                return Err(Error::at(src, format!("Hiera block {i}: {} heads do not divide its width {}; set sam2.trunk.num_heads", b.heads, b.dim_out)));
+                return Err(Error::at(
+                    src,
+                    format!(
+                        "Hiera block {i}: {} heads do not divide its width {}; set sam2.trunk.num_heads",
+                        b.heads, b.dim_out
+                    ),
+                ));
             }
         }
         if trunk.stages.is_empty() || trunk.q_pool > trunk.stages.len() - 1 {
-            return Err(Error::at(src, format!("sam2.trunk.q_pool {} is larger than the number of stage changes", trunk.q_pool)));
+            return Err(Error::at(
+                src,
+                format!(
+                    "sam2.trunk.q_pool {} is larger than the number of stage changes",
+                    trunk.q_pool
+                ),
+            ));
         }
         // Neck.
         let n = &ov.neck;
@@ -336,41 +405,81 @@ impl Sam2Config {
         if neck.backbone_channel_list != trunk.channel_list() {
             return Err(Error::at(
                 src,
-                format!("the FPN neck expects channels {:?} but the Hiera trunk gives {:?}", neck.backbone_channel_list, trunk.channel_list()),
+                format!(
+                    "the FPN neck expects channels {:?} but the Hiera trunk gives {:?}",
+                    neck.backbone_channel_list,
+                    trunk.channel_list()
+                ),
             ));
         }
-        if !matches!(neck.fpn_interp_model.as_str(), "nearest" | "bilinear") || !matches!(neck.fuse_type.as_str(), "sum" | "avg") {
-            return Err(Error::at(src, "sam2.neck: fpn_interp_model must be nearest|bilinear and fuse_type sum|avg"));
+        if !matches!(neck.fpn_interp_model.as_str(), "nearest" | "bilinear")
+            || !matches!(neck.fuse_type.as_str(), "sum" | "avg")
+        {
+            return Err(Error::at(
+                src,
+                "sam2.neck: fpn_interp_model must be nearest|bilinear and fuse_type sum|avg",
+            ));
         }
         // Mask decoder.
         let d = &ov.decoder;
         let md = "sam_mask_decoder.";
         let transformer_dim = dim(&format!("{md}iou_token.weight"), 1)?;
-        let q_out = dim(&format!("{md}transformer.layers.0.cross_attn_token_to_image.q_proj.weight"), 0)?;
+        let q_out = dim(
+            &format!("{md}transformer.layers.0.cross_attn_token_to_image.q_proj.weight"),
+            0,
+        )?;
         let decoder = DecoderConfig {
             transformer_dim: d.transformer_dim.unwrap_or(transformer_dim),
-            depth: d.depth.unwrap_or(count_indexed(idx, &format!("{md}transformer.layers."))),
+            depth: d
+                .depth
+                .unwrap_or(count_indexed(idx, &format!("{md}transformer.layers."))),
             num_heads: d.num_heads.unwrap_or(8),
-            mlp_dim: d.mlp_dim.unwrap_or(dim(&format!("{md}transformer.layers.0.mlp.layers.0.weight"), 0)?),
+            mlp_dim: d
+                .mlp_dim
+                .unwrap_or(dim(&format!("{md}transformer.layers.0.mlp.layers.0.weight"), 0)?),
             attention_downsample_rate: d.attention_downsample_rate.unwrap_or(transformer_dim / q_out.max(1)),
-            num_multimask_outputs: d.num_multimask_outputs.unwrap_or(dim(&format!("{md}mask_tokens.weight"), 0)?.saturating_sub(1)),
-            iou_head_depth: d.iou_head_depth.unwrap_or(count_indexed(idx, &format!("{md}iou_prediction_head.layers."))),
-            iou_head_hidden_dim: d.iou_head_hidden_dim.unwrap_or(dim(&format!("{md}iou_prediction_head.layers.0.weight"), 0)?),
+            num_multimask_outputs: d
+                .num_multimask_outputs
+                .unwrap_or(dim(&format!("{md}mask_tokens.weight"), 0)?.saturating_sub(1)),
+            iou_head_depth: d
+                .iou_head_depth
+                .unwrap_or(count_indexed(idx, &format!("{md}iou_prediction_head.layers."))),
+            iou_head_hidden_dim: d
+                .iou_head_hidden_dim
+                .unwrap_or(dim(&format!("{md}iou_prediction_head.layers.0.weight"), 0)?),
             iou_prediction_use_sigmoid: d.iou_prediction_use_sigmoid.unwrap_or(true),
-            pred_obj_scores: d.pred_obj_scores.unwrap_or(idx.contains_key(&format!("{md}obj_score_token.weight"))),
-            pred_obj_scores_mlp: d.pred_obj_scores_mlp.unwrap_or(idx.contains_key(&format!("{md}pred_obj_score_head.layers.0.weight"))),
-            use_high_res_features: d.use_high_res_features.unwrap_or(idx.contains_key(&format!("{md}conv_s0.weight"))),
+            pred_obj_scores: d
+                .pred_obj_scores
+                .unwrap_or(idx.contains_key(&format!("{md}obj_score_token.weight"))),
+            pred_obj_scores_mlp: d
+                .pred_obj_scores_mlp
+                .unwrap_or(idx.contains_key(&format!("{md}pred_obj_score_head.layers.0.weight"))),
+            use_high_res_features: d
+                .use_high_res_features
+                .unwrap_or(idx.contains_key(&format!("{md}conv_s0.weight"))),
             use_multimask_token_for_obj_ptr: d.use_multimask_token_for_obj_ptr.unwrap_or(true),
             dynamic_multimask_via_stability: d.dynamic_multimask_via_stability.unwrap_or(true),
             dynamic_multimask_stability_delta: d.dynamic_multimask_stability_delta.unwrap_or(0.05),
             dynamic_multimask_stability_thresh: d.dynamic_multimask_stability_thresh.unwrap_or(0.98),
         };
         if decoder.depth == 0 || decoder.iou_head_depth == 0 {
-            return Err(Error::at(src, "not a SAM2 checkpoint: the mask decoder has no transformer layers or IoU head"));
+            return Err(Error::at(
+                src,
+                "not a SAM2 checkpoint: the mask decoder has no transformer layers or IoU head",
+            ));
         }
         let internal = decoder.transformer_dim / decoder.attention_downsample_rate.max(1);
-        if decoder.num_heads == 0 || decoder.transformer_dim % decoder.num_heads != 0 || internal % decoder.num_heads != 0 {
-            return Err(Error::at(src, format!("sam2.decoder.num_heads {} does not divide the attention widths {} / {internal}", decoder.num_heads, decoder.transformer_dim)));
+        if decoder.num_heads == 0
+            || !decoder.transformer_dim.is_multiple_of(decoder.num_heads)
+            || !internal.is_multiple_of(decoder.num_heads)
+        {
+            return Err(Error::at(
+                src,
+                format!(
+                    "sam2.decoder.num_heads {} does not divide the attention widths {} / {internal}",
+                    decoder.num_heads, decoder.transformer_dim
+                ),
+            ));
         }
         let cfg = Sam2Config {
             image_size: ov.image_size.unwrap_or(1024),
@@ -379,8 +488,11 @@ impl Sam2Config {
             decoder,
             directly_add_no_mem_embed: ov.directly_add_no_mem_embed.unwrap_or(true),
         };
-        if cfg.image_size % 32 != 0 || cfg.image_size == 0 {
-            return Err(Error::at(src, format!("sam2.image_size {} must be a positive multiple of 32", cfg.image_size)));
+        if !cfg.image_size.is_multiple_of(32) || cfg.image_size == 0 {
+            return Err(Error::at(
+                src,
+                format!("sam2.image_size {} must be a positive multiple of 32", cfg.image_size),
+            ));
         }
         Ok(cfg)
     }
@@ -399,19 +511,35 @@ impl Sam2Config {
 /// Shapes of the tensors of a PyTorch checkpoint (`torch.save({"model": state_dict})`, Meta's layout,
 /// or a bare state dict).
 pub fn pth_shapes(path: &Path) -> Result<(ShapeIndex, Option<&'static str>)> {
-    let err = |e: candle_core::Error| Error::input(path, format!("not a readable PyTorch checkpoint: {}", crate::error::candle_message(&e)));
+    let err = |e: candle_core::Error| {
+        Error::input(
+            path,
+            format!(
+                "not a readable PyTorch checkpoint: {}",
+                crate::error::candle_message(&e)
+            ),
+        )
+    };
     for key in [Some("model"), None] {
         let t = candle_core::pickle::PthTensors::new(path, key).map_err(err)?;
         let infos = t.tensor_infos();
         if !infos.is_empty() {
-            let idx = infos.iter().map(|(k, v)| (k.clone(), v.layout.shape().dims().to_vec())).collect();
+            let idx = infos
+                .iter()
+                .map(|(k, v)| (k.clone(), v.layout.shape().dims().to_vec()))
+                .collect();
             return Ok((idx, key));
         }
     }
-    Err(Error::input(path, "the PyTorch checkpoint holds no tensors (expected Meta's {\"model\": state_dict})"))
+    Err(Error::input(
+        path,
+        "the PyTorch checkpoint holds no tensors (expected Meta's {\"model\": state_dict})",
+    ))
 }
 
 /// Keep the tensors under `prefix` (e.g. `grounding_encoder.sam2_model.`), with the prefix removed.
 pub fn strip_prefix(idx: &ShapeIndex, prefix: &str) -> ShapeIndex {
-    idx.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone()))).collect()
+    idx.iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone())))
+        .collect()
 }

@@ -3,10 +3,10 @@
 //! with PyTorch's bicubic), then multi-scale blocks with windowed or global attention and 2×2 max
 //! pooling of the queries where a stage starts. Activations are channels-last (B, H, W, C).
 
-use crate::preprocess::resize::bicubic_matrix;
 use super::config::{BlockSpec, HieraConfig};
 use crate::models::fastops;
 use crate::models::nn::{LayerNorm, Linear};
+use crate::preprocess::resize::bicubic_matrix;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -22,7 +22,10 @@ fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
         x = x.pad_with_zeros(2, 0, pw)?;
     }
     let (hp, wp) = (h + ph, w + pw);
-    let x = x.reshape((b, hp / ws, ws, wp / ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?.reshape((b * (hp / ws) * (wp / ws), ws, ws, c))?;
+    let x = x
+        .reshape((b, hp / ws, ws, wp / ws, ws, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .reshape((b * (hp / ws) * (wp / ws), ws, ws, c))?;
     Ok((x, (hp, wp)))
 }
 
@@ -30,7 +33,10 @@ fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
 fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (usize, usize)) -> Result<Tensor> {
     let c = x.dim(D::Minus1)?;
     let b = x.dim(0)? / ((hp / ws) * (wp / ws));
-    let mut x = x.reshape((b, hp / ws, wp / ws, ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?.reshape((b, hp, wp, c))?;
+    let mut x = x
+        .reshape((b, hp / ws, wp / ws, ws, ws, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .reshape((b, hp, wp, c))?;
     if hp > h || wp > w {
         x = x.narrow(1, 0, h)?.narrow(2, 0, w)?;
     }
@@ -41,7 +47,11 @@ fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (
 fn max_pool2(x: &Tensor) -> Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
     let (ho, wo) = (h / 2, w / 2);
-    let x = if h % 2 == 1 || w % 2 == 1 { x.narrow(1, 0, ho * 2)?.narrow(2, 0, wo * 2)? } else { x.clone() };
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(1, 0, ho * 2)?.narrow(2, 0, wo * 2)?
+    } else {
+        x.clone()
+    };
     x.reshape((b, ho, 2, wo, 2, c))?.max(4)?.max(2)
 }
 
@@ -78,7 +88,10 @@ struct Mlp {
 
 impl Mlp {
     fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: Linear::new(dim, hidden, true, vb.pp("layers.0"))?, fc2: Linear::new(hidden, dim, true, vb.pp("layers.1"))? })
+        Ok(Self {
+            fc1: Linear::new(dim, hidden, true, vb.pp("layers.0"))?,
+            fc2: Linear::new(hidden, dim, true, vb.pp("layers.1"))?,
+        })
     }
 }
 
@@ -107,7 +120,11 @@ impl Block {
             norm1: LayerNorm::new(d, 1e-6, vb.pp("norm1"))?,
             qkv: Linear::new(d, 3 * o, true, vb.pp("attn.qkv"))?,
             attn_proj: Linear::new(o, o, true, vb.pp("attn.proj"))?,
-            proj: if d != o { Some(Linear::new(d, o, true, vb.pp("proj"))?) } else { None },
+            proj: if d != o {
+                Some(Linear::new(d, o, true, vb.pp("proj"))?)
+            } else {
+                None
+            },
             norm2: LayerNorm::new(o, 1e-6, vb.pp("norm2"))?,
             mlp: Mlp::new(o, (o as f64 * mlp_ratio) as usize, vb.pp("mlp"))?,
             span: tracing::span!(tracing::Level::TRACE, "hiera-block"),
@@ -121,12 +138,21 @@ impl Block {
         let (b, h, w, _) = x.dims4()?;
         let (o, heads) = (self.spec.dim_out, self.spec.heads);
         let hd = o / heads;
-        let qkv = self.qkv.forward(x)?.reshape((b, h, w, 3, heads, hd))?.permute((3, 0, 4, 1, 2, 5))?.contiguous()?; // (3, b, heads, h, w, hd)
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, h, w, 3, heads, hd))?
+            .permute((3, 0, 4, 1, 2, 5))?
+            .contiguous()?; // (3, b, heads, h, w, hd)
         let mut q = qkv.get(0)?;
         let (mut hq, mut wq) = (h, w);
         if self.spec.q_pool {
             (hq, wq) = (h / 2, w / 2);
-            let q2 = if h % 2 == 1 || w % 2 == 1 { q.narrow(2, 0, hq * 2)?.narrow(3, 0, wq * 2)? } else { q };
+            let q2 = if h % 2 == 1 || w % 2 == 1 {
+                q.narrow(2, 0, hq * 2)?.narrow(3, 0, wq * 2)?
+            } else {
+                q
+            };
             q = q2.reshape((b * heads, hq, 2, wq, 2, hd))?.max(4)?.max(2)?;
         }
         let q = q.reshape((b, heads, hq * wq, hd))?;
@@ -182,7 +208,11 @@ pub struct Hiera {
 impl Hiera {
     pub fn new(cfg: &HieraConfig, vb: VarBuilder) -> Result<Self> {
         let c = cfg.embed_dim;
-        let conv = candle_nn::Conv2dConfig { stride: 4, padding: 3, ..Default::default() };
+        let conv = candle_nn::Conv2dConfig {
+            stride: 4,
+            padding: 3,
+            ..Default::default()
+        };
         let (bh, bw) = cfg.window_pos_embed_bkg_spatial_size;
         let specs = cfg.blocks();
         for (i, s) in specs.iter().enumerate() {
@@ -198,7 +228,11 @@ impl Hiera {
             patch_embed: candle_nn::conv2d(3, c, 7, conv, vb.pp("patch_embed.proj"))?,
             pos_embed: vb.get((1, c, bh, bw), "pos_embed")?,
             pos_embed_window: vb.get((1, c, cfg.window_spec[0], cfg.window_spec[0]), "pos_embed_window")?,
-            blocks: specs.into_iter().enumerate().map(|(i, s)| Block::new(s, cfg.mlp_ratio, bvb.pp(i))).collect::<Result<_>>()?,
+            blocks: specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| Block::new(s, cfg.mlp_ratio, bvb.pp(i)))
+                .collect::<Result<_>>()?,
             stage_ends: cfg.stage_ends(),
             span: tracing::span!(tracing::Level::TRACE, "hiera"),
         })
@@ -211,13 +245,24 @@ impl Hiera {
         let my = Tensor::from_vec(bicubic_matrix::<f64>(bh, h), (h, bh), dev)?;
         let mx = Tensor::from_vec(bicubic_matrix::<f64>(bw, w), (w, bw), dev)?;
         let p = self.pos_embed.squeeze(0)?.to_dtype(candle_core::DType::F32)?; // (c, bh, bw)
-        let p = my.unsqueeze(0)?.broadcast_matmul(&p)?.broadcast_matmul(&mx.t()?.unsqueeze(0)?)?; // (c, h, w)
+        let p = my
+            .unsqueeze(0)?
+            .broadcast_matmul(&p)?
+            .broadcast_matmul(&mx.t()?.unsqueeze(0)?)?; // (c, h, w)
         let ws = self.pos_embed_window.dim(2)?;
-        if h % ws != 0 || w % ws != 0 {
+        if !h.is_multiple_of(ws) || !w.is_multiple_of(ws) {
             candle_core::bail!("Hiera: the {h}x{w} patch grid is not a multiple of the {ws}x{ws} window embedding");
         }
-        let win = self.pos_embed_window.squeeze(0)?.to_dtype(candle_core::DType::F32)?.repeat((1, h / ws, w / ws))?;
-        (p + win)?.permute((1, 2, 0))?.unsqueeze(0)?.reshape((1, h, w, c))?.to_dtype(self.pos_embed.dtype())
+        let win = self
+            .pos_embed_window
+            .squeeze(0)?
+            .to_dtype(candle_core::DType::F32)?
+            .repeat((1, h / ws, w / ws))?;
+        (p + win)?
+            .permute((1, 2, 0))?
+            .unsqueeze(0)?
+            .reshape((1, h, w, c))?
+            .to_dtype(self.pos_embed.dtype())
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
@@ -257,7 +302,10 @@ mod tests {
     #[test]
     fn window_round_trip_with_padding() {
         let dev = candle_core::Device::Cpu;
-        let x = Tensor::arange(0f32, 2.0 * 10.0 * 9.0 * 3.0, &dev).unwrap().reshape((2, 10, 9, 3)).unwrap();
+        let x = Tensor::arange(0f32, 2.0 * 10.0 * 9.0 * 3.0, &dev)
+            .unwrap()
+            .reshape((2, 10, 9, 3))
+            .unwrap();
         let (w, pad) = window_partition(&x, 4).unwrap();
         assert_eq!(w.dims(), &[2 * 3 * 3, 4, 4, 3]);
         let y = window_unpartition(&w, 4, pad, (10, 9)).unwrap();

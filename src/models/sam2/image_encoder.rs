@@ -58,7 +58,11 @@ impl FpnNeck {
             .enumerate()
             .map(|(i, &c)| Conv1x1::new(c, cfg.d_model, vb.pp(format!("convs.{i}.conv"))))
             .collect::<Result<_>>()?;
-        Ok(Self { convs, cfg: cfg.clone(), span: tracing::span!(tracing::Level::TRACE, "sam2-fpn-neck") })
+        Ok(Self {
+            convs,
+            cfg: cfg.clone(),
+            span: tracing::span!(tracing::Level::TRACE, "sam2-fpn-neck"),
+        })
     }
 
     /// Trunk outputs (highest resolution first, channels-last) → neck outputs in the same order
@@ -77,9 +81,13 @@ impl FpnNeck {
                 (Some(p), true) => {
                     let (b, h, w, c) = p.dims4()?;
                     let up = if self.cfg.fpn_interp_model == "nearest" {
-                        p.reshape((b, h, 1, w, 1, c))?.expand((b, h, 2, w, 2, c))?.reshape((b, 2 * h, 2 * w, c))?
+                        p.reshape((b, h, 1, w, 1, c))?
+                            .expand((b, h, 2, w, 2, c))?
+                            .reshape((b, 2 * h, 2 * w, c))?
                     } else {
-                        p.permute((0, 3, 1, 2))?.upsample_bilinear2d(2 * h, 2 * w, false)?.permute((0, 2, 3, 1))?
+                        p.permute((0, 3, 1, 2))?
+                            .upsample_bilinear2d(2 * h, 2 * w, false)?
+                            .permute((0, 2, 3, 1))?
                     };
                     let s = (lateral + up)?;
                     if self.cfg.fuse_type == "avg" {
@@ -116,14 +124,24 @@ impl ImageEncoder {
         let conv_s = if cfg.decoder.use_high_res_features {
             let md = vb.pp("sam_mask_decoder");
             let t = cfg.decoder.transformer_dim;
-            Some((Conv1x1::new(t, t / 8, md.pp("conv_s0"))?, Conv1x1::new(t, t / 4, md.pp("conv_s1"))?))
+            Some((
+                Conv1x1::new(t, t / 8, md.pp("conv_s0"))?,
+                Conv1x1::new(t, t / 4, md.pp("conv_s1"))?,
+            ))
         } else {
             None
         };
         if cfg.decoder.transformer_dim != d {
-            candle_core::bail!("SAM2 mask decoder width {} differs from the neck width {d}", cfg.decoder.transformer_dim);
+            candle_core::bail!(
+                "SAM2 mask decoder width {} differs from the neck width {d}",
+                cfg.decoder.transformer_dim
+            );
         }
-        let no_mem_embed = if cfg.directly_add_no_mem_embed { Some(vb.get((1, 1, d), "no_mem_embed")?) } else { None };
+        let no_mem_embed = if cfg.directly_add_no_mem_embed {
+            Some(vb.get((1, 1, d), "no_mem_embed")?)
+        } else {
+            None
+        };
         Ok(Self {
             trunk: Hiera::new(&cfg.trunk, vb.pp("image_encoder.trunk"))?,
             neck: FpnNeck::new(&cfg.neck, vb.pp("image_encoder.neck"))?,
@@ -155,6 +173,10 @@ impl ImageEncoder {
             Some((a, b)) => Some((nchw(a)?, nchw(b)?)),
             None => None,
         };
-        Ok(ImageFeatures { image_embed, high_res, high_res_cl })
+        Ok(ImageFeatures {
+            image_embed,
+            high_res,
+            high_res_cl,
+        })
     }
 }

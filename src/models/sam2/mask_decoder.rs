@@ -34,7 +34,9 @@ impl Attention {
     fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let split = |t: Tensor| -> Result<Tensor> {
             let (b, n, c) = t.dims3()?;
-            t.reshape((b, n, self.heads, c / self.heads))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, n, self.heads, c / self.heads))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = split(self.q.forward(q)?)?;
         let k = split(self.k.forward(k)?)?;
@@ -119,10 +121,14 @@ impl TwoWayBlock {
         let queries = self.norm1.forward(&queries)?;
         let q = (&queries + query_pe)?;
         let k = (keys + key_pe)?;
-        let queries = self.norm2.forward(&(&queries + self.cross_t2i.forward(&q, &k, keys)?)?)?;
+        let queries = self
+            .norm2
+            .forward(&(&queries + self.cross_t2i.forward(&q, &k, keys)?)?)?;
         let queries = self.norm3.forward(&(&queries + self.mlp.forward(&queries)?)?)?;
         let q = (&queries + query_pe)?;
-        let keys = self.norm4.forward(&(keys + self.cross_i2t.forward(&k, &q, &queries)?)?)?;
+        let keys = self
+            .norm4
+            .forward(&(keys + self.cross_i2t.forward(&k, &q, &queries)?)?)?;
         Ok((queries, keys))
     }
 }
@@ -138,8 +144,15 @@ impl TwoWayTransformer {
     fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.transformer_dim;
         Ok(Self {
-            layers: (0..cfg.depth).map(|i| TwoWayBlock::new(cfg, i == 0, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?,
-            final_attn: Attention::new(d, cfg.num_heads, cfg.attention_downsample_rate, vb.pp("final_attn_token_to_image"))?,
+            layers: (0..cfg.depth)
+                .map(|i| TwoWayBlock::new(cfg, i == 0, vb.pp(format!("layers.{i}"))))
+                .collect::<Result<_>>()?,
+            final_attn: Attention::new(
+                d,
+                cfg.num_heads,
+                cfg.attention_downsample_rate,
+                vb.pp("final_attn_token_to_image"),
+            )?,
             norm_final: LayerNorm::new(d, 1e-5, vb.pp("norm_final_attn"))?,
         })
     }
@@ -154,7 +167,9 @@ impl TwoWayTransformer {
         }
         let q = (&queries + tokens)?;
         let k = (&keys + &key_pe)?;
-        let queries = self.norm_final.forward(&(&queries + self.final_attn.forward(&q, &k, &keys)?)?)?;
+        let queries = self
+            .norm_final
+            .forward(&(&queries + self.final_attn.forward(&q, &k, &keys)?)?)?;
         Ok((queries, keys))
     }
 }
@@ -168,7 +183,12 @@ struct LayerNorm2d {
 
 impl Module for LayerNorm2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight.to_dtype(x.dtype())?, &self.bias.to_dtype(x.dtype())?, 1e-6)
+        candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            &self.weight.to_dtype(x.dtype())?,
+            &self.bias.to_dtype(x.dtype())?,
+            1e-6,
+        )
     }
 }
 
@@ -184,13 +204,20 @@ struct Up2 {
 impl Up2 {
     fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         let w = vb.get((cin, cout, 2, 2), "weight")?;
-        Ok(Self { w: w.reshape((cin, cout * 4))?, b: vb.get(cout, "bias")?, out: cout })
+        Ok(Self {
+            w: w.reshape((cin, cout * 4))?,
+            b: vb.get(cout, "bias")?,
+            out: cout,
+        })
     }
 
     fn forward(&self, x: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let y = x.reshape((b * n, c))?.matmul(&self.w.to_dtype(x.dtype())?)?; // (b·hw, out·4), column = o·4 + ky·2 + kx
-        let y = y.reshape((b, h, w, self.out, 2, 2))?.permute((0, 1, 4, 2, 5, 3))?.reshape((b, 2 * h, 2 * w, self.out))?;
+        let y = y
+            .reshape((b, h, w, self.out, 2, 2))?
+            .permute((0, 1, 4, 2, 5, 3))?
+            .reshape((b, 2 * h, 2 * w, self.out))?;
         y.broadcast_add(&self.b.to_dtype(x.dtype())?)
     }
 }
@@ -242,7 +269,10 @@ impl MaskDecoder {
             Some(if cfg.pred_obj_scores_mlp {
                 Mlp::new(d, d, 1, 3, false, vb.pp("pred_obj_score_head"))?
             } else {
-                Mlp { layers: vec![Linear::new(d, 1, true, vb.pp("pred_obj_score_head"))?], sigmoid: false }
+                Mlp {
+                    layers: vec![Linear::new(d, 1, true, vb.pp("pred_obj_score_head"))?],
+                    sigmoid: false,
+                }
             })
         } else {
             None
@@ -252,12 +282,28 @@ impl MaskDecoder {
             transformer: TwoWayTransformer::new(cfg, vb.pp("transformer"))?,
             iou_token: vb.get((1, d), "iou_token.weight")?,
             mask_tokens: vb.get((n_masks, d), "mask_tokens.weight")?,
-            obj_score_token: if cfg.pred_obj_scores { Some(vb.get((1, d), "obj_score_token.weight")?) } else { None },
+            obj_score_token: if cfg.pred_obj_scores {
+                Some(vb.get((1, d), "obj_score_token.weight")?)
+            } else {
+                None
+            },
             up1: Up2::new(d, d / 4, vb.pp("output_upscaling.0"))?,
-            ln1: LayerNorm2d { weight: ln.get(d / 4, "weight")?, bias: ln.get(d / 4, "bias")? },
+            ln1: LayerNorm2d {
+                weight: ln.get(d / 4, "weight")?,
+                bias: ln.get(d / 4, "bias")?,
+            },
             up2: Up2::new(d / 4, d / 8, vb.pp("output_upscaling.3"))?,
-            hyper: (0..n_masks).map(|i| Mlp::new(d, d, d / 8, 3, false, vb.pp(format!("output_hypernetworks_mlps.{i}")))).collect::<Result<_>>()?,
-            iou_head: Mlp::new(d, cfg.iou_head_hidden_dim, n_masks, cfg.iou_head_depth, cfg.iou_prediction_use_sigmoid, vb.pp("iou_prediction_head"))?,
+            hyper: (0..n_masks)
+                .map(|i| Mlp::new(d, d, d / 8, 3, false, vb.pp(format!("output_hypernetworks_mlps.{i}"))))
+                .collect::<Result<_>>()?,
+            iou_head: Mlp::new(
+                d,
+                cfg.iou_head_hidden_dim,
+                n_masks,
+                cfg.iou_head_depth,
+                cfg.iou_prediction_use_sigmoid,
+                vb.pp("iou_prediction_head"),
+            )?,
             obj_head,
             cfg: cfg.clone(),
             span: tracing::span!(tracing::Level::TRACE, "sam2-mask-decoder"),
@@ -287,7 +333,10 @@ impl MaskDecoder {
         let s = usize::from(self.obj_score_token.is_some());
         let out_tokens = Tensor::cat(&out_tokens, 0)?.to_dtype(dt)?;
         let (nt, d) = out_tokens.dims2()?;
-        let tokens = Tensor::cat(&[&out_tokens.unsqueeze(0)?.expand((b, nt, d))?, &sparse.to_dtype(dt)?], 1)?;
+        let tokens = Tensor::cat(
+            &[&out_tokens.unsqueeze(0)?.expand((b, nt, d))?, &sparse.to_dtype(dt)?],
+            1,
+        )?;
         let rep = |t: &Tensor| -> Result<Tensor> {
             if t.dim(0)? == b {
                 Ok(t.clone())
@@ -311,17 +360,26 @@ impl MaskDecoder {
         let up = match high_res {
             Some((f0, f1)) => {
                 let x = fastops::gelu_erf(&self.ln1.forward(&up.broadcast_add(&rep_cl(f1, b)?)?)?)?;
-                fastops::gelu_erf(&self.up2.forward(&flat(x)?, (2 * h, 2 * w))?.broadcast_add(&rep_cl(f0, b)?)?)?
+                fastops::gelu_erf(
+                    &self
+                        .up2
+                        .forward(&flat(x)?, (2 * h, 2 * w))?
+                        .broadcast_add(&rep_cl(f0, b)?)?,
+                )?
             }
             None => {
                 let x = fastops::gelu_erf(&self.ln1.forward(&up)?)?;
                 fastops::gelu_erf(&self.up2.forward(&flat(x)?, (2 * h, 2 * w))?)?
             }
         };
-        let hyper = (0..n_masks).map(|i| self.hyper[i].forward(&mask_out.narrow(1, i, 1)?)).collect::<Result<Vec<_>>>()?;
+        let hyper = (0..n_masks)
+            .map(|i| self.hyper[i].forward(&mask_out.narrow(1, i, 1)?))
+            .collect::<Result<Vec<_>>>()?;
         let hyper = Tensor::cat(&hyper, 1)?; // (b, n_masks, c/8)
         let (_, hu, wu, cu) = up.dims4()?;
-        let masks = hyper.matmul(&up.reshape((b, hu * wu, cu))?.transpose(1, 2)?)?.reshape((b, n_masks, hu, wu))?;
+        let masks = hyper
+            .matmul(&up.reshape((b, hu * wu, cu))?.transpose(1, 2)?)?
+            .reshape((b, n_masks, hu, wu))?;
         let iou = self.iou_head.forward(&iou_out)?;
         let object_score = match &self.obj_head {
             Some(hd) => hd.forward(&hs.narrow(1, 0, 1)?.squeeze(1)?)?,
@@ -334,8 +392,17 @@ impl MaskDecoder {
         } else {
             (masks.narrow(1, 0, 1)?, iou.narrow(1, 0, 1)?)
         };
-        let sam_tokens = if multimask && self.cfg.use_multimask_token_for_obj_ptr { mask_out.narrow(1, 1, n_masks - 1)? } else { mask_out.narrow(1, 0, 1)? };
-        Ok(DecoderOutput { low_res_masks: masks, iou, sam_tokens, object_score })
+        let sam_tokens = if multimask && self.cfg.use_multimask_token_for_obj_ptr {
+            mask_out.narrow(1, 1, n_masks - 1)?
+        } else {
+            mask_out.narrow(1, 0, 1)?
+        };
+        Ok(DecoderOutput {
+            low_res_masks: masks,
+            iou,
+            sam_tokens,
+            object_score,
+        })
     }
 
     /// Keep the single-mask output when it is stable, else the best multimask output by IoU.

@@ -12,10 +12,10 @@ pub mod mask_decoder;
 pub mod prompt_encoder;
 
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use crate::mask::Mask;
 use crate::models::checkpoint::Checkpoint;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use config::{Sam2Config, Sam2Overrides, ShapeIndex};
 use image::RgbImage;
 pub use image_encoder::ImageFeatures;
@@ -56,6 +56,9 @@ pub struct SegPrediction {
 
 const CACHE_CAPACITY: usize = 4;
 
+/// Recently encoded photos: (content hash, preprocessing, features), oldest first.
+type FeatureCache = Vec<([u8; 32], Preprocess, Arc<ImageFeatures>)>;
+
 pub struct Sam2 {
     pub config: Sam2Config,
     encoder: image_encoder::ImageEncoder,
@@ -63,7 +66,7 @@ pub struct Sam2 {
     decoder: MaskDecoder,
     pub device: Device,
     pub dtype: DType,
-    cache: Mutex<Vec<([u8; 32], Preprocess, Arc<ImageFeatures>)>>,
+    cache: Mutex<FeatureCache>,
     span: tracing::Span,
 }
 
@@ -92,7 +95,10 @@ impl Sam2 {
         let name = path.display().to_string();
         if path.is_dir() {
             // Meta's hub repos (facebook/sam2.1-hiera-*) hold one `.pt` and no safetensors.
-            let has_st = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors"));
+            let has_st = std::fs::read_dir(path)
+                .map_err(|e| Error::io(path, e))?
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "safetensors"));
             if !has_st {
                 let pts: Vec<std::path::PathBuf> = std::fs::read_dir(path)
                     .map_err(|e| Error::io(path, e))?
@@ -101,7 +107,9 @@ impl Sam2 {
                     .filter(|p| p.extension().is_some_and(|x| x == "pt" || x == "pth"))
                     .collect();
                 if pts.len() == 1 {
-                    let cfg: Option<serde_json::Value> = std::fs::read(path.join("config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                    let cfg: Option<serde_json::Value> = std::fs::read(path.join("config.json"))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok());
                     let block = overrides.cloned().or_else(|| cfg.and_then(|c| c.get("sam2").cloned()));
                     return Self::load(&pts[0], block.as_ref(), device, dtype);
                 }
@@ -110,13 +118,20 @@ impl Sam2 {
             return Self::from_checkpoint(&ck, overrides);
         }
         if !path.is_file() {
-            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ));
         }
         let is_st = path.extension().is_some_and(|e| e == "safetensors");
         let (idx, vb) = if is_st {
             let idx = crate::models::checkpoint::safetensors_header(path)?;
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }
-                .map_err(|e| Error::input(path, format!("cannot load weights: {}", crate::error::candle_message(&e))))?;
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }.map_err(|e| {
+                Error::input(
+                    path,
+                    format!("cannot load weights: {}", crate::error::candle_message(&e)),
+                )
+            })?;
             (idx, vb)
         } else {
             let (idx, key) = config::pth_shapes(path)?;
@@ -124,41 +139,71 @@ impl Sam2 {
                 Some(k) => VarBuilder::from_pth_with_state(path, dtype, k, device),
                 None => VarBuilder::from_pth(path, dtype, device),
             }
-            .map_err(|e| Error::input(path, format!("cannot load weights: {}", crate::error::candle_message(&e))))?;
+            .map_err(|e| {
+                Error::input(
+                    path,
+                    format!("cannot load weights: {}", crate::error::candle_message(&e)),
+                )
+            })?;
             (idx, vb)
         };
-        Self::from_index(&idx, overrides, vb, &name)?.ok_or_else(|| Error::input(path, "not a SAM2 checkpoint (no image_encoder.* tensors)"))
+        Self::from_index(&idx, overrides, vb, &name)?
+            .ok_or_else(|| Error::input(path, "not a SAM2 checkpoint (no image_encoder.* tensors)"))
     }
 
     /// The SAM2 of an opened model directory (Sa2VA layout or plain SAM2 keys; `config.json`'s
     /// optional `sam2` block applies unless `overrides` is given).
     pub fn from_checkpoint(ck: &Checkpoint, overrides: Option<&serde_json::Value>) -> Result<Self> {
         let block = overrides.or_else(|| ck.config.get("sam2"));
-        Self::from_index(&ck.shapes, block, ck.vb(), &ck.dir.display().to_string())?
-            .ok_or_else(|| Error::input(&ck.dir, "the checkpoint holds no SAM2 (no image_encoder.* or grounding_encoder.sam2_model.* tensors)"))
+        Self::from_index(&ck.shapes, block, ck.vb(), &ck.dir.display().to_string())?.ok_or_else(|| {
+            Error::input(
+                &ck.dir,
+                "the checkpoint holds no SAM2 (no image_encoder.* or grounding_encoder.sam2_model.* tensors)",
+            )
+        })
     }
 
     /// Whether an opened checkpoint carries a SAM2 (either layout).
     pub fn present_in(ck: &Checkpoint) -> bool {
-        ck.shapes.contains_key(&format!("{SA2VA_PREFIX}image_encoder.trunk.patch_embed.proj.weight")) || ck.shapes.contains_key("image_encoder.trunk.patch_embed.proj.weight")
+        ck.shapes
+            .contains_key(&format!("{SA2VA_PREFIX}image_encoder.trunk.patch_embed.proj.weight"))
+            || ck.shapes.contains_key("image_encoder.trunk.patch_embed.proj.weight")
     }
 
     /// Build from a tensor index and a var builder over the same files, finding the SAM2 root
     /// (plain or Sa2VA-prefixed). `Ok(None)` when there is no SAM2 in the files.
-    pub fn from_index(idx: &ShapeIndex, block: Option<&serde_json::Value>, vb: VarBuilder, src: &str) -> Result<Option<Self>> {
+    pub fn from_index(
+        idx: &ShapeIndex,
+        block: Option<&serde_json::Value>,
+        vb: VarBuilder,
+        src: &str,
+    ) -> Result<Option<Self>> {
         let (sub, vb, layout) = if idx.keys().any(|k| k.starts_with(SA2VA_PREFIX)) {
-            (config::strip_prefix(idx, SA2VA_PREFIX), vb.pp(SA2VA_PREFIX.trim_end_matches('.')), config::Layout::Sa2va)
+            (
+                config::strip_prefix(idx, SA2VA_PREFIX),
+                vb.pp(SA2VA_PREFIX.trim_end_matches('.')),
+                config::Layout::Sa2va,
+            )
         } else if idx.contains_key("image_encoder.trunk.patch_embed.proj.weight") {
             (idx.clone(), vb, config::Layout::Meta)
         } else {
             return Ok(None);
         };
         let ov: Sam2Overrides = match block {
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::at(src, format!("invalid `sam2` config block: {e}")))?,
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| Error::at(src, format!("invalid `sam2` config block: {e}")))?,
             None => Sam2Overrides::default(),
         };
         let cfg = Sam2Config::infer(&sub, &ov, layout, src)?;
-        let m = Self::new(cfg, vb).map_err(|e| Error::at(src, format!("SAM2 weights do not match the config: {}", crate::error::candle_message(&e))))?;
+        let m = Self::new(cfg, vb).map_err(|e| {
+            Error::at(
+                src,
+                format!(
+                    "SAM2 weights do not match the config: {}",
+                    crate::error::candle_message(&e)
+                ),
+            )
+        })?;
         Ok(Some(m))
     }
 
@@ -187,7 +232,13 @@ impl Sam2 {
         h.update(img.height().to_le_bytes());
         h.update(img.as_raw());
         let key: [u8; 32] = h.finalize().into();
-        if let Some((_, _, f)) = self.cache.lock().expect("cache lock").iter().find(|(k, m, _)| *k == key && *m == mode) {
+        if let Some((_, _, f)) = self
+            .cache
+            .lock()
+            .expect("cache lock")
+            .iter()
+            .find(|(k, m, _)| *k == key && *m == mode)
+        {
             return Ok((f.clone(), true));
         }
         let f = Arc::new(self.encode(&self.preprocess(img, mode)?)?);
@@ -200,19 +251,42 @@ impl Sam2 {
     }
 
     /// Decode sparse prompt tokens against image features.
-    pub fn decode(&self, feats: &ImageFeatures, sparse: &Tensor, multimask: bool) -> candle_core::Result<DecoderOutput> {
+    pub fn decode(
+        &self,
+        feats: &ImageFeatures,
+        sparse: &Tensor,
+        multimask: bool,
+    ) -> candle_core::Result<DecoderOutput> {
         let dense = self.prompt.dense_no_mask(sparse.dim(0)?)?;
         let pe = self.prompt.dense_pe()?;
-        self.decoder.forward(&feats.image_embed, &pe, sparse, &dense, multimask, feats.high_res_cl.as_ref())
+        self.decoder.forward(
+            &feats.image_embed,
+            &pe,
+            sparse,
+            &dense,
+            multimask,
+            feats.high_res_cl.as_ref(),
+        )
     }
 
     /// `SAM2ImagePredictor.predict` for points / a box given in pixels of a (w, h) photo.
-    pub fn predict(&self, feats: &ImageFeatures, prompt: &PointPrompt, (w, h): (u32, u32), multimask: bool) -> candle_core::Result<DecoderOutput> {
+    pub fn predict(
+        &self,
+        feats: &ImageFeatures,
+        prompt: &PointPrompt,
+        (w, h): (u32, u32),
+        multimask: bool,
+    ) -> candle_core::Result<DecoderOutput> {
         let s = self.config.image_size as f32;
         let mut xy = Vec::new();
         let mut labels = Vec::new();
         if let Some([x0, y0, x1, y1]) = prompt.bbox {
-            xy.extend([x0 / w as f32 * s, y0 / h as f32 * s, x1 / w as f32 * s, y1 / h as f32 * s]);
+            xy.extend([
+                x0 / w as f32 * s,
+                y0 / h as f32 * s,
+                x1 / w as f32 * s,
+                y1 / h as f32 * s,
+            ]);
             labels.extend([2, 3]);
         }
         for &(x, y, l) in &prompt.points {
@@ -235,14 +309,30 @@ impl Sam2 {
     pub fn predict_seg(&self, feats: &ImageFeatures, seg: &Tensor) -> candle_core::Result<SegPrediction> {
         let c = self.config.decoder.transformer_dim;
         let seg = seg.reshape((1, 1, c))?.to_dtype(DType::F32)?;
-        let empty = self.prompt.sparse(Some((&Tensor::zeros((1, 1, 2), DType::F32, &self.device)?, &[prompt_encoder::LABEL_PAD])), None)?;
+        let empty = self.prompt.sparse(
+            Some((
+                &Tensor::zeros((1, 1, 2), DType::F32, &self.device)?,
+                &[prompt_encoder::LABEL_PAD],
+            )),
+            None,
+        )?;
         let sparse = Tensor::cat(&[&empty, &seg], 1)?;
         let out = self.decode(feats, &sparse, true)?;
-        let obj: f32 = out.object_score.to_dtype(DType::F32)?.flatten_all()?.get(0)?.to_scalar()?;
+        let obj: f32 = out
+            .object_score
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .get(0)?
+            .to_scalar()?;
         let iou: Vec<f32> = out.iou.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let best = argmax(&out.iou.flatten_all()?)?;
         let low_res = out.low_res_masks.narrow(1, best, 1)?.to_dtype(DType::F32)?;
-        Ok(SegPrediction { low_res, iou, object_score: obj, best })
+        Ok(SegPrediction {
+            low_res,
+            iou,
+            object_score: obj,
+            best,
+        })
     }
 }
 
@@ -268,13 +358,23 @@ impl Sam2 {
     /// Decode a prompt and post-process as its reference does: the candidate with the best
     /// predicted IoU, logits upsampled bilinearly to the (w, h) photo (Sa2VA via S×S, Meta
     /// directly), thresholded at 0 on the device; only the bits come back to the host.
-    pub fn predict_mask(&self, feats: &ImageFeatures, prompt: Prompt, (w, h): (u32, u32)) -> candle_core::Result<MaskPrediction> {
+    pub fn predict_mask(
+        &self,
+        feats: &ImageFeatures,
+        prompt: Prompt,
+        (w, h): (u32, u32),
+    ) -> candle_core::Result<MaskPrediction> {
         let (low, via, scores, best, object_score) = match prompt {
             Prompt::Points { prompt, multimask } => {
                 let out = self.predict(feats, prompt, (w, h), multimask)?;
                 let scores: Vec<f32> = out.iou.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                 let best = argmax(&out.iou.flatten_all()?)?;
-                let obj: f32 = out.object_score.to_dtype(DType::F32)?.flatten_all()?.get(0)?.to_scalar()?;
+                let obj: f32 = out
+                    .object_score
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .get(0)?
+                    .to_scalar()?;
                 (out.low_res_masks.narrow(1, best, 1)?, None, scores, best, obj)
             }
             Prompt::Seg(seg) => {
@@ -283,7 +383,12 @@ impl Sam2 {
             }
         };
         let mask = mask_from_logits(&upscale_logits(&low, (h, w), via)?)?;
-        Ok(MaskPrediction { mask, scores, best, object_score })
+        Ok(MaskPrediction {
+            mask,
+            scores,
+            best,
+            object_score,
+        })
     }
 }
 
@@ -301,7 +406,11 @@ pub fn upscale_logits(low: &Tensor, (h, w): (u32, u32), via: Option<usize>) -> c
 pub fn mask_from_logits(logits: &Tensor) -> candle_core::Result<Mask> {
     let (_, _, h, w) = logits.dims4()?;
     let bits: Vec<u8> = logits.gt(0f64)?.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
-    Ok(Mask { width: w as u32, height: h as u32, data: bits })
+    Ok(Mask {
+        width: w as u32,
+        height: h as u32,
+        data: bits,
+    })
 }
 
 impl Sam2 {

@@ -26,11 +26,21 @@ pub struct PromptEncoder {
 }
 
 impl PromptEncoder {
-    pub fn new(embed_dim: usize, embedding_size: (usize, usize), input_size: (usize, usize), vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        embed_dim: usize,
+        embedding_size: (usize, usize),
+        input_size: (usize, usize),
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let e = |name: &str| vb.pp(name).get((1, embed_dim), "weight");
         Ok(Self {
             gaussian: vb.get((2, embed_dim / 2), "pe_layer.positional_encoding_gaussian_matrix")?,
-            point_embeddings: [e("point_embeddings.0")?, e("point_embeddings.1")?, e("point_embeddings.2")?, e("point_embeddings.3")?],
+            point_embeddings: [
+                e("point_embeddings.0")?,
+                e("point_embeddings.1")?,
+                e("point_embeddings.2")?,
+                e("point_embeddings.3")?,
+            ],
             not_a_point: e("not_a_point_embed")?,
             no_mask: e("no_mask_embed")?,
             embed_dim,
@@ -89,7 +99,10 @@ impl PromptEncoder {
             let mut coords = (coords + 0.5)?;
             let mut labels = labels.to_vec();
             if boxes.is_none() {
-                coords = Tensor::cat(&[&coords, &Tensor::zeros((b, 1, 2), coords.dtype(), coords.device())?], 1)?;
+                coords = Tensor::cat(
+                    &[&coords, &Tensor::zeros((b, 1, 2), coords.dtype(), coords.device())?],
+                    1,
+                )?;
                 labels.push(LABEL_PAD);
             }
             let pe = self.pe_with_coords(&coords)?; // (b, n', C)
@@ -97,7 +110,11 @@ impl PromptEncoder {
             for (i, &l) in labels.iter().enumerate() {
                 let r = pe.narrow(1, i, 1)?;
                 let r = match l {
-                    LABEL_PAD => self.not_a_point.to_dtype(r.dtype())?.unsqueeze(0)?.expand((b, 1, self.embed_dim))?,
+                    LABEL_PAD => self
+                        .not_a_point
+                        .to_dtype(r.dtype())?
+                        .unsqueeze(0)?
+                        .expand((b, 1, self.embed_dim))?,
                     0..=3 => r.broadcast_add(&self.point_embeddings[l as usize].to_dtype(r.dtype())?)?,
                     other => candle_core::bail!("invalid point label {other} (expected -1, 0, 1, 2 or 3)"),
                 };
@@ -109,8 +126,12 @@ impl PromptEncoder {
             let b = bx.dim(0)?;
             let corners = (bx + 0.5)?.reshape((b, 2, 2))?;
             let pe = self.pe_with_coords(&corners)?;
-            let c0 = pe.narrow(1, 0, 1)?.broadcast_add(&self.point_embeddings[2].to_dtype(pe.dtype())?)?;
-            let c1 = pe.narrow(1, 1, 1)?.broadcast_add(&self.point_embeddings[3].to_dtype(pe.dtype())?)?;
+            let c0 = pe
+                .narrow(1, 0, 1)?
+                .broadcast_add(&self.point_embeddings[2].to_dtype(pe.dtype())?)?;
+            let c1 = pe
+                .narrow(1, 1, 1)?
+                .broadcast_add(&self.point_embeddings[3].to_dtype(pe.dtype())?)?;
             parts.push(Tensor::cat(&[c0, c1], 1)?);
         }
         if parts.is_empty() {
@@ -122,6 +143,8 @@ impl PromptEncoder {
     /// The dense prompt without a mask: `no_mask_embed` over the embedding grid, (b, C, H, W).
     pub fn dense_no_mask(&self, b: usize) -> Result<Tensor> {
         let (h, w) = self.embedding_size;
-        self.no_mask.reshape((1, self.embed_dim, 1, 1))?.expand((b, self.embed_dim, h, w))
+        self.no_mask
+            .reshape((1, self.embed_dim, 1, 1))?
+            .expand((b, self.embed_dim, h, w))
     }
 }

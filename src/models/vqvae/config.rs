@@ -67,10 +67,16 @@ impl Config {
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::Error::Usage(format!("vqvae config: {m}")));
         if self.downsample_ratio < 2 || !self.downsample_ratio.is_power_of_two() {
-            return bad(format!("downsample_ratio must be a power of two >= 2, got {}", self.downsample_ratio));
+            return bad(format!(
+                "downsample_ratio must be a power of two >= 2, got {}",
+                self.downsample_ratio
+            ));
         }
         if self.image_size == 0 || !self.image_size.is_multiple_of(self.downsample_ratio) {
-            return bad(format!("image_size {} is not a positive multiple of downsample_ratio {}", self.image_size, self.downsample_ratio));
+            return bad(format!(
+                "image_size {} is not a positive multiple of downsample_ratio {}",
+                self.image_size, self.downsample_ratio
+            ));
         }
         if self.channels == 0 || self.num_tokens == 0 || self.codebook_dim == 0 || self.hidden_dim == 0 {
             return bad("channels, num_tokens, codebook_dim and hidden_dim must be positive".into());
@@ -79,7 +85,10 @@ impl Config {
             return bad("hidden_dim × downsample_ratio overflows".into());
         }
         if self.residual_type != "v1" {
-            return bad(format!("residual_type {:?} is not supported (only \"v1\")", self.residual_type));
+            return bad(format!(
+                "residual_type {:?} is not supported (only \"v1\")",
+                self.residual_type
+            ));
         }
         if self.use_norm && !(self.max_value.is_finite() && self.max_value != 0.0) {
             return bad("use_norm needs a finite non-zero max_value".into());
@@ -139,7 +148,10 @@ impl Config {
             v.push(("_vq_vae._ema_cluster_size".into(), vec![self.num_tokens]));
             v.push(("_vq_vae._ema_w".into(), vec![self.num_tokens, self.codebook_dim]));
         } else {
-            v.push(("_vq_vae._embedding.weight".into(), vec![self.num_tokens, self.codebook_dim]));
+            v.push((
+                "_vq_vae._embedding.weight".into(),
+                vec![self.num_tokens, self.codebook_dim],
+            ));
         }
         v
     }

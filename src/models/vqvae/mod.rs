@@ -20,7 +20,6 @@ use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Va
 use std::collections::HashMap;
 use std::path::Path;
 
-
 /// AiT's `ResBlock_v1`: x + conv1(relu(conv3(relu(conv3(x))))), keys `net.0`, `net.2`, `net.4`.
 #[derive(Debug, Clone)]
 struct ResBlock {
@@ -32,7 +31,10 @@ struct ResBlock {
 
 impl ResBlock {
     fn new(chan: usize, vb: VarBuilder) -> Result<Self> {
-        let p1 = Conv2dConfig { padding: 1, ..Default::default() };
+        let p1 = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
         Ok(Self {
             c0: candle_nn::conv2d(chan, chan, 3, p1, vb.pp("net.0"))?,
             c1: candle_nn::conv2d(chan, chan, 3, p1, vb.pp("net.2"))?,
@@ -62,7 +64,11 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let s2 = Conv2dConfig { padding: 1, stride: 2, ..Default::default() };
+        let s2 = Conv2dConfig {
+            padding: 1,
+            stride: 2,
+            ..Default::default()
+        };
         let (mut dim, mut idx) = (cfg.hidden_dim, 0);
         let mut down = vec![candle_nn::conv2d(cfg.channels, dim, 4, s2, vb.pp(idx))?];
         idx += 2;
@@ -77,7 +83,12 @@ impl Encoder {
             idx += 1;
         }
         let out = candle_nn::conv2d(dim, cfg.codebook_dim, 1, Default::default(), vb.pp(idx))?;
-        Ok(Self { down, res, out, span: tracing::span!(tracing::Level::TRACE, "vqvae-encoder") })
+        Ok(Self {
+            down,
+            res,
+            out,
+            span: tracing::span!(tracing::Level::TRACE, "vqvae-encoder"),
+        })
     }
 }
 
@@ -116,16 +127,33 @@ impl Decoder {
             res.push(ResBlock::new(dim, vb.pp(idx))?);
             idx += 1;
         }
-        let s2 = ConvTranspose2dConfig { padding: 1, stride: 2, output_padding: 0, dilation: 1 };
+        let s2 = ConvTranspose2dConfig {
+            padding: 1,
+            stride: 2,
+            output_padding: 0,
+            dilation: 1,
+        };
         let mut up = vec![Up4s2::new(candle_nn::conv_transpose2d(dim, dim, 4, s2, vb.pp(idx))?)?];
         idx += 2;
         for _ in 0..cfg.layer_num() {
-            up.push(Up4s2::new(candle_nn::conv_transpose2d(dim, dim / 2, 4, s2, vb.pp(idx))?)?);
+            up.push(Up4s2::new(candle_nn::conv_transpose2d(
+                dim,
+                dim / 2,
+                4,
+                s2,
+                vb.pp(idx),
+            )?)?);
             dim /= 2;
             idx += 2;
         }
         let out = candle_nn::conv2d(dim, cfg.channels, 1, Default::default(), vb.pp(idx))?;
-        Ok(Self { inp, res, up, out, span: tracing::span!(tracing::Level::TRACE, "vqvae-decoder") })
+        Ok(Self {
+            inp,
+            res,
+            up,
+            out,
+            span: tracing::span!(tracing::Level::TRACE, "vqvae-decoder"),
+        })
     }
 }
 
@@ -160,8 +188,16 @@ impl Up4s2 {
         if (kh, kw) != (4, 4) {
             candle_core::bail!("Up4s2 needs a 4x4 kernel, got {kh}x{kw}")
         }
-        let wt = c.weight().permute((1, 2, 3, 0))?.reshape((cout * 16, cin))?.contiguous()?;
-        Ok(Self { wt, bias: c.bias().cloned(), cout })
+        let wt = c
+            .weight()
+            .permute((1, 2, 3, 0))?
+            .reshape((cout * 16, cin))?
+            .contiguous()?;
+        Ok(Self {
+            wt,
+            bias: c.bias().cloned(),
+            cout,
+        })
     }
 }
 
@@ -169,7 +205,10 @@ impl Module for Up4s2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, cin, h, w) = x.dims4()?;
         let z = self.wt.broadcast_matmul(&x.reshape((b, cin, h * w))?)?; // (b, Cout·16, h·w)
-        let z = z.reshape((b, self.cout, 4, 4, h, w))?.pad_with_zeros(4, 1, 1)?.pad_with_zeros(5, 1, 1)?;
+        let z = z
+            .reshape((b, self.cout, 4, 4, h, w))?
+            .pad_with_zeros(4, 1, 1)?
+            .pad_with_zeros(5, 1, 1)?;
         // Output row 2y'+p takes (ky, input row y'+dy): p=0 → (1, 0), (3, −1); p=1 → (2, 0), (0, +1).
         let taps: [[(usize, isize); 2]; 2] = [[(1, 0), (3, -1)], [(2, 0), (0, 1)]];
         let mut phases = Vec::with_capacity(4);
@@ -178,7 +217,11 @@ impl Module for Up4s2 {
                 let mut acc: Option<Tensor> = None;
                 for (ky, dy) in ty {
                     for (kx, dx) in tx {
-                        let t = z.narrow(2, ky, 1)?.narrow(3, kx, 1)?.narrow(4, (1 + dy) as usize, h)?.narrow(5, (1 + dx) as usize, w)?;
+                        let t = z
+                            .narrow(2, ky, 1)?
+                            .narrow(3, kx, 1)?
+                            .narrow(4, (1 + dy) as usize, h)?
+                            .narrow(5, (1 + dx) as usize, w)?;
                         acc = Some(match acc {
                             None => t,
                             Some(a) => (a + t)?,
@@ -189,7 +232,10 @@ impl Module for Up4s2 {
             }
         }
         // (b, Cout, py, px, h, w) → (b, Cout, h, py, w, px) → (b, Cout, 2h, 2w)
-        let y = Tensor::stack(&phases, 2)?.reshape((b, self.cout, 2, 2, h, w))?.permute((0, 1, 4, 2, 5, 3))?.reshape((b, self.cout, 2 * h, 2 * w))?;
+        let y = Tensor::stack(&phases, 2)?
+            .reshape((b, self.cout, 2, 2, h, w))?
+            .permute((0, 1, 4, 2, 5, 3))?
+            .reshape((b, self.cout, 2 * h, 2 * w))?;
         match &self.bias {
             Some(bias) => y.broadcast_add(&bias.reshape((1, self.cout, 1, 1))?),
             None => Ok(y),
@@ -245,7 +291,11 @@ impl VqVae {
     /// [`preprocess::normalize_depth`]; with `use_norm` it is the raw map, as in AiT's `forward`.
     pub fn encode_latents(&self, x: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        let x = if self.cfg.use_norm { ((x / self.cfg.max_value)? - 0.5)?.affine(2.0, 0.0)? } else { x.clone() };
+        let x = if self.cfg.use_norm {
+            ((x / self.cfg.max_value)? - 0.5)?.affine(2.0, 0.0)?
+        } else {
+            x.clone()
+        };
         self.encoder.forward(&x)
     }
 
@@ -255,9 +305,15 @@ impl VqVae {
         let _g = self.span.enter();
         let (b, d, gh, gw) = latents.dims4()?;
         if d != self.cfg.codebook_dim {
-            candle_core::bail!("vqvae quantize: latents have {d} channels, the codebook {}", self.cfg.codebook_dim)
+            candle_core::bail!(
+                "vqvae quantize: latents have {d} channels, the codebook {}",
+                self.cfg.codebook_dim
+            )
         }
-        let flat = latents.permute((0, 2, 3, 1))?.reshape((b * gh * gw, d))?.to_dtype(DType::F32)?;
+        let flat = latents
+            .permute((0, 2, 3, 1))?
+            .reshape((b * gh * gw, d))?
+            .to_dtype(DType::F32)?;
         let e = self.codebook.to_dtype(DType::F32)?;
         let x2 = flat.sqr()?.sum_keepdim(1)?;
         let e2 = e.sqr()?.sum(1)?.unsqueeze(0)?;
@@ -282,9 +338,14 @@ impl VqVae {
         let idx = codes.flatten_all()?.to_dtype(DType::U32)?;
         let max = idx.max(0)?.to_scalar::<u32>()? as usize;
         if max >= self.cfg.num_tokens {
-            candle_core::bail!("vqvae: code {max} is out of range for a {}-entry codebook", self.cfg.num_tokens)
+            candle_core::bail!(
+                "vqvae: code {max} is out of range for a {}-entry codebook",
+                self.cfg.num_tokens
+            )
         }
-        self.codebook.index_select(&idx, 0)?.reshape((b, gh, gw, self.cfg.codebook_dim))
+        self.codebook
+            .index_select(&idx, 0)?
+            .reshape((b, gh, gw, self.cfg.codebook_dim))
     }
 
     /// Code grid → depth map: (b, gh, gw) → (b, C, 32·gh, 32·gw) (AiT `decode`; in [−1, 1] for
@@ -337,23 +398,41 @@ fn argmin_first(row: &[f32]) -> u32 {
 pub fn load(path: &Path, cfg: &Config, dtype: DType, device: &Device) -> crate::Result<VqVae> {
     cfg.validate()?;
     let fail = |e: candle_core::Error| crate::Error::input(path, crate::error::candle_message(&e));
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if !path.is_file() {
-        return Err(crate::Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        return Err(crate::Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
     }
     let tensors: Vec<(String, Tensor)> = if ext == "safetensors" {
-        candle_core::safetensors::load(path, &Device::Cpu).map_err(fail)?.into_iter().collect()
+        candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(fail)?
+            .into_iter()
+            .collect()
     } else {
         match candle_core::pickle::read_all_with_key(path, Some("weights")) {
             Ok(t) if !t.is_empty() => t,
             _ => candle_core::pickle::read_all(path).map_err(fail)?,
         }
     };
-    let map: HashMap<String, Tensor> =
-        tensors.into_iter().map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v)).collect();
+    let map: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v))
+        .collect();
     let vb = VarBuilder::from_tensors(map, dtype, device);
     VqVae::new(cfg, vb).map_err(|e| {
-        crate::Error::input(path, format!("not a depth VQ-VAE checkpoint for this config: {}", crate::error::candle_message(&e)))
+        crate::Error::input(
+            path,
+            format!(
+                "not a depth VQ-VAE checkpoint for this config: {}",
+                crate::error::candle_message(&e)
+            ),
+        )
     })
 }
 
@@ -373,7 +452,12 @@ mod tests {
         let dev = Device::Cpu;
         let vm = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
-        let cfg = ConvTranspose2dConfig { padding: 1, stride: 2, output_padding: 0, dilation: 1 };
+        let cfg = ConvTranspose2dConfig {
+            padding: 1,
+            stride: 2,
+            output_padding: 0,
+            dilation: 1,
+        };
         let c = candle_nn::conv_transpose2d(5, 3, 4, cfg, vb).unwrap();
         for v in vm.all_vars() {
             v.set(&Tensor::randn(0f32, 1.0, v.shape(), &dev).unwrap()).unwrap();
@@ -392,9 +476,15 @@ mod tests {
         let c = Config::default();
         assert_eq!((c.layer_num(), c.grid()), (4, (10, 10)));
         c.validate().unwrap();
-        let bad = Config { residual_type: "v2".into(), ..Config::default() };
+        let bad = Config {
+            residual_type: "v2".into(),
+            ..Config::default()
+        };
         assert!(bad.validate().unwrap_err().to_string().contains("v2"));
-        let bad = Config { downsample_ratio: 1, ..Config::default() };
+        let bad = Config {
+            downsample_ratio: 1,
+            ..Config::default()
+        };
         assert!(VqVae::new(&bad, VarBuilder::zeros(DType::F32, &Device::Cpu)).is_err());
     }
 }

@@ -39,7 +39,11 @@ fn check_len(n: usize, w: usize, h: usize) -> Result<()> {
 /// Replace NaN/±inf (e.g. Middlebury's "no ground truth") by the smallest finite value, i.e. the
 /// farthest disparity; returns how many were replaced, `None` when no value is finite.
 pub fn fill_non_finite(data: &mut [f32]) -> Option<usize> {
-    let lo = data.iter().copied().filter(|v| v.is_finite()).fold(f32::INFINITY, f32::min);
+    let lo = data
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f32::INFINITY, f32::min);
     if !lo.is_finite() {
         return None;
     }
@@ -57,13 +61,24 @@ pub fn minmax_u8(data: &[f32]) -> Vec<u8> {
     let lo = data.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let range = hi - lo;
-    data.iter().map(|&v| if range > 0.0 { ((v - lo) / range * 255.0f32) as u8 } else { 0 }).collect()
+    data.iter()
+        .map(|&v| {
+            if range > 0.0 {
+                ((v - lo) / range * 255.0f32) as u8
+            } else {
+                0
+            }
+        })
+        .collect()
 }
 
 /// `1/d` for metric depth (d > 0), so that brighter = closer as AURORA expects; other values
 /// become NaN (missing).
 pub fn depth_to_disparity(depth: &[f32]) -> Vec<f32> {
-    depth.iter().map(|&d| if d > 0.0 && d.is_finite() { 1.0 / d } else { f32::NAN }).collect()
+    depth
+        .iter()
+        .map(|&d| if d > 0.0 && d.is_finite() { 1.0 / d } else { f32::NAN })
+        .collect()
 }
 
 /// Pillow's `Image.resize(..., NEAREST)` (`ImagingScaleAffine`): source index
