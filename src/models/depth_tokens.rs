@@ -291,6 +291,9 @@ pub struct DepthConstraint {
     end_only: [u32; 1],
     banned_before: Vec<u32>,
     banned_after: Vec<u32>,
+    /// The additive mask of each state kind (before, codes, end, after), built once on the
+    /// logits' device so a decode step uploads nothing.
+    masks: std::cell::RefCell<[Option<Tensor>; 4]>,
 }
 
 impl DepthConstraint {
@@ -307,6 +310,7 @@ impl DepthConstraint {
             ids,
             banned_before,
             banned_after,
+            masks: Default::default(),
         }
     }
 
@@ -354,7 +358,32 @@ impl DepthConstraint {
 impl crate::models::generate::LogitsConstraint for DepthConstraint {
     /// Logits with every token the constraint forbids set to −inf; logits are (…, vocab).
     fn apply(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
-        apply_allowed(logits, &self.allowed())
+        let allowed = self.allowed();
+        if allowed == Allowed::Any {
+            return Ok(logits.clone());
+        }
+        let kind = match self.state {
+            State::Before => 0,
+            State::Codes(_) => 1,
+            State::End => 2,
+            State::After => 3,
+        };
+        let vocab = logits.dim(D::Minus1)?;
+        let cached = self.masks.borrow()[kind]
+            .as_ref()
+            .filter(|m| {
+                m.dim(0).ok() == Some(vocab) && m.dtype() == logits.dtype() && m.device().same_device(logits.device())
+            })
+            .cloned();
+        let mask = match cached {
+            Some(m) => m,
+            None => {
+                let m = allowed_mask(vocab, &allowed, logits)?;
+                self.masks.borrow_mut()[kind] = Some(m.clone());
+                m
+            }
+        };
+        logits.broadcast_add(&mask)
     }
 
     /// The loop only feeds tokens `apply` allowed; anything else leaves the state unchanged.
@@ -370,13 +399,17 @@ pub fn apply_allowed(logits: &Tensor, allowed: &Allowed) -> candle_core::Result<
         return Ok(logits.clone());
     }
     let vocab = logits.dim(D::Minus1)?;
+    logits.broadcast_add(&allowed_mask(vocab, allowed, logits)?)
+}
+
+/// The additive (vocab,) mask of `allowed` on the device and in the dtype of `like`.
+fn allowed_mask(vocab: usize, allowed: &Allowed, like: &Tensor) -> candle_core::Result<Tensor> {
     if let Allowed::Only(s) = allowed {
         if !s.iter().any(|&id| (id as usize) < vocab) {
             candle_core::bail!("depth constraint: no allowed token id is below the vocabulary size {vocab}")
         }
     }
-    let mask = Tensor::from_vec(allowed.mask(vocab), vocab, logits.device())?.to_dtype(logits.dtype())?;
-    logits.broadcast_add(&mask)
+    Tensor::from_vec(allowed.mask(vocab), vocab, like.device())?.to_dtype(like.dtype())
 }
 
 #[cfg(test)]

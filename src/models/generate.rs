@@ -74,6 +74,7 @@ pub fn generate_constrained(
         (t, Some(p)) => Sampling::TopP { p, temperature: t },
         (t, None) => Sampling::All { temperature: t },
     };
+    let greedy = matches!(sampling, Sampling::ArgMax);
     let mut proc = LogitsProcessor::from_sampling(opts.seed, sampling);
     model.llm.clear_kv_cache();
     let prompt_tokens = embeds.dim(1)?;
@@ -91,7 +92,13 @@ pub fn generate_constrained(
         if let Some(c) = constraint.as_deref() {
             logits = c.apply(&logits.to_dtype(candle_core::DType::F32)?)?;
         }
-        let next = proc.sample(&logits)?;
+        // Greedy on a GPU picks the id on the device, so only it crosses to the host; the CPU
+        // keeps LogitsProcessor's argmax (its tie rule is what the goldens were made with).
+        let next = if greedy && !logits.device().is_cpu() {
+            logits.argmax(candle_core::D::Minus1)?.to_scalar::<u32>()?
+        } else {
+            proc.sample(&logits)?
+        };
         if let Some(c) = constraint.as_deref_mut() {
             c.advance(next);
         }

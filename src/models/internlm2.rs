@@ -3,7 +3,7 @@
 //! attention_norm, ffn_norm}`, `model.norm`, `output`. `wqkv` is grouped per KV head:
 //! rows are [q_0 … q_{g-1}, k, v] × head_dim for each of the KV heads (g = heads / kv_heads).
 
-use super::nn::{CausalAttention, Decoder, DecoderLayer, Linear, RmsNorm, Rope};
+use super::nn::{CausalAttention, Decoder, DecoderLayer, Linear, RmsNorm, Rope, RopeScaling};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::Arc;
@@ -105,18 +105,14 @@ pub type Model = Decoder<Layer>;
 
 impl Decoder<Layer> {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        if let Some(rs) = cfg.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-            // Dynamic NTK only changes RoPE past max_position_embeddings; linear scaling always does.
-            if rs.get("type").and_then(|t| t.as_str()) != Some("dynamic") {
-                candle_core::bail!("unsupported InternLM2 rope_scaling {rs}");
-            }
-        }
+        let scaling = RopeScaling::from_config(cfg.rope_scaling.as_ref()).map_err(candle_core::Error::msg)?;
         let m = vb.pp("model");
         let head_dim = cfg.hidden_size / cfg.num_attention_heads;
-        let rope = Arc::new(Rope::new(
+        let rope = Arc::new(Rope::with_scaling(
             head_dim,
             cfg.max_position_embeddings,
             cfg.rope_theta,
+            scaling,
             vb.dtype(),
             vb.device(),
         )?);

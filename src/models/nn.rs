@@ -124,36 +124,128 @@ pub fn repeat_kv(xs: Tensor, n_rep: usize) -> Result<Tensor> {
         .reshape((b, kv * n_rep, s, d))
 }
 
+/// How RoPE positions are scaled (`rope_scaling` of the LLM config).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by the factor everywhere (`type: linear`).
+    Linear(f64),
+    /// Dynamic NTK (`type: dynamic`): past `max_position_embeddings` the base grows with the
+    /// sequence length L as `θ·(f·L/max − (f − 1))^(d/(d−2))`.
+    Dynamic(f64),
+}
+
+impl RopeScaling {
+    /// Parse a config's `rope_scaling` (`null`, or `{"type"|"rope_type": "linear"|"dynamic", "factor"}`).
+    pub fn from_config(v: Option<&serde_json::Value>) -> std::result::Result<Self, String> {
+        let Some(v) = v.filter(|v| !v.is_null()) else {
+            return Ok(RopeScaling::None);
+        };
+        let kind = v.get("type").or_else(|| v.get("rope_type")).and_then(|t| t.as_str());
+        let factor = v.get("factor").and_then(|f| f.as_f64());
+        match (kind, factor) {
+            (Some("default"), _) => Ok(RopeScaling::None),
+            (Some("linear"), Some(f)) if f > 0.0 => Ok(RopeScaling::Linear(f)),
+            (Some("dynamic"), Some(f)) if f > 0.0 => Ok(RopeScaling::Dynamic(f)),
+            _ => Err(format!(
+                "unsupported rope_scaling {v} (supported: linear or dynamic with a positive factor)"
+            )),
+        }
+    }
+}
+
 /// RoPE tables computed in f32 (positions beyond 256 lose precision in bf16), then cast.
+/// Positions past the table (or, with dynamic NTK, past `max_position_embeddings`) are computed
+/// for the chunk at hand, as the references extend their caches.
 #[derive(Debug, Clone)]
 pub struct Rope {
     pub sin: Tensor,
     pub cos: Tensor,
+    head_dim: usize,
+    max_pos: usize,
+    theta: f64,
+    scaling: RopeScaling,
+    dtype: DType,
+}
+
+/// `1 / base^(2i/d)` for i < d/2.
+fn inv_freq(head_dim: usize, base: f64) -> Vec<f32> {
+    (0..head_dim)
+        .step_by(2)
+        .map(|i| (1.0 / base.powf(i as f64 / head_dim as f64)) as f32)
+        .collect()
+}
+
+/// (sin, cos) of positions `start..start+n` (divided by `div`) against `inv`, in f32.
+fn rope_table(inv: &[f32], start: usize, n: usize, div: f64, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let inv = Tensor::from_vec(inv.to_vec(), (1, inv.len()), dev)?;
+    let mut t = Tensor::arange(start as u32, (start + n) as u32, dev)?
+        .to_dtype(DType::F32)?
+        .reshape((n, 1))?;
+    if div != 1.0 {
+        t = (t / div)?;
+    }
+    let freqs = t.matmul(&inv)?;
+    Ok((freqs.sin()?, freqs.cos()?))
 }
 
 impl Rope {
     pub fn new(head_dim: usize, max_pos: usize, theta: f64, dtype: DType, dev: &candle_core::Device) -> Result<Self> {
-        let inv: Vec<f32> = (0..head_dim)
-            .step_by(2)
-            .map(|i| (1.0 / theta.powf(i as f64 / head_dim as f64)) as f32)
-            .collect();
-        let n = inv.len();
-        let inv = Tensor::from_vec(inv, (1, n), dev)?;
-        let t = Tensor::arange(0u32, max_pos as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((max_pos, 1))?;
-        let freqs = t.matmul(&inv)?;
+        Self::with_scaling(head_dim, max_pos, theta, RopeScaling::None, dtype, dev)
+    }
+
+    pub fn with_scaling(
+        head_dim: usize,
+        max_pos: usize,
+        theta: f64,
+        scaling: RopeScaling,
+        dtype: DType,
+        dev: &candle_core::Device,
+    ) -> Result<Self> {
+        let div = match scaling {
+            RopeScaling::Linear(f) => f,
+            _ => 1.0,
+        };
+        let (sin, cos) = rope_table(&inv_freq(head_dim, theta), 0, max_pos, div, dev)?;
         Ok(Self {
-            sin: freqs.sin()?.to_dtype(dtype)?,
-            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            cos: cos.to_dtype(dtype)?,
+            head_dim,
+            max_pos,
+            theta,
+            scaling,
+            dtype,
         })
+    }
+
+    /// (cos, sin) for positions offset..offset+s of a sequence that is then offset+s long.
+    fn cos_sin(&self, offset: usize, s: usize) -> Result<(Tensor, Tensor)> {
+        let total = offset + s;
+        let dynamic = matches!(self.scaling, RopeScaling::Dynamic(_)) && total > self.max_pos;
+        if !dynamic && total <= self.max_pos {
+            return Ok((self.cos.narrow(0, offset, s)?, self.sin.narrow(0, offset, s)?));
+        }
+        let (base, div) = match self.scaling {
+            // The reference recomputes its cache for the current length L when L passes the
+            // cached length, so the new positions rotate with the base of L.
+            RopeScaling::Dynamic(f) => {
+                let d = self.head_dim as f64;
+                (
+                    self.theta * ((f * total as f64 / self.max_pos as f64) - (f - 1.0)).powf(d / (d - 2.0)),
+                    1.0,
+                )
+            }
+            RopeScaling::Linear(f) => (self.theta, f),
+            RopeScaling::None => (self.theta, 1.0),
+        };
+        let (sin, cos) = rope_table(&inv_freq(self.head_dim, base), offset, s, div, self.cos.device())?;
+        Ok((cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?))
     }
 
     /// Rotate-half RoPE on (b, h, s, d) at positions offset..offset+s.
     pub fn apply(&self, q: &Tensor, k: &Tensor, offset: usize) -> Result<(Tensor, Tensor)> {
         let (_, _, s, _) = q.dims4()?;
-        let cos = self.cos.narrow(0, offset, s)?;
-        let sin = self.sin.narrow(0, offset, s)?;
+        let (cos, sin) = self.cos_sin(offset, s)?;
         Ok((
             candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?,
             candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?,
@@ -277,5 +369,65 @@ impl<L: DecoderLayer> Decoder<L> {
 
     pub fn clear_kv_cache(&mut self) {
         self.layers.iter_mut().for_each(DecoderLayer::reset_cache);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// InternLM2's plain, linear and dynamic-NTK rotary embeddings against the reference classes
+    /// driven through a generation that crosses max_position_embeddings (tools/gen_rope_goldens.py).
+    #[test]
+    fn rope_scaling_matches_internlm2s_classes() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/internvl/rope_goldens.json");
+        let g: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let dev = candle_core::Device::Cpu;
+        for case in g["cases"].as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let scaling = match (name, case["factor"].as_f64()) {
+                ("linear", Some(f)) => RopeScaling::Linear(f),
+                ("dynamic", Some(f)) => RopeScaling::Dynamic(f),
+                _ => RopeScaling::None,
+            };
+            let rope = Rope::with_scaling(
+                case["head_dim"].as_u64().unwrap() as usize,
+                case["max_position_embeddings"].as_u64().unwrap() as usize,
+                case["rope_theta"].as_f64().unwrap(),
+                scaling,
+                DType::F32,
+                &dev,
+            )
+            .unwrap();
+            for call in case["calls"].as_array().unwrap() {
+                let (off, n) = (
+                    call["offset"].as_u64().unwrap() as usize,
+                    call["len"].as_u64().unwrap() as usize,
+                );
+                let (cos, sin) = rope.cos_sin(off, n).unwrap();
+                for (got, key) in [(cos, "cos"), (sin, "sin")] {
+                    let got: Vec<Vec<f32>> = got.to_vec2().unwrap();
+                    let want: Vec<Vec<f64>> = serde_json::from_value(call[key].clone()).unwrap();
+                    for (r, (a, b)) in got.iter().zip(&want).enumerate() {
+                        for (c, (x, y)) in a.iter().zip(b).enumerate() {
+                            // f32 sin/cos of the same f32 angles; the base's pow in f64 vs torch's f32.
+                            assert!(
+                                (*x as f64 - y).abs() < 2e-6,
+                                "{name} offset {off} row {r} col {c} {key}: {x} vs {y}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(RopeScaling::from_config(Some(&serde_json::json!({"type": "yarn", "factor": 4.0}))).is_err());
+        assert_eq!(
+            RopeScaling::from_config(Some(&serde_json::json!({"type": "dynamic", "factor": 2.0}))),
+            Ok(RopeScaling::Dynamic(2.0))
+        );
+        assert_eq!(
+            RopeScaling::from_config(Some(&serde_json::Value::Null)),
+            Ok(RopeScaling::None)
+        );
     }
 }
