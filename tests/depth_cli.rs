@@ -38,6 +38,7 @@ fn constrained_decoding_always_yields_a_full_block() {
                     seed,
                     top_p: None,
                     stop_ids: vec![],
+                    stop_text: None,
                 },
                 constrain: true,
                 force_depth: true,
@@ -297,6 +298,7 @@ fn segment_keeps_depth_blocks_well_formed() {
                 seed,
                 top_p: None,
                 stop_ids: vec![],
+                stop_text: None,
             },
         };
         let r = g.segment(&img, &vision, "the cat", &opts).unwrap();

@@ -238,3 +238,68 @@ fn bad_inputs_are_clear_errors() {
     let o = run(&["ask", img, "q", "--model", m, "--device", "tpu"], None);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// Stops as Sa2VA sets them: the template's stop words that are tokens, the tokenizer's eos
+/// token, and, for a stop word the vocabulary does not have as one token (phi3_chat's `<|end|>`
+/// with a Qwen2.5 vocabulary, as Sa2VA-4B's config names it), the decoded text.
+#[test]
+fn stop_words_follow_the_template_and_the_tokenizer() {
+    let m = load("tiny-qwen2");
+    let im_end = m.tokenizer.token_to_id("<|im_end|>").unwrap();
+    assert!(m.stop_ids.contains(&im_end) && m.stop_text.is_none());
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("internvl/tiny-qwen2");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["template"] = serde_json::json!("phi3-chat");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let m = ChatModel::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(m.template.name, "phi3_chat");
+    // `<|end|>` is not a token here: the eos token still stops, the text stop word too.
+    assert_eq!(m.stop_ids, vec![im_end]);
+    let st = m.stop_text.clone().expect("a text stop word");
+    assert_eq!(st.words, vec!["<|end|>".to_string()]);
+    let ids = |s: &str| m.tokenizer.encode(s, false).unwrap().get_ids().to_vec();
+    assert!(ids("<|end|>").len() > 1, "the test needs <|end|> to be several tokens");
+    assert!(st.hit(&ids("A cat.<|end|>")) && st.hit(&ids("A cat.<|end|>\n")));
+    assert!(!st.hit(&ids("A cat.")) && !st.hit(&ids("<|end|> and more")));
+    assert_eq!(m.decode_reply(&ids(" A cat. <|end|>"), &m.stop_ids).unwrap(), "A cat.");
+}
+
+/// `ask --json` reports prefill and decode apart: decode tokens/s is over the decode loop only.
+#[test]
+fn ask_timings_split_prefill_and_decode() {
+    let img = fixture("images/chelsea.png");
+    let model = fixture("internvl/tiny-qwen2");
+    let j = run_json(&[
+        "ask",
+        img.to_str().unwrap(),
+        "What is it?",
+        "--model",
+        model.to_str().unwrap(),
+        "--max-tiles",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    let t = &j["timings"];
+    let f = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("no timings.{k}: {t}"));
+    assert!(f("prefill_s") > 0.0 && f("decode_s") > 0.0);
+    assert!(f("prefill_s") + f("decode_s") <= f("llm_s") + 1e-6, "{t}");
+    let n = j["tokens_generated"].as_f64().unwrap();
+    assert!(
+        (f("decode_tok_per_s") - n / f("decode_s")).abs() < 1e-6 * f("decode_tok_per_s").max(1.0),
+        "{t}"
+    );
+    assert!(
+        (f("prefill_tok_per_s") - j["prompt_tokens"].as_f64().unwrap() / f("prefill_s")).abs()
+            < 1e-3 * f("prefill_tok_per_s")
+    );
+}

@@ -59,6 +59,7 @@ pub fn run(a: AskArgs) -> Result<()> {
         top_p: a.top_p,
         seed: a.seed,
         stop_ids: vec![],
+        stop_text: None,
     };
     let stream = !a.json;
     let tokenizer = g.chat.tokenizer.clone();
@@ -139,7 +140,10 @@ pub fn run(a: AskArgs) -> Result<()> {
             "vision_s": vision.secs,
             "llm_s": r.llm_s,
             "sam2_s": r.sam2_s,
-            "decode_tok_per_s": r.token_ids.len() as f64 / r.llm_s.max(1e-9),
+            "prefill_s": r.prefill_s,
+            "prefill_tok_per_s": r.prompt_tokens as f64 / r.prefill_s.max(1e-9),
+            "decode_s": r.decode_s,
+            "decode_tok_per_s": r.token_ids.len() as f64 / r.decode_s.max(1e-9),
         },
     });
     if let Some(dir) = &a.save_dir {

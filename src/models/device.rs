@@ -8,13 +8,13 @@ use candle_core::{DType, Device};
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
-        "auto" => {
-            if candle_core::utils::cuda_is_available() {
-                cuda(0)
-            } else {
-                Ok(Device::Cpu)
-            }
-        }
+        // `cuda_is_available` only says the build has CUDA; whether a GPU answers is known by
+        // opening it, so a CUDA build on a machine without one falls back to the CPU.
+        "auto" => Ok(if candle_core::utils::cuda_is_available() {
+            Device::new_cuda(0).unwrap_or(Device::Cpu)
+        } else {
+            Device::Cpu
+        }),
         "cuda" => cuda(0),
         other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
             Some(n) => cuda(n),

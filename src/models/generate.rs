@@ -15,6 +15,28 @@ pub struct GenerateOptions {
     pub top_p: Option<f64>,
     pub seed: u64,
     pub stop_ids: Vec<u32>,
+    /// Stop words that are not one token of this tokenizer (e.g. phi3_chat's `<|end|>` with a
+    /// Qwen2.5 vocabulary), matched on the decoded reply as Sa2VA's `StopWordStoppingCriteria`.
+    pub stop_text: Option<StopText>,
+}
+
+/// Text-level stop words: generation ends once the decoded reply, with `\r` and `\n` removed,
+/// ends with one of them.
+#[derive(Debug, Clone)]
+pub struct StopText {
+    pub tokenizer: std::sync::Arc<tokenizers::Tokenizer>,
+    pub words: Vec<String>,
+}
+
+impl StopText {
+    /// Whether the reply `ids` now ends with a stop word.
+    pub fn hit(&self, ids: &[u32]) -> bool {
+        let Ok(text) = self.tokenizer.decode(ids, false) else {
+            return false;
+        };
+        let text: String = text.chars().filter(|&c| c != '\r' && c != '\n').collect();
+        self.words.iter().any(|w| text.ends_with(w.as_str()))
+    }
 }
 
 impl Default for GenerateOptions {
@@ -25,6 +47,7 @@ impl Default for GenerateOptions {
             top_p: None,
             seed: 299792458,
             stop_ids: vec![],
+            stop_text: None,
         }
     }
 }
@@ -104,7 +127,7 @@ pub fn generate_constrained(
         }
         ids.push(next);
         on_token(next);
-        if opts.stop_ids.contains(&next) {
+        if opts.stop_ids.contains(&next) || opts.stop_text.as_ref().is_some_and(|st| st.hit(&ids)) {
             stopped = true;
             break;
         }

@@ -27,7 +27,9 @@ const TEMPLATES: &[Template] = &[
 ];
 
 impl Template {
+    /// The template a config names; `-` and `_` are the same (Sa2VA's `template.replace('-', '_')`).
     pub fn by_name(name: &str) -> Option<&'static Template> {
+        let name = name.replace('-', "_");
         TEMPLATES.iter().find(|t| t.name == name)
     }
 

@@ -3,7 +3,7 @@
 use super::{Config, InternVl};
 use crate::error::{Error, Result};
 use crate::models::checkpoint::Checkpoint;
-use crate::models::generate::{generate, teacher_force, GenerateOptions, Generation};
+use crate::models::generate::{generate, teacher_force, GenerateOptions, Generation, StopText};
 use crate::models::template::{expand_image, Template, IMG_CONTEXT};
 use crate::preprocess::internvl::{dynamic_tiles, normalize_tiles, TileGrid};
 use candle_core::{DType, Device, Tensor};
@@ -15,7 +15,11 @@ pub struct ChatModel {
     pub tokenizer: Tokenizer,
     pub template: &'static Template,
     pub image_token_id: u32,
+    /// Ids that end a reply: the template's stop words that are single tokens, and the
+    /// tokenizer's eos token (the reference's `eos_token_id`).
     pub stop_ids: Vec<u32>,
+    /// The template's stop words that are not single tokens of this vocabulary.
+    pub stop_text: Option<StopText>,
     pub device: Device,
     pub dtype: DType,
 }
@@ -59,11 +63,26 @@ impl ChatModel {
         let image_token_id = tokenizer
             .token_to_id(IMG_CONTEXT)
             .ok_or_else(|| Error::input(&tok_path, "the tokenizer has no <IMG_CONTEXT> token"))?;
-        let stop_ids = template
+        let mut stop_ids: Vec<u32> = template
             .stop_words
             .iter()
             .filter_map(|w| tokenizer.token_to_id(w))
             .collect();
+        if let Some(eos) = eos_token(dir)?.and_then(|t| tokenizer.token_to_id(&t)) {
+            if !stop_ids.contains(&eos) {
+                stop_ids.push(eos);
+            }
+        }
+        let words: Vec<String> = template
+            .stop_words
+            .iter()
+            .filter(|w| tokenizer.token_to_id(w).is_none())
+            .map(|w| w.to_string())
+            .collect();
+        let stop_text = (!words.is_empty()).then(|| StopText {
+            tokenizer: std::sync::Arc::new(tokenizer.clone()),
+            words,
+        });
         let model = InternVl::new(config, ck.vb()).map_err(|e| ck.weight_error(e))?;
         Ok(Self {
             model,
@@ -71,6 +90,7 @@ impl ChatModel {
             template,
             image_token_id,
             stop_ids,
+            stop_text,
             device: device.clone(),
             dtype,
         })
@@ -152,10 +172,7 @@ impl ChatModel {
         on_token: impl FnMut(u32),
     ) -> Result<Answer> {
         let (prompt_ids, embeds) = self.embed_prompt(vision, user)?;
-        let mut opts = opts.clone();
-        if opts.stop_ids.is_empty() {
-            opts.stop_ids = self.stop_ids.clone();
-        }
+        let opts = self.with_stops(opts);
         let generation = generate(&mut self.model, &embeds, &opts, on_token)?;
         let text = self.decode_reply(&generation.ids, &opts.stop_ids)?;
         Ok(Answer {
@@ -168,6 +185,16 @@ impl ChatModel {
         })
     }
 
+    /// `opts` with this model's stops unless the caller gave its own stop ids.
+    pub fn with_stops(&self, opts: &GenerateOptions) -> GenerateOptions {
+        let mut o = opts.clone();
+        if o.stop_ids.is_empty() {
+            o.stop_ids = self.stop_ids.clone();
+            o.stop_text = o.stop_text.or_else(|| self.stop_text.clone());
+        }
+        o
+    }
+
     /// The text of generated ids: stop tokens dropped, special tokens such as `[SEG]` kept,
     /// surrounding whitespace trimmed (as Sa2VA's `predict_forward` returns it).
     pub fn decode_reply(&self, ids: &[u32], stop_ids: &[u32]) -> Result<String> {
@@ -176,7 +203,12 @@ impl ChatModel {
             .tokenizer
             .decode(&kept, false)
             .map_err(|e| Error::at("tokenizer", e.to_string()))?;
-        Ok(text.trim().to_string())
+        let mut text = text.trim();
+        // A stop word made of several tokens ends the text like a stop token would.
+        for w in self.stop_text.iter().flat_map(|s| &s.words) {
+            text = text.strip_suffix(w.as_str()).unwrap_or(text).trim_end();
+        }
+        Ok(text.to_string())
     }
 
     /// Teacher-force the assistant reply `reply` after the user turn and return its token ids
@@ -207,6 +239,21 @@ impl ChatModel {
         let vision = self.vision(img, max_tiles)?;
         self.reply(&vision, &format!("<image>\n{question}"), opts, on_token)
     }
+}
+
+/// The `eos_token` of `tokenizer_config.json` (a string or `{"content": ...}`), if any.
+fn eos_token(dir: &Path) -> Result<Option<String>> {
+    let p = dir.join("tokenizer_config.json");
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&crate::util::read_file(&p)?)
+        .map_err(|e| Error::input(&p, format!("not valid JSON: {e}")))?;
+    Ok(match v.get("eos_token") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        None => None,
+    })
 }
 
 /// InternVL image features of one photo (after mlp1), reusable across prompts.

@@ -117,7 +117,11 @@ pub struct SpatialAnswer {
     /// `None` when the reply has no depth block (or the model has no depth tokens).
     pub depth: Option<DepthOutcome>,
     pub prompt_tokens: usize,
+    /// Embedding the prompt, prefill and decoding together.
     pub llm_s: f64,
+    /// The prefill forward alone, and the decode loop alone (every generated token).
+    pub prefill_s: f64,
+    pub decode_s: f64,
     pub sam2_s: f64,
 }
 
@@ -209,10 +213,7 @@ impl Grounder {
     ) -> Result<SpatialAnswer> {
         let t = Instant::now();
         let (_, mut embeds) = self.chat.embed_prompt(vision, user)?;
-        let mut opts = o.generation.clone();
-        if opts.stop_ids.is_empty() {
-            opts.stop_ids = self.chat.stop_ids.clone();
-        }
+        let opts = self.chat.with_stops(&o.generation);
         let mut guard = self.depth.as_ref().map(|d| d.constraint());
         let mut prefix: Vec<u32> = Vec::new();
         if o.force_depth {
@@ -288,6 +289,8 @@ impl Grounder {
             depth,
             prompt_tokens: g.prompt_tokens,
             llm_s,
+            prefill_s: g.prefill_secs,
+            decode_s: g.decode_secs,
             sam2_s: timings.sam2_encode_s + timings.sam2_decode_s,
         })
     }
@@ -335,10 +338,7 @@ impl Grounder {
             // Same decoding as `respond`: a model with depth tokens keeps any depth block it
             // writes well-formed, so the chain before the answer is never cut or malformed.
             let (_, embeds) = self.chat.embed_prompt(vision, prompt)?;
-            let mut gen = opts.generation.clone();
-            if gen.stop_ids.is_empty() {
-                gen.stop_ids = self.chat.stop_ids.clone();
-            }
+            let gen = self.chat.with_stops(&opts.generation);
             let mut guard = self.depth.as_ref().map(|d| d.constraint());
             let c = guard.as_mut().map(|g| g as &mut dyn LogitsConstraint);
             let g = &generate_constrained(&mut self.chat.model, &embeds, &gen, c, |_| {})?;
