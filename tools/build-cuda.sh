@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build perceptio with `--features cuda` on a machine WITHOUT a GPU and WITHOUT a system CUDA
 # toolkit: everything CUDA comes from NVIDIA's official PyPI wheels, installed into a private
-# venv under target/ (nothing is installed system-wide, nothing outside target/ is written).
+# venv under target/ (nothing is installed system-wide; needs python3 with venv, cc, binutils).
 #
 #   tools/build-cuda.sh            # venv + kernels + cargo build --release --features cuda
 #
@@ -18,13 +18,16 @@
 #   CUDA_COMPUTE_CAP   default 80, see "Compute capability" below
 #   CARGO_BUILD_JOBS   passed through to cargo (and nvcc parallelism)
 #   PYTHON             python used to create the venv (default python3)
+#   PERCEPTIO_CUDA_TARGET_DIR, PERCEPTIO_CUDA_VENV
+#                      where the build and the venv go (default target/cuda, target/cuda-venv);
+#                      absolute paths, e.g. to share one of each between worktrees
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-TARGET_DIR="$ROOT/target/cuda"
-VENV="$ROOT/target/cuda-venv"
+TARGET_DIR="${PERCEPTIO_CUDA_TARGET_DIR:-$ROOT/target/cuda}"
+VENV="${PERCEPTIO_CUDA_VENV:-$ROOT/target/cuda-venv}"
 PYTHON="${PYTHON:-python3}"
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +86,7 @@ step_start() { STEP_NAME="$1"; STEP_T0=$(date +%s.%N); echo; echo "==> [$STEP_NA
 step_end() {
     local dt
     dt=$(awk -v a="$STEP_T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
-    TIMES+=("$(printf '%-34s %8ss' "$STEP_NAME" "$dt")")
+    TIMES+=("$(printf '%-40s %8ss' "$STEP_NAME" "$dt")")
     echo "==> [$STEP_NAME] done in ${dt}s"
 }
 
@@ -96,15 +99,32 @@ fi
 step_start "venv + CUDA 13.0 wheels"
 MARKER="$VENV/.perceptio-cuda-complete"
 want_marker="$(printf '%s\n' "$CUDA_REQUIREMENTS" | sha256sum | cut -d' ' -f1)"
-if [ -x "$VENV/bin/python" ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$want_marker" ] \
-    && "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-    echo "reusing $VENV (pinned set unchanged)"
+cuda_tree() {   # the CUDA 13 wheels all unpack into this one toolkit-shaped tree
+    echo "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13"
+}
+tree_complete() {
+    local tree f
+    tree="$(cuda_tree 2>/dev/null)" || return 1
+    for f in bin/nvcc bin/ptxas nvvm/bin/cicc include/cuda.h include/cuda_runtime.h \
+        include/crt/host_config.h include/cccl/cuda/std/version lib/libcudart.so.13 \
+        lib/libcublas.so.13 lib/libcublasLt.so.13 lib/libcurand.so.10 lib/libnvrtc.so.13; do
+        if [ ! -e "$tree/$f" ]; then
+            echo "missing: $tree/$f"
+            return 1
+        fi
+    done
+}
+if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$want_marker" ] && tree_complete; then
+    echo "reusing $VENV (pinned set unchanged and complete)"
 else
-    if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-        rm -rf "$VENV"
-        "$PYTHON" -m venv "$VENV"
+    # Absent, interrupted, built from another pin set, or damaged: start from a fresh venv
+    # (a cold install downloads ~720 MB of wheels and takes well under a minute here).
+    if [ -e "$VENV" ] && [ ! -f "$VENV/pyvenv.cfg" ] && [ -n "$(ls -A "$VENV")" ]; then
+        echo "build-cuda.sh: $VENV exists and is not a venv; refusing to delete it" >&2
+        exit 1
     fi
-    rm -f "$MARKER"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
     req="$(mktemp)"
     printf '%s\n' "$CUDA_REQUIREMENTS" >"$req"
     # --no-deps: the list above is the complete closure we need (nvcc's own dependencies nvvm,
@@ -112,18 +132,13 @@ else
     "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --no-deps \
         --only-binary=:all: --require-hashes -r "$req"
     rm -f "$req"
-fi
-SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-CUDA_TREE="$SITE/nvidia/cu13"   # the CUDA 13 wheels all unpack into this one toolkit-shaped tree
-for f in bin/nvcc nvvm/bin/cicc include/cuda.h include/cuda_runtime.h include/crt/host_config.h \
-    include/cccl/cuda/std/version lib/libcudart.so.13 lib/libcublas.so.13 lib/libcublasLt.so.13 \
-    lib/libcurand.so.10 lib/libnvrtc.so.13; do
-    if [ ! -e "$CUDA_TREE/$f" ]; then
-        echo "build-cuda.sh: $CUDA_TREE/$f missing after pip install" >&2
+    if ! tree_complete; then
+        echo "build-cuda.sh: the CUDA wheels did not install the files the build needs" >&2
         exit 1
     fi
-done
-printf '%s' "$want_marker" >"$MARKER"
+    printf '%s' "$want_marker" >"$MARKER"
+fi
+CUDA_TREE="$(cuda_tree)"
 step_end
 
 # ---- 2. link-time directory: unversioned .so names + libcuda stub --------------------------------
@@ -142,11 +157,11 @@ done
 # ships it (NVIDIA's wheels have no lib/stubs/, the only "cuda-stubs" on PyPI is Python typing
 # stubs). cudarc's `dynamic-linking` (forced by candle-core) links -lcuda, so the linker needs
 # *a* libcuda.so. Like the toolkit's own lib/stubs/libcuda.so we build a link-time stub: every
-# function the CUDA 13.0 cuda.h declares (plus cuProfilerStart/Stop from cudaProfiler.h, which
-# is in a wheel we do not need), each returning
-# CUDA_ERROR_STUB_LIBRARY (34), with SONAME libcuda.so.1. Only the SONAME ends up in the binary
-# (NEEDED libcuda.so.1); at run time the real driver's libcuda.so.1 is loaded instead. The stub
-# is never shipped and never on a GPU machine's loader path. Because the symbol list comes from
+# function the CUDA 13.0 cuda.h declares (plus cuProfilerStart/Stop from cudaProfiler.h, a
+# header of a wheel we do not need), each returning CUDA_ERROR_STUB_LIBRARY (34), with SONAME
+# libcuda.so.1. Only that SONAME ends up in the binary (NEEDED libcuda.so.1); at run time the
+# real driver's libcuda.so.1 is loaded instead. The stub is never shipped and never on a GPU
+# machine's loader path. Because the symbol list comes from
 # the 13.0 headers, the link FAILS if anything references a driver entry point newer than 13.0.
 STUB="$LINKDIR/libcuda.so"
 stub_src="$LINKDIR/libcuda-stub.c"
@@ -210,16 +225,26 @@ echo "unstripped: $BIN  $(size_of "$BIN")"
 echo "stripped:   $OUT  $(size_of "$OUT")"
 echo "NEEDED:"
 readelf -d "$OUT" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/  \1/p'
+# Smoke test that works without a GPU: with the pip libraries and the libcuda stub on the loader
+# path, and LD_BIND_NOW so that every imported symbol must resolve at start-up (a driver entry
+# point missing from the 13.0 API would fail here), the binary has to start and print its help.
+RUN_LD_PATH="$CUDA_TREE/lib:$VENV/cuda-stub-runtime"
+if ! LD_BIND_NOW=1 LD_LIBRARY_PATH="$RUN_LD_PATH" "$OUT" --help >/dev/null; then
+    echo "build-cuda.sh: $OUT does not start even with the CUDA libraries on the loader path" >&2
+    exit 1
+fi
+echo "smoke test: '$OUT --help' starts (LD_BIND_NOW=1, libcuda stub)"
 step_end
 
 echo
 echo "==> timings"
 printf '  %s\n' "${TIMES[@]}"
-printf '  %-34s %8ss\n' "total" "$(awk -v a="$T_ALL" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')"
+printf '  %-40s %8ss\n' "total" "$(awk -v a="$T_ALL" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')"
 cat <<EOF
 
-Run it on a GPU machine (driver >= 580) with the CUDA 13 user-space libraries on the loader path,
-e.g. the same wheels:  LD_LIBRARY_PATH=<site-packages>/nvidia/cu13/lib $OUT ...
-Here (no GPU, no driver) only for a smoke test, with the link stub standing in for libcuda.so.1:
-  LD_LIBRARY_PATH=$CUDA_TREE/lib:$VENV/cuda-stub-runtime $OUT --help
+To run it on a GPU machine (driver >= 580) it needs the CUDA 13 user-space libraries NEEDED above
+(libcudart.so.13, libcublas.so.13 + libcublasLt.so.13, libcurand.so.10) on the loader path, e.g.
+the same pip wheels there:  LD_LIBRARY_PATH=<site-packages>/nvidia/cu13/lib $OUT ...
+Without a GPU it cannot even start (libcuda.so.1 is the driver); for a smoke test only:
+  LD_LIBRARY_PATH=$RUN_LD_PATH $OUT --help
 EOF
