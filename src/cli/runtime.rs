@@ -54,6 +54,9 @@ impl RuntimeArgs {
         let hub = self.hub();
         let dir = crate::hub::resolve_model(spec, &hub)?;
         let ck = Checkpoint::open(&dir, dtype, device)?;
+        if let Some(note) = crate::models::internvl::config::superseded_note(&ck.config) {
+            eprintln!("perceptio: warning: {note}");
+        }
         let vqvae_dir = match DepthConfig::from_model_config(&ck.config, &dir.join("config.json"))? {
             Some(d) => d.vqvae_repo().map(|r| crate::hub::resolve_model(r, &hub)).transpose()?,
             None => None,

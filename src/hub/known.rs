@@ -5,17 +5,54 @@ pub const KNOWN_REPOS: &[(&str, &str, &str)] = &[
     (
         "ByteDance/Sa2VA-1B",
         "full model",
-        "InternVL2.5-1B (InternViT-300M + Qwen2.5-0.5B) + SAM2-L; default --model",
+        "InternVL2.5-1B (InternViT-300M + Qwen2.5-0.5B) + SAM2-L; default --model. The repo was replaced in \
+         place in Sept 2025 (before: InternVL2.0-1B + Qwen2-0.5B, 3.5 GB); perceptio targets the current one and \
+         warns on the old one: pin a revision with @REV for reproducible runs",
     ),
     (
         "ByteDance/Sa2VA-4B",
         "full model",
-        "InternVL2.5-4B (Qwen2.5-3B) + SAM2-L",
+        "InternVL2.5-4B (Qwen2.5-3B) + SAM2-L; its config names template phi3_chat",
     ),
     (
         "ByteDance/Sa2VA-8B",
         "full model",
-        "InternVL2.5-8B (InternLM2.5-7B) + SAM2-L",
+        "InternVL2.5-8B (InternLM2.5-7B) + SAM2-L; needs a tokenizer.json",
+    ),
+    (
+        "ByteDance/Sa2VA-26B",
+        "full model",
+        "InternVL2.5-26B (InternViT-6B + InternLM2.5-20B) + SAM2-L; InternViT-6B untested; needs a tokenizer.json",
+    ),
+    (
+        "ByteDance/Sa2VA-InternVL3-2B",
+        "full model",
+        "InternVL3-2B (Qwen2.5-1.5B) + SAM2-L; same code path as the 1B",
+    ),
+    (
+        "ByteDance/Sa2VA-InternVL3-8B",
+        "full model",
+        "InternVL3-8B (Qwen2.5-7B) + SAM2-L; same code path as the 1B",
+    ),
+    (
+        "ByteDance/Sa2VA-InternVL3-14B",
+        "full model",
+        "InternVL3-14B (Qwen2.5-14B) + SAM2-L; same code path as the 1B",
+    ),
+    (
+        "ByteDance/Sa2VA-Qwen2_5-VL-3B",
+        "full model",
+        "Qwen2.5-VL-3B + SAM2-L; not supported yet (refused by name)",
+    ),
+    (
+        "ByteDance/Sa2VA-Qwen2_5-VL-7B",
+        "full model",
+        "Qwen2.5-VL-7B + SAM2-L; not supported yet (refused by name)",
+    ),
+    (
+        "ByteDance/Sa2VA-Qwen3-VL-4B",
+        "full model",
+        "Qwen3-VL-4B + SAM2-L; not supported yet (refused by name)",
     ),
     (
         "OpenGVLab/InternVL2_5-1B",

@@ -45,6 +45,7 @@ impl ChatModel {
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self> {
         let dir = ck.dir.as_path();
         let (device, dtype) = (ck.device(), ck.dtype());
+        super::config::check_family(&ck.config).map_err(|m| Error::input(dir.join("config.json"), m))?;
         let config: Config = ck.config_as()?;
         config
             .llm_arch()
@@ -100,7 +101,19 @@ impl ChatModel {
     pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
-            return Err(Error::input(dir, "no tokenizer.json in the model directory"));
+            let other = ["tokenizer.model", "vocab.json"]
+                .into_iter()
+                .find(|f| dir.join(f).is_file());
+            return Err(Error::input(
+                dir,
+                match other {
+                    Some(f) => format!(
+                        "no tokenizer.json in the model directory (it has {f}, which perceptio does not read yet); write one with \
+                         `python -c \"from transformers import AutoTokenizer as T; T.from_pretrained('DIR', trust_remote_code=True).save_pretrained('DIR')\"`"
+                    ),
+                    None => "no tokenizer.json in the model directory".into(),
+                },
+            ));
         }
         Tokenizer::from_file(&tok_path).map_err(|e| Error::input(&tok_path, format!("cannot load tokenizer: {e}")))
     }

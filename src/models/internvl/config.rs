@@ -128,3 +128,62 @@ impl Config {
         }
     }
 }
+
+/// Refuse, by name, the Sa2VA members whose vision tower perceptio does not have yet: the
+/// Qwen2.5-VL and Qwen3-VL based checkpoints write a `Qwen*VLConfig` (`text_config` +
+/// `vision_config`) where the InternVL-based ones write `llm_config` + `vision_config`.
+pub fn check_family(config: &serde_json::Value) -> Result<(), String> {
+    if config.get("llm_config").is_some() || config.get("text_config").is_none() {
+        return Ok(());
+    }
+    let vision = config
+        .get("vision_config")
+        .and_then(|v| v.get("model_type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("");
+    let family = if vision.contains("qwen3") {
+        "Qwen3-VL"
+    } else if vision.contains("qwen2_5") || vision.contains("qwen2") {
+        "Qwen2.5-VL"
+    } else {
+        "a Qwen-VL"
+    };
+    Err(format!(
+        "this is a Sa2VA checkpoint built on {family} (vision_config.model_type {vision:?}); perceptio runs the \
+         InternVL-based members (Sa2VA-1B/4B/8B/26B, Sa2VA-InternVL3-*) and does not have the {family} vision tower yet"
+    ))
+}
+
+/// A note when the config looks like the Sa2VA-1B that `ByteDance/Sa2VA-1B` held before
+/// September 2025 (InternVL2.0-1B + Qwen2-0.5B; the repo was replaced in place by the
+/// InternVL2.5-1B + Qwen2.5-0.5B model perceptio targets). Same architecture, so it runs, but
+/// its numbers are not the model card's. Read from `llm_config._name_or_path`.
+pub fn superseded_note(config: &serde_json::Value) -> Option<String> {
+    let name = config.get("llm_config")?.get("_name_or_path")?.as_str()?;
+    let short = name.rsplit('/').next().unwrap_or(name);
+    (short.starts_with("Qwen2-0.5B")).then(|| {
+        format!(
+            "this checkpoint's LLM is {short}: it looks like the pre-September-2025 Sa2VA-1B (InternVL2.0 + Qwen2-0.5B); \
+             perceptio targets the current ByteDance/Sa2VA-1B (InternVL2.5 + Qwen2.5-0.5B), whose model-card numbers this one will not reproduce"
+        )
+    })
+}
+
+#[cfg(test)]
+mod family_tests {
+    use super::*;
+
+    #[test]
+    fn qwen_vl_members_are_refused_by_name_and_the_old_1b_is_noted() {
+        let qwen3 = serde_json::json!({"model_type": "sa2va_chat", "text_config": {}, "vision_config": {"model_type": "qwen3_vl"}});
+        let e = check_family(&qwen3).unwrap_err();
+        assert!(e.contains("Qwen3-VL") && e.contains("vision tower"), "{e}");
+        let qwen25 = serde_json::json!({"text_config": {}, "vision_config": {"model_type": "qwen2_5_vl"}});
+        assert!(check_family(&qwen25).unwrap_err().contains("Qwen2.5-VL"));
+        let internvl =
+            serde_json::json!({"llm_config": {"_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}, "vision_config": {}});
+        assert!(check_family(&internvl).is_ok() && superseded_note(&internvl).is_none());
+        let old = serde_json::json!({"llm_config": {"_name_or_path": "/ckpt/Qwen2-0.5B-Instruct"}});
+        assert!(superseded_note(&old).unwrap().contains("pre-September-2025"));
+    }
+}
