@@ -51,3 +51,133 @@ fn qwen25_with_internvl_specials_matches_python() {
     let prompt = t.prompt(&expand_image("<image>\nDescribe the image in detail.", 256));
     assert_eq!(prompt, g["cases"][1]["text"].as_str().unwrap());
 }
+
+/// Qwen2's slow-tokenizer files (`vocab.json` + `merges.txt` + `tokenizer_config.json`'s
+/// `added_tokens_decoder`), read natively, give the ids of the Python goldens and of the fast
+/// tokenizer on the real Qwen2.5 vocabulary, over a few thousand strings with whitespace runs,
+/// newlines, CJK, emoji, bytes outside the vocabulary and special tokens.
+#[test]
+fn vocab_json_and_merges_txt_load_natively() {
+    use perceptio::models::tokenizer::{load, TokenizerSource};
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(fixture("tokenizer/qwen.tiktoken.gz")).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tokenizer/qwen25_internvl.json")).unwrap()).unwrap();
+    let specials: Vec<&str> = g["specials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let fast = tokenizer_from_ranks(&parse_ranks(&text).unwrap(), g["pattern"].as_str().unwrap(), &specials).unwrap();
+    // Write the slow-tokenizer files from the same vocabulary.
+    let spec: serde_json::Value = serde_json::from_str(&fast.to_string(false).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vocab.json"), spec["model"]["vocab"].to_string()).unwrap();
+    let mut merges = String::from("#version: 0.2\n");
+    for m in spec["model"]["merges"].as_array().unwrap() {
+        let (a, b) = match m {
+            serde_json::Value::Array(p) => (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string()),
+            serde_json::Value::String(s) => {
+                let (a, b) = s.split_once(' ').unwrap();
+                (a.to_string(), b.to_string())
+            }
+            other => panic!("{other}"),
+        };
+        merges.push_str(&format!("{a} {b}\n"));
+    }
+    std::fs::write(dir.path().join("merges.txt"), merges).unwrap();
+    let mut decoder = serde_json::Map::new();
+    for t in spec["added_tokens"].as_array().unwrap() {
+        decoder.insert(t["id"].to_string(), serde_json::json!({"content": t["content"], "special": t["special"], "normalized": t["normalized"], "lstrip": false, "rstrip": false, "single_word": false}));
+    }
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        serde_json::json!({"add_prefix_space": false, "added_tokens_decoder": decoder, "tokenizer_class": "Qwen2Tokenizer"}).to_string(),
+    )
+    .unwrap();
+    let (slow, src) = load(dir.path()).unwrap();
+    assert_eq!(src, TokenizerSource::VocabMerges);
+    assert_eq!(slow.get_vocab_size(true), fast.get_vocab_size(true));
+    // The Python goldens.
+    for case in g["cases"].as_array().unwrap() {
+        let s = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(slow.encode(s, true).unwrap().get_ids(), want.as_slice(), "{s:?}");
+    }
+    // Generated strings: pieces that stress the split regex and the byte level.
+    let pieces = [
+        " ",
+        "  ",
+        "   ",
+        "\n",
+        "\n\n",
+        "\r\n",
+        "\t",
+        " \n ",
+        "a",
+        "cat",
+        " the",
+        "The",
+        "'s",
+        "'LL",
+        "123",
+        "4567",
+        "ü",
+        "naïve",
+        "猫",
+        "一只猫坐在垫子上",
+        "こんにちは",
+        "🙂",
+        "👩‍👩‍👧",
+        "\u{feff}",
+        "\u{0}",
+        "é",
+        "e\u{301}",
+        "<|im_end|>",
+        "<img>",
+        "<IMG_CONTEXT>",
+        "[SEG]",
+        "!!",
+        "...",
+        "--",
+        "€",
+        "Ⅻ",
+        "ﬁ",
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..3000 {
+        let n = 1 + (next() % 12) as usize;
+        let s: String = (0..n)
+            .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+            .collect();
+        let a = slow.encode(s.as_str(), true).unwrap();
+        let b = fast.encode(s.as_str(), true).unwrap();
+        assert_eq!(a.get_ids(), b.get_ids(), "{s:?}");
+        assert_eq!(
+            slow.decode(a.get_ids(), false).unwrap(),
+            fast.decode(b.get_ids(), false).unwrap()
+        );
+    }
+    // tokenizer.json wins when both forms are there.
+    std::fs::write(dir.path().join("tokenizer.json"), fast.to_string(false).unwrap()).unwrap();
+    assert_eq!(load(dir.path()).unwrap().1, TokenizerSource::TokenizerJson);
+    // Only a SentencePiece model: a clear error naming what to do.
+    let sp = tempfile::tempdir().unwrap();
+    std::fs::write(sp.path().join("tokenizer.model"), b"\x0a\x00").unwrap();
+    let e = load(sp.path()).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.model") && e.contains("save_pretrained"), "{e}");
+}

@@ -16,4 +16,5 @@ pub mod qwen2;
 pub mod sam2;
 pub mod template;
 pub mod tiktoken;
+pub mod tokenizer;
 pub mod vqvae;

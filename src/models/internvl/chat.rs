@@ -97,25 +97,9 @@ impl ChatModel {
         })
     }
 
-    /// The tokenizer of a model directory (`tokenizer.json`).
+    /// The tokenizer of a model directory (`tokenizer.json`, or Qwen2's vocab.json + merges.txt).
     pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
-        let tok_path = dir.join("tokenizer.json");
-        if !tok_path.is_file() {
-            let other = ["tokenizer.model", "vocab.json"]
-                .into_iter()
-                .find(|f| dir.join(f).is_file());
-            return Err(Error::input(
-                dir,
-                match other {
-                    Some(f) => format!(
-                        "no tokenizer.json in the model directory (it has {f}, which perceptio does not read yet); write one with \
-                         `python -c \"from transformers import AutoTokenizer as T; T.from_pretrained('DIR', trust_remote_code=True).save_pretrained('DIR')\"`"
-                    ),
-                    None => "no tokenizer.json in the model directory".into(),
-                },
-            ));
-        }
-        Tokenizer::from_file(&tok_path).map_err(|e| Error::input(&tok_path, format!("cannot load tokenizer: {e}")))
+        Ok(crate::models::tokenizer::load(dir)?.0)
     }
 
     pub fn config(&self) -> &Config {
