@@ -303,3 +303,35 @@ fn ask_timings_split_prefill_and_decode() {
             < 1e-3 * f("prefill_tok_per_s")
     );
 }
+
+/// `--trace FILE` writes the run's spans as a Chrome trace (a JSON array of events).
+#[test]
+fn trace_flag_writes_a_chrome_trace() {
+    let img = fixture("images/chelsea.png");
+    let model = fixture("internvl/tiny-qwen2");
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.json");
+    let o = run(
+        &[
+            "ask",
+            img.to_str().unwrap(),
+            "What is it?",
+            "--model",
+            model.to_str().unwrap(),
+            "--max-tiles",
+            "1",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            "cpu",
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    for span in ["internvit", "qwen2", "qwen2-attn"] {
+        assert!(events.iter().any(|e| e["name"] == span), "no {span} span in the trace");
+    }
+}

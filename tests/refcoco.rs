@@ -347,3 +347,26 @@ fn closed_stdout_exits_zero_quietly() {
         assert!(o.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// `--per-sample -` streams to stdout instead of creating a file named `-`.
+#[test]
+fn per_sample_dash_is_stdout() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cwd = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_perceptio"))
+        .args(["eval", "refcoco", "--refer-root"])
+        .arg(root.join("fixtures/refcoco"))
+        .args(["--dataset", "refcoco", "--split", "val", "--predictions"])
+        .arg(root.join("fixtures/refcoco/predictions.jsonl"))
+        .args(["--per-sample", "-"])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.lines().any(|l| l.starts_with('{') && l.contains("sent_id")),
+        "{out}"
+    );
+    assert!(!cwd.path().join("-").exists());
+}

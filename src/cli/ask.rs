@@ -43,6 +43,7 @@ pub fn run(a: AskArgs) -> Result<()> {
     if a.question.trim().is_empty() {
         return Err(Error::Usage("the question is empty".into()));
     }
+    let _trace = a.rt.start_trace()?;
     let (device, dtype) = a.rt.device_dtype()?;
     let img = crate::preprocess::image_io::load_rgb(&a.image)?;
     let t_load = std::time::Instant::now();

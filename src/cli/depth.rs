@@ -155,6 +155,7 @@ fn tokens_vqvae(a: &DepthArgs, device: &candle_core::Device) -> Result<(DepthCon
 }
 
 pub fn run(a: DepthArgs) -> Result<i32> {
+    let _trace = a.rt.start_trace()?;
     let (device, dtype) = a.rt.device_dtype()?;
     let any_file = a.output.is_some() || a.colormap.is_some() || a.npy.is_some();
     if a.tokens && (any_file || a.force_depth) {

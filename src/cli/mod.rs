@@ -6,6 +6,7 @@ mod download;
 mod eval;
 mod runtime;
 mod segment;
+mod trace;
 
 use crate::error::{exit, Result};
 use clap::{Parser, Subcommand};

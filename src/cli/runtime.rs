@@ -29,9 +29,17 @@ pub struct RuntimeArgs {
     /// Use only the local cache for hub models.
     #[arg(long)]
     pub offline: bool,
+    /// Write the run's tracing spans (one per model module) as a Chrome trace to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<std::path::PathBuf>,
 }
 
 impl RuntimeArgs {
+    /// Start `--trace` if asked; keep the value alive for the whole run.
+    pub fn start_trace(&self) -> Result<Option<super::trace::Trace>> {
+        self.trace.as_deref().map(super::trace::Trace::start).transpose()
+    }
+
     /// The device and dtype asked for (also tunes the allocator for model work).
     pub fn device_dtype(&self) -> Result<(Device, DType)> {
         crate::util::tune_allocator();

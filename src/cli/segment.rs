@@ -195,6 +195,7 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
             "--force-seg applies to referring expressions, not to --point/--box".into(),
         ));
     }
+    let _trace = a.rt.start_trace()?;
     let (device, dtype) = a.rt.device_dtype()?;
     let img = crate::preprocess::image_io::load_rgb(&a.image)?;
     if classic {
