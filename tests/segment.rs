@@ -405,3 +405,83 @@ fn sam2_directory_with_a_meta_pt() {
     let v: serde_json::Value = serde_json::from_str(stdout(&r).trim()).unwrap();
     assert!(v["area"].as_u64().unwrap() > 0);
 }
+
+/// `segment --batch`: the model loads once; each expression's line equals the single call's
+/// (plus `id`), in input order; a malformed line, a missing image and a corrupt image give their
+/// error lines while the rest succeed; `{id}` names the output files; exit 1 when any failed.
+#[test]
+fn batch_mode_matches_single_calls_and_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    assemble(dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let m = dir.path().to_str().unwrap();
+    let chelsea = fixture("images/chelsea.png");
+    let portrait = fixture("images/coffee_portrait.png");
+    let corrupt = out.path().join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let batch = [
+        serde_json::json!({"id": "a", "image": chelsea, "expressions": ["the cat", "the whiskers"]}).to_string(),
+        "{not json".to_string(),
+        serde_json::json!({"id": 7, "image": out.path().join("missing.png"), "expressions": ["x"]}).to_string(),
+        serde_json::json!({"id": "c", "image": corrupt, "expressions": ["x"]}).to_string(),
+        serde_json::json!({"id": "b", "image": portrait, "expressions": ["the cup"]}).to_string(),
+        serde_json::json!({"id": "a2", "image": chelsea, "expressions": ["the cat"]}).to_string(),
+    ]
+    .join("\n");
+    let mask = out.path().join("{id}.png").to_str().unwrap().to_string();
+    let args = [
+        "segment",
+        "--batch",
+        "-",
+        "--model",
+        m,
+        "--force-seg",
+        "--max-tiles",
+        "6",
+        "-o",
+        &mask,
+        "--json",
+    ];
+    let r = run(&args, Some(batch.as_bytes()));
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    let lines: Vec<serde_json::Value> = stdout(&r).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ids: Vec<String> = lines
+        .iter()
+        .map(|v| {
+            v.get("id")
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| format!("line {}", v["line"]))
+        })
+        .collect();
+    assert_eq!(ids, ["\"a\"", "\"a\"", "line 2", "7", "\"c\"", "\"b\"", "\"a2\""]);
+    assert!(lines[2]["error"].as_str().unwrap().contains(":2:"));
+    assert!(lines[3]["error"].as_str().unwrap().contains("missing.png"));
+    assert!(lines[4]["error"].as_str().unwrap().contains("corrupt.png"));
+    // The same as one call per image, mask for mask.
+    let single = |img: &Path, exprs: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = vec!["segment", img.to_str().unwrap()];
+        a.extend_from_slice(exprs);
+        a.extend_from_slice(&["--model", m, "--force-seg", "--max-tiles", "6", "--json"]);
+        let r = run(&a, None);
+        assert!(r.status.success(), "{}", stderr(&r));
+        stdout(&r).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let want_a = single(&chelsea, &["the cat", "the whiskers"]);
+    let want_b = single(&portrait, &["the cup"]);
+    for (got, want) in [
+        (&lines[0], &want_a[0]),
+        (&lines[1], &want_a[1]),
+        (&lines[5], &want_b[0]),
+        (&lines[6], &want_a[0]),
+    ] {
+        for k in ["mask", "area", "bbox", "token_ids", "scores", "text", "expression"] {
+            assert_eq!(got[k], want[k], "{k}");
+        }
+    }
+    // {id} in the file names, numbered per expression when a request has several.
+    for f in ["a-1.png", "a-2.png", "b.png", "a2.png"] {
+        assert!(out.path().join(f).is_file(), "{f} missing");
+    }
+    // The second request on chelsea.png reused its SAM2 features.
+    assert_eq!(lines[6]["timings"]["sam2_cached"], true);
+}

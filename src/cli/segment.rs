@@ -17,7 +17,8 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct SegmentArgs {
     /// Image file (PNG/JPEG), or `-` for stdin.
-    pub image: PathBuf,
+    #[arg(required_unless_present = "batch")]
+    pub image: Option<PathBuf>,
     /// Referring expressions ("the red cup"); each gets its own mask. The image is encoded once.
     pub expressions: Vec<String>,
     /// Hub repo (`org/name[@rev]`) or local directory of a Sa2VA-style model (InternVL + SAM2).
@@ -59,6 +60,11 @@ pub struct SegmentArgs {
     /// what is printed when no output file is asked for.
     #[arg(long)]
     pub json: bool,
+    /// Many requests with the model loaded once: a JSONL file (`-` = stdin) of
+    /// `{"id": ANY, "image": PATH, "expressions": [STR, ...]}`; one JSON line per expression on
+    /// stdout, in input order, with its `id`; `{id}` in -o/--rle/--overlay names is the request id.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["image", "points", "bbox"])]
+    pub batch: Option<PathBuf>,
     #[command(flatten)]
     pub rt: RuntimeArgs,
 }
@@ -133,9 +139,19 @@ pub fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
 struct Outputs<'a> {
     a: &'a SegmentArgs,
     n: usize,
+    /// The batch request id, substituted for `{id}` in the output names.
+    id: Option<String>,
 }
 
 impl Outputs<'_> {
+    fn path(&self, p: &Path, i: usize) -> PathBuf {
+        let p = match &self.id {
+            Some(id) => PathBuf::from(p.to_string_lossy().replace("{id}", id)),
+            None => p.to_path_buf(),
+        };
+        numbered(&p, i, self.n)
+    }
+
     fn any_file(&self) -> bool {
         self.a.output.is_some() || self.a.rle.is_some() || self.a.overlay.is_some()
     }
@@ -144,18 +160,18 @@ impl Outputs<'_> {
     fn write(&self, i: usize, img: &image::RgbImage, mask: &Mask) -> Result<serde_json::Value> {
         let mut files = serde_json::Map::new();
         if let Some(p) = &self.a.output {
-            let p = numbered(p, i, self.n);
+            let p = self.path(p, i);
             crate::util::atomic::write(&p, &render::mask_png(mask)?)?;
             files.insert("mask".into(), p.display().to_string().into());
         }
         if let Some(p) = &self.a.rle {
-            let p = numbered(p, i, self.n);
+            let p = self.path(p, i);
             let v = mask.to_rle().map_err(|e| Error::at("mask", e.0))?.to_coco_json();
             crate::util::atomic::write(&p, format!("{v}\n").as_bytes())?;
             files.insert("rle".into(), p.display().to_string().into());
         }
         if let Some(p) = &self.a.overlay {
-            let p = numbered(p, i, self.n);
+            let p = self.path(p, i);
             crate::util::atomic::write(&p, &render::overlay_png(img, &[mask])?)?;
             files.insert("overlay".into(), p.display().to_string().into());
         }
@@ -176,6 +192,16 @@ fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
 
 /// Run `segment`; returns the exit code (3 when the model produced no `[SEG]` for some expression).
 pub fn run(a: SegmentArgs) -> Result<i32> {
+    if let Some(b) = &a.batch {
+        if !a.expressions.is_empty() {
+            return Err(Error::Usage(
+                "--batch takes its expressions from the file, not the command line".into(),
+            ));
+        }
+        let _trace = a.rt.start_trace()?;
+        let (device, dtype) = a.rt.device_dtype()?;
+        return run_batch(&a, b, &device, dtype);
+    }
     let classic = !a.points.is_empty() || a.bbox.is_some();
     if classic && !a.expressions.is_empty() {
         return Err(Error::Usage(
@@ -197,7 +223,8 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     }
     let _trace = a.rt.start_trace()?;
     let (device, dtype) = a.rt.device_dtype()?;
-    let img = crate::preprocess::image_io::load_rgb(&a.image)?;
+    let image = a.image.as_deref().expect("clap requires IMAGE without --batch");
+    let img = crate::preprocess::image_io::load_rgb(image)?;
     if classic {
         let prompt = parse_prompt(&a.points, a.bbox.as_deref(), (img.width(), img.height()))?;
         run_points(&a, &img, &prompt, &device, dtype)
@@ -222,7 +249,7 @@ fn run_points(
         }
         None => None,
     };
-    let outs = Outputs { a, n: 1 };
+    let outs = Outputs { a, n: 1, id: None };
     let src = a.sam2.clone().unwrap_or_else(|| a.model.clone());
     let path = PathBuf::from(&src);
     let path = if path.is_file() {
@@ -247,7 +274,7 @@ fn run_points(
     let files = outs.write(0, img, &p.mask)?;
     if a.json || !outs.any_file() {
         let v = serde_json::json!({
-            "image": a.image.display().to_string(),
+            "image": image_name(a),
             "prompt": {"points": prompt.points.iter().map(|p| [p.0 as f64, p.1 as f64, p.2 as f64]).collect::<Vec<_>>(), "box": prompt.bbox},
             "score": p.scores[p.best],
             "scores": p.scores,
@@ -263,68 +290,229 @@ fn run_points(
     Ok(exit::OK)
 }
 
-/// Referring expressions through the Sa2VA-style model (`[SEG]` → SAM2).
-fn run_expressions(a: &SegmentArgs, img: &image::RgbImage, device: &Device, dtype: DType) -> Result<i32> {
-    let outs = Outputs {
-        a,
-        n: a.expressions.len(),
-    };
-    let t = Instant::now();
-    let (ck, lo) = a.rt.open_model(&a.model, device, dtype)?;
-    let dir = ck.dir.clone();
-    let mut g = Grounder::load(
-        &ck,
-        &LoadOptions {
-            require_grounding: true,
-            ..lo
-        },
-    )?;
-    drop(ck);
-    let load_s = t.elapsed().as_secs_f64();
-    let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
-    let opts = SegmentOptions {
-        max_tiles,
-        force_seg: a.force_seg,
-        generation: GenerateOptions {
+/// The model and options of a referring-segmentation run, loaded once.
+struct Session {
+    g: Grounder,
+    dir: PathBuf,
+    load_s: f64,
+    max_tiles: usize,
+    opts: SegmentOptions,
+}
+
+impl Session {
+    fn open(a: &SegmentArgs, device: &Device, dtype: DType) -> Result<Self> {
+        let t = Instant::now();
+        let (ck, lo) = a.rt.open_model(&a.model, device, dtype)?;
+        let dir = ck.dir.clone();
+        let g = Grounder::load(
+            &ck,
+            &LoadOptions {
+                require_grounding: true,
+                ..lo
+            },
+        )?;
+        drop(ck);
+        let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
+        let generation = GenerateOptions {
             max_new_tokens: a.rt.max_new_tokens,
             ..Default::default()
-        },
-    };
-    let vision = g.vision(img, max_tiles)?;
-    let mut code = exit::OK;
-    for (i, expr) in a.expressions.iter().enumerate() {
-        let r = g.segment(img, &vision, expr, &opts)?;
-        if r.seg_count == 0 {
-            eprintln!("perceptio: the model produced no [SEG] token for {expr:?} (reply: {:?}); the mask is empty. --force-seg always yields a mask.", r.text);
-            code = exit::NO_MASK;
-        }
-        let files = outs.write(i, img, &r.mask)?;
-        if a.json || !outs.any_file() {
+        };
+        let opts = SegmentOptions {
+            max_tiles,
+            force_seg: a.force_seg,
+            generation,
+        };
+        Ok(Self {
+            g,
+            dir,
+            load_s: t.elapsed().as_secs_f64(),
+            max_tiles,
+            opts,
+        })
+    }
+
+    /// Segment the expressions of one photo: their files are written and their JSON lines
+    /// returned; the flag says whether some expression got no `[SEG]`.
+    fn expressions(
+        &mut self,
+        img: &image::RgbImage,
+        vision: &crate::models::internvl::chat::Vision,
+        exprs: &[String],
+        outs: &Outputs,
+        image: &str,
+        first: bool,
+    ) -> Result<(Vec<serde_json::Value>, bool)> {
+        let mut lines = Vec::new();
+        let mut no_mask = false;
+        for (i, expr) in exprs.iter().enumerate() {
+            let r = self.g.segment(img, vision, expr, &self.opts)?;
+            if r.seg_count == 0 {
+                eprintln!("perceptio: the model produced no [SEG] token for {expr:?} (reply: {:?}); the mask is empty. --force-seg always yields a mask.", r.text);
+                no_mask = true;
+            }
+            let files = outs.write(i, img, &r.mask)?;
             let best = r
                 .scores
                 .iter()
                 .cloned()
                 .fold(None, |m: Option<f32>, s| Some(m.map_or(s, |m| m.max(s))));
+            let load_s = if first && i == 0 { self.load_s } else { 0.0 };
             let v = serde_json::json!({
-                "image": a.image.display().to_string(),
+                "image": image,
                 "expression": r.expression,
                 "prompt": r.prompt,
                 "text": r.text,
                 "token_ids": r.token_ids,
-                "forced": a.force_seg,
+                "forced": self.opts.force_seg,
                 "seg_count": r.seg_count,
                 "score": best,
                 "scores": r.scores,
                 "object_scores": r.object_scores,
-                "model": dir,
+                "model": self.dir,
                 "tiles": vision.n_tiles,
                 "files": files,
-                "timings": merge(serde_json::json!({"load_s": if i == 0 { load_s } else { 0.0 }}), serde_json::to_value(&r.timings).unwrap_or_default()),
+                "timings": merge(serde_json::json!({"load_s": load_s}), serde_json::to_value(&r.timings).unwrap_or_default()),
             });
-            super::print_json_line(&merge(v, mask_summary(&r.mask)?))?;
+            lines.push(merge(v, mask_summary(&r.mask)?));
+        }
+        Ok((lines, no_mask))
+    }
+}
+
+fn image_name(a: &SegmentArgs) -> String {
+    a.image.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// Referring expressions through the Sa2VA-style model (`[SEG]` → SAM2).
+fn run_expressions(a: &SegmentArgs, img: &image::RgbImage, device: &Device, dtype: DType) -> Result<i32> {
+    let outs = Outputs {
+        a,
+        n: a.expressions.len(),
+        id: None,
+    };
+    let mut s = Session::open(a, device, dtype)?;
+    let vision = s.g.vision(img, s.max_tiles)?;
+    let (lines, no_mask) = s.expressions(img, &vision, &a.expressions, &outs, &image_name(a), true)?;
+    if a.json || !outs.any_file() {
+        for v in &lines {
+            super::print_json_line(v)?;
         }
     }
-    Ok(code)
+    Ok(if no_mask { exit::NO_MASK } else { exit::OK })
+}
+
+/// One request line of `--batch`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    id: serde_json::Value,
+    image: PathBuf,
+    expressions: Vec<String>,
+}
+
+/// `{id}` in a file name: a string id as is, any other JSON value as its JSON text; path
+/// separators become `_` so an id cannot leave the output directory.
+fn id_text(id: &serde_json::Value) -> String {
+    let s = match id {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    s.replace(['/', '\\'], "_").replace("..", "_")
+}
+
+/// `--batch`: every request through one loaded model, in input order; a request that fails
+/// becomes an error line and the batch goes on.
+fn run_batch(a: &SegmentArgs, batch: &Path, device: &Device, dtype: DType) -> Result<i32> {
+    let text = if batch.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s).map_err(|e| Error::io("<stdin>", e))?;
+        s
+    } else {
+        String::from_utf8(crate::util::read_file(batch)?).map_err(|_| Error::input(batch, "not UTF-8"))?
+    };
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l))
+        .collect();
+    let mut s = Session::open(a, device, dtype)?;
+    let pb = crate::run::progress(lines.len() as u64, "segment");
+    let (mut failed, mut no_mask) = (false, false);
+    // The InternViT features of the last photos (SAM2 keeps its own per-content cache), so a
+    // photo that comes back is encoded once.
+    let mut visions: Vec<(
+        PathBuf,
+        std::sync::Arc<(image::RgbImage, crate::models::internvl::chat::Vision)>,
+    )> = Vec::new();
+    for (k, (line_no, line)) in lines.iter().enumerate() {
+        let req: BatchRequest = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => {
+                failed = true;
+                super::print_json_line(
+                    &serde_json::json!({"line": line_no, "error": format!("{}:{line_no}: {e}", batch.display())}),
+                )?;
+                pb.inc(1);
+                continue;
+            }
+        };
+        let one = (|| -> Result<(Vec<serde_json::Value>, bool)> {
+            if let Some(i) = req.expressions.iter().position(|e| e.trim().is_empty()) {
+                return Err(Error::Usage(format!("expression {} is empty", i + 1)));
+            }
+            let hit = visions.iter().position(|(p, _)| *p == req.image);
+            let entry = match hit {
+                Some(i) => visions[i].1.clone(),
+                None => {
+                    let img = crate::preprocess::image_io::load_rgb(&req.image)?;
+                    let v = s.g.vision(&img, s.max_tiles)?;
+                    let e = std::sync::Arc::new((img, v));
+                    if visions.len() == 8 {
+                        visions.remove(0);
+                    }
+                    visions.push((req.image.clone(), e.clone()));
+                    e
+                }
+            };
+            let outs = Outputs {
+                a,
+                n: req.expressions.len(),
+                id: Some(id_text(&req.id)),
+            };
+            s.expressions(
+                &entry.0,
+                &entry.1,
+                &req.expressions,
+                &outs,
+                &req.image.display().to_string(),
+                k == 0,
+            )
+        })();
+        match one {
+            Ok((vs, nm)) => {
+                no_mask |= nm;
+                for mut v in vs {
+                    v["id"] = req.id.clone();
+                    super::print_json_line(&v)?;
+                }
+            }
+            Err(e) if e.is_broken_pipe() => return Err(e),
+            Err(e) => {
+                failed = true;
+                super::print_json_line(&serde_json::json!({"id": req.id, "error": e.to_string()}))?;
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(if failed {
+        exit::FAILURE
+    } else if no_mask {
+        exit::NO_MASK
+    } else {
+        exit::OK
+    })
 }
 
 #[cfg(test)]
