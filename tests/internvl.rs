@@ -335,3 +335,59 @@ fn trace_flag_writes_a_chrome_trace() {
         assert!(events.iter().any(|e| e["name"] == span), "no {span} span in the trace");
     }
 }
+
+/// `ask --batch`: one compact `--json` object per request plus its id, in input order, equal to
+/// the single call's; bad lines and unreadable images give error lines, the batch goes on and
+/// exits 1 at the end.
+#[test]
+fn ask_batch_matches_single_calls() {
+    let img = fixture("images/chelsea.png");
+    let portrait = fixture("images/coffee_portrait.png");
+    let model = fixture("internvl/tiny-qwen2");
+    let m = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let batch = [
+        serde_json::json!({"id": 1, "image": img, "question": "What is it?"}).to_string(),
+        serde_json::json!({"id": 2, "image": dir.path().join("nope.png"), "question": "What is it?"}).to_string(),
+        "[1, 2]".to_string(),
+        serde_json::json!({"id": "p", "image": portrait, "question": "Describe the image."}).to_string(),
+        serde_json::json!({"id": 3, "image": img, "question": "What is it?"}).to_string(),
+    ]
+    .join("\n");
+    let file = dir.path().join("requests.jsonl");
+    std::fs::write(&file, &batch).unwrap();
+    let common = [
+        "--model",
+        m,
+        "--max-tiles",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+    ];
+    let mut args = vec!["ask", "--batch", file.to_str().unwrap()];
+    args.extend_from_slice(&common);
+    let o = run(&args, None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 request(s) failed"), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(
+        (lines[0]["id"].clone(), lines[1]["id"].clone(), lines[2]["line"].clone()),
+        (serde_json::json!(1), serde_json::json!(2), serde_json::json!(3))
+    );
+    assert!(lines[1]["error"].as_str().unwrap().contains("nope.png"));
+    for (got, image, q) in [
+        (&lines[0], &img, "What is it?"),
+        (&lines[3], &portrait, "Describe the image."),
+        (&lines[4], &img, "What is it?"),
+    ] {
+        let mut a = vec!["ask", image.to_str().unwrap(), q];
+        a.extend_from_slice(&common);
+        a.push("--json");
+        let want = run_json(&a);
+        assert_eq!(got["token_ids"], want["token_ids"]);
+        assert_eq!(got["answer"], want["answer"]);
+    }
+}

@@ -11,9 +11,11 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct AskArgs {
     /// Image file (PNG/JPEG), or `-` for stdin.
-    pub image: PathBuf,
+    #[arg(required_unless_present = "batch")]
+    pub image: Option<PathBuf>,
     /// The question.
-    pub question: String,
+    #[arg(required_unless_present = "batch")]
+    pub question: Option<String>,
     /// Hub repo (`org/name[@rev]`) or a local model directory.
     #[arg(long, default_value = "ByteDance/Sa2VA-1B")]
     pub model: String,
@@ -37,57 +39,29 @@ pub struct AskArgs {
     /// depth_color.png, answer.json.
     #[arg(long, value_name = "DIR")]
     pub save_dir: Option<PathBuf>,
+    /// Many questions with the model loaded once: a JSONL file (`-` = stdin) of
+    /// `{"id": ANY, "image": PATH, "question": STR}`; one `--json` object per request on stdout
+    /// (compact, one line, plus `id`), in input order; `{id}` in --save-dir is the request id.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["image", "question"])]
+    pub batch: Option<PathBuf>,
 }
 
-pub fn run(a: AskArgs) -> Result<()> {
-    if a.question.trim().is_empty() {
-        return Err(Error::Usage("the question is empty".into()));
-    }
-    let _trace = a.rt.start_trace()?;
-    let (device, dtype) = a.rt.device_dtype()?;
-    let img = crate::preprocess::image_io::load_rgb(&a.image)?;
-    let t_load = std::time::Instant::now();
-    let (ck, lo) = a.rt.open_model(&a.model, &device, dtype)?;
-    let dir = ck.dir.clone();
-    let mut g = Grounder::load(&ck, &lo)?;
-    drop(ck);
-    let load_secs = t_load.elapsed().as_secs_f64();
-    let cfg = g.chat.config();
-    let max_tiles = a.rt.tiles(&device, cfg.default_max_tiles());
-    let opts = GenerateOptions {
-        max_new_tokens: a.rt.max_new_tokens,
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
-        stop_ids: vec![],
-        stop_text: None,
-    };
-    let stream = !a.json;
-    let tokenizer = g.chat.tokenizer.clone();
-    let stops = g.chat.stop_ids.clone();
-    let mut out = std::io::stdout().lock();
-    let mut shown = String::new();
-    let mut ids: Vec<u32> = Vec::new();
-    let vision = g.vision(&img, max_tiles)?;
-    let ro = RespondOptions {
-        generation: opts,
-        constrain: !a.no_constrain,
-        force_depth: false,
-    };
-    let r = g.respond(&img, &vision, &format!("<image>\n{}", a.question), &ro, |id| {
-        if !stream || stops.contains(&id) {
-            return;
-        }
-        ids.push(id);
-        if let Ok(text) = tokenizer.decode(&ids, false) {
-            if text.len() > shown.len() && !text.ends_with('\u{fffd}') && text.starts_with(&shown) {
-                let _ = out.write_all(&text.as_bytes()[shown.len()..]);
-                let _ = out.flush();
-                shown = text;
-            }
-        }
-    })?;
-    let w = |e: std::io::Error| Error::io("<stdout>", e);
+/// What one answered request needs besides the model's reply.
+struct Context<'a> {
+    dir: &'a std::path::Path,
+    device: &'a candle_core::Device,
+    dtype: candle_core::DType,
+    load_s: f64,
+}
+
+/// The `--json` object of one reply; the spatial files go to `save_dir` when given.
+fn answer_json(
+    r: &crate::models::perceptio::SpatialAnswer,
+    vision: &crate::models::internvl::chat::Vision,
+    img: &image::RgbImage,
+    save_dir: Option<&std::path::Path>,
+    c: &Context,
+) -> Result<serde_json::Value> {
     let segments: Vec<serde_json::Value> = r
         .segments
         .iter()
@@ -105,7 +79,7 @@ pub fn run(a: AskArgs) -> Result<()> {
         },
         None => serde_json::Value::Null,
     };
-    if let Some(dir) = &a.save_dir {
+    if let Some(dir) = save_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         for (i, s) in r.segments.iter().enumerate() {
             crate::util::atomic::write(
@@ -115,7 +89,7 @@ pub fn run(a: AskArgs) -> Result<()> {
         }
         if !r.segments.is_empty() {
             let ms: Vec<&crate::mask::Mask> = r.segments.iter().map(|s| &s.mask).collect();
-            crate::util::atomic::write(&dir.join("overlay.png"), &crate::render::overlay_png(&img, &ms)?)?;
+            crate::util::atomic::write(&dir.join("overlay.png"), &crate::render::overlay_png(img, &ms)?)?;
         }
         if let Some(map) = r.depth.as_ref().and_then(|d| d.map.as_ref()) {
             let unit = map.to_unit();
@@ -133,11 +107,11 @@ pub fn run(a: AskArgs) -> Result<()> {
         "prompt_tokens": r.prompt_tokens,
         "tiles": vision.n_tiles,
         "grid": [vision.grid.cols, vision.grid.rows],
-        "model": dir,
-        "device": format!("{:?}", device),
-        "dtype": format!("{dtype:?}").to_lowercase(),
+        "model": c.dir,
+        "device": format!("{:?}", c.device),
+        "dtype": format!("{:?}", c.dtype).to_lowercase(),
         "timings": {
-            "load_s": load_secs,
+            "load_s": c.load_s,
             "vision_s": vision.secs,
             "llm_s": r.llm_s,
             "sam2_s": r.sam2_s,
@@ -147,12 +121,66 @@ pub fn run(a: AskArgs) -> Result<()> {
             "decode_tok_per_s": r.token_ids.len() as f64 / r.decode_s.max(1e-9),
         },
     });
-    if let Some(dir) = &a.save_dir {
+    if let Some(dir) = save_dir {
         crate::util::atomic::write(
             &dir.join("answer.json"),
             serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes(),
         )?;
     }
+    Ok(v)
+}
+
+pub fn run(a: AskArgs) -> Result<()> {
+    if let Some(b) = &a.batch {
+        return run_batch(&a, b);
+    }
+    let question = a.question.as_deref().unwrap_or_default();
+    if question.trim().is_empty() {
+        return Err(Error::Usage("the question is empty".into()));
+    }
+    let _trace = a.rt.start_trace()?;
+    let (device, dtype) = a.rt.device_dtype()?;
+    let img = crate::preprocess::image_io::load_rgb(a.image.as_deref().unwrap_or(std::path::Path::new("-")))?;
+    let t_load = std::time::Instant::now();
+    let (ck, lo) = a.rt.open_model(&a.model, &device, dtype)?;
+    let dir = ck.dir.clone();
+    let mut g = Grounder::load(&ck, &lo)?;
+    drop(ck);
+    let c = Context {
+        dir: &dir,
+        device: &device,
+        dtype,
+        load_s: t_load.elapsed().as_secs_f64(),
+    };
+    let max_tiles = a.rt.tiles(&device, g.chat.config().default_max_tiles());
+    let stream = !a.json;
+    let tokenizer = g.chat.tokenizer.clone();
+    let stops = g.chat.stop_ids.clone();
+    let mut out = std::io::stdout().lock();
+    let mut shown = String::new();
+    let mut ids: Vec<u32> = Vec::new();
+    let vision = g.vision(&img, max_tiles)?;
+    let r = g.respond(
+        &img,
+        &vision,
+        &format!("<image>\n{question}"),
+        &respond_options(&a),
+        |id| {
+            if !stream || stops.contains(&id) {
+                return;
+            }
+            ids.push(id);
+            if let Ok(text) = tokenizer.decode(&ids, false) {
+                if text.len() > shown.len() && !text.ends_with('\u{fffd}') && text.starts_with(&shown) {
+                    let _ = out.write_all(&text.as_bytes()[shown.len()..]);
+                    let _ = out.flush();
+                    shown = text;
+                }
+            }
+        },
+    )?;
+    let w = |e: std::io::Error| Error::io("<stdout>", e);
+    let v = answer_json(&r, &vision, &img, a.save_dir.as_deref(), &c)?;
     if a.json {
         serde_json::to_writer_pretty(&mut out, &v).map_err(|e| w(e.into()))?;
         writeln!(out).map_err(w)?;
@@ -163,6 +191,73 @@ pub fn run(a: AskArgs) -> Result<()> {
             out.write_all(&full.as_bytes()[shown.len()..]).map_err(w)?;
         }
         writeln!(out).map_err(w)?;
+    }
+    Ok(())
+}
+
+fn respond_options(a: &AskArgs) -> RespondOptions {
+    let generation = GenerateOptions {
+        max_new_tokens: a.rt.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_ids: vec![],
+        stop_text: None,
+    };
+    RespondOptions {
+        generation,
+        constrain: !a.no_constrain,
+        force_depth: false,
+    }
+}
+
+/// One request line of `--batch`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    id: serde_json::Value,
+    image: PathBuf,
+    question: String,
+}
+
+/// `--batch`: every request through one loaded model, in input order; a failing request becomes
+/// an error line and the batch goes on; the run fails (exit 1) at the end if any did.
+fn run_batch(a: &AskArgs, batch: &std::path::Path) -> Result<()> {
+    let _trace = a.rt.start_trace()?;
+    let (device, dtype) = a.rt.device_dtype()?;
+    let lines = super::batch::read_lines(batch)?;
+    let t_load = std::time::Instant::now();
+    let (ck, lo) = a.rt.open_model(&a.model, &device, dtype)?;
+    let dir = ck.dir.clone();
+    let mut g = Grounder::load(&ck, &lo)?;
+    drop(ck);
+    let load_s = t_load.elapsed().as_secs_f64();
+    let max_tiles = a.rt.tiles(&device, g.chat.config().default_max_tiles());
+    let ro = respond_options(a);
+    let mut visions = super::batch::VisionCache::default();
+    let failed = super::batch::for_each(batch, &lines, "ask", |k, req: BatchRequest| {
+        if req.question.trim().is_empty() {
+            return Err(Error::Usage("the question is empty".into()));
+        }
+        let e = visions.get(&req.image, |img| g.vision(img, max_tiles))?;
+        let (img, vision) = (&e.0, &e.1);
+        let r = g.respond(img, vision, &format!("<image>\n{}", req.question), &ro, |_| {})?;
+        let save = a.save_dir.as_deref().map(|d| super::batch::with_id(d, &req.id));
+        let c = Context {
+            dir: &dir,
+            device: &device,
+            dtype,
+            load_s: if k == 0 { load_s } else { 0.0 },
+        };
+        let mut v = answer_json(&r, vision, img, save.as_deref(), &c)?;
+        v["id"] = req.id.clone();
+        Ok(vec![v])
+    })?;
+    if failed > 0 {
+        return Err(Error::at(
+            batch.display().to_string(),
+            format!("{failed} request(s) failed (see their error lines)"),
+        ));
     }
     Ok(())
 }

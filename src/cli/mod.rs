@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and output only; the work lives in the library.
 
 mod ask;
+mod batch;
 mod depth;
 mod download;
 mod eval;

@@ -410,103 +410,38 @@ struct BatchRequest {
     expressions: Vec<String>,
 }
 
-/// `{id}` in a file name: a string id as is, any other JSON value as its JSON text; path
-/// separators become `_` so an id cannot leave the output directory.
-fn id_text(id: &serde_json::Value) -> String {
-    let s = match id {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    s.replace(['/', '\\'], "_").replace("..", "_")
-}
-
 /// `--batch`: every request through one loaded model, in input order; a request that fails
 /// becomes an error line and the batch goes on.
 fn run_batch(a: &SegmentArgs, batch: &Path, device: &Device, dtype: DType) -> Result<i32> {
-    let text = if batch.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s).map_err(|e| Error::io("<stdin>", e))?;
-        s
-    } else {
-        String::from_utf8(crate::util::read_file(batch)?).map_err(|_| Error::input(batch, "not UTF-8"))?
-    };
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, l))
-        .collect();
+    let text = super::batch::read_lines(batch)?;
     let mut s = Session::open(a, device, dtype)?;
-    let pb = crate::run::progress(lines.len() as u64, "segment");
-    let (mut failed, mut no_mask) = (false, false);
-    // The InternViT features of the last photos (SAM2 keeps its own per-content cache), so a
-    // photo that comes back is encoded once.
-    let mut visions: Vec<(
-        PathBuf,
-        std::sync::Arc<(image::RgbImage, crate::models::internvl::chat::Vision)>,
-    )> = Vec::new();
-    for (k, (line_no, line)) in lines.iter().enumerate() {
-        let req: BatchRequest = match serde_json::from_str(line) {
-            Ok(r) => r,
-            Err(e) => {
-                failed = true;
-                super::print_json_line(
-                    &serde_json::json!({"line": line_no, "error": format!("{}:{line_no}: {e}", batch.display())}),
-                )?;
-                pb.inc(1);
-                continue;
-            }
-        };
-        let one = (|| -> Result<(Vec<serde_json::Value>, bool)> {
-            if let Some(i) = req.expressions.iter().position(|e| e.trim().is_empty()) {
-                return Err(Error::Usage(format!("expression {} is empty", i + 1)));
-            }
-            let hit = visions.iter().position(|(p, _)| *p == req.image);
-            let entry = match hit {
-                Some(i) => visions[i].1.clone(),
-                None => {
-                    let img = crate::preprocess::image_io::load_rgb(&req.image)?;
-                    let v = s.g.vision(&img, s.max_tiles)?;
-                    let e = std::sync::Arc::new((img, v));
-                    if visions.len() == 8 {
-                        visions.remove(0);
-                    }
-                    visions.push((req.image.clone(), e.clone()));
-                    e
-                }
-            };
-            let outs = Outputs {
-                a,
-                n: req.expressions.len(),
-                id: Some(id_text(&req.id)),
-            };
-            s.expressions(
-                &entry.0,
-                &entry.1,
-                &req.expressions,
-                &outs,
-                &req.image.display().to_string(),
-                k == 0,
-            )
-        })();
-        match one {
-            Ok((vs, nm)) => {
-                no_mask |= nm;
-                for mut v in vs {
-                    v["id"] = req.id.clone();
-                    super::print_json_line(&v)?;
-                }
-            }
-            Err(e) if e.is_broken_pipe() => return Err(e),
-            Err(e) => {
-                failed = true;
-                super::print_json_line(&serde_json::json!({"id": req.id, "error": e.to_string()}))?;
-            }
+    let mut visions = super::batch::VisionCache::default();
+    let mut no_mask = false;
+    let failed = super::batch::for_each(batch, &text, "segment", |k, req: BatchRequest| {
+        if let Some(i) = req.expressions.iter().position(|e| e.trim().is_empty()) {
+            return Err(Error::Usage(format!("expression {} is empty", i + 1)));
         }
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    Ok(if failed {
+        let max_tiles = s.max_tiles;
+        let e = visions.get(&req.image, |img| s.g.vision(img, max_tiles))?;
+        let id = super::batch::with_id(Path::new("{id}"), &req.id).display().to_string();
+        let outs = Outputs {
+            a,
+            n: req.expressions.len(),
+            id: Some(id),
+        };
+        let (mut vs, nm) = s.expressions(
+            &e.0,
+            &e.1,
+            &req.expressions,
+            &outs,
+            &req.image.display().to_string(),
+            k == 0,
+        )?;
+        no_mask |= nm;
+        vs.iter_mut().for_each(|v| v["id"] = req.id.clone());
+        Ok(vs)
+    })?;
+    Ok(if failed > 0 {
         exit::FAILURE
     } else if no_mask {
         exit::NO_MASK
