@@ -331,3 +331,49 @@ fn segment_keeps_depth_blocks_well_formed() {
         "unconstrained sampling never went wrong either: the test proves nothing"
     );
 }
+
+/// `depth --batch`: the model loads once; each request's line is the single call's `--json`
+/// object plus its id, `{id}` names the files, a missing image is an error line, exit 1.
+#[test]
+fn depth_batch_matches_single_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    perceptio_model(dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let m = dir.path().to_str().unwrap();
+    let chelsea = fixture("images/chelsea.png");
+    let portrait = fixture("images/coffee_portrait.png");
+    let batch = [
+        serde_json::json!({"id": "c", "image": chelsea}).to_string(),
+        serde_json::json!({"id": "x", "image": out.path().join("missing.png")}).to_string(),
+        serde_json::json!({"id": "p", "image": portrait}).to_string(),
+    ]
+    .join("\n");
+    let png = out.path().join("{id}.png").to_str().unwrap().to_string();
+    let common = [
+        "--model",
+        m,
+        "--force-depth",
+        "--max-tiles",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ];
+    let mut args = vec!["depth", "--batch", "-", "-o", &png];
+    args.extend_from_slice(&common);
+    let r = run(&args, Some(batch.as_bytes()));
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    let lines: Vec<serde_json::Value> = stdout(&r).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1]["error"].as_str().unwrap().contains("missing.png"));
+    for (got, img, id) in [(&lines[0], &chelsea, "c"), (&lines[2], &portrait, "p")] {
+        assert_eq!(got["id"], id);
+        let mut a = vec!["depth", img.to_str().unwrap()];
+        a.extend_from_slice(&common);
+        let one = run(&a, None);
+        assert!(one.status.success(), "{}", stderr(&one));
+        let want: serde_json::Value = serde_json::from_str(stdout(&one).trim()).unwrap();
+        assert_eq!(got["tokens"], want["tokens"]);
+        assert!(out.path().join(format!("{id}.png")).is_file());
+    }
+}

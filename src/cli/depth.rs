@@ -29,7 +29,8 @@ pub enum Source {
 #[derive(Args, Debug)]
 pub struct DepthArgs {
     /// Image file (PNG/JPEG), `-` for stdin; with --tokens also a directory of images.
-    pub image: PathBuf,
+    #[arg(required_unless_present = "batch")]
+    pub image: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "model")]
     pub source: Source,
     /// The model (hub repo or directory) for --source model, and the VQ-VAE for --tokens.
@@ -69,26 +70,35 @@ pub struct DepthArgs {
     /// Start the reply with the depth start marker, so the model must write a depth block.
     #[arg(long)]
     pub force_depth: bool,
+    /// Many photos with the model loaded once: a JSONL file (`-` = stdin) of
+    /// `{"id": ANY, "image": PATH}`; one `--json` object per request plus `id`, in input order;
+    /// `{id}` in -o/--colormap/--npy is the request id (not with --tokens).
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["image", "tokens"])]
+    pub batch: Option<PathBuf>,
     #[command(flatten)]
     pub rt: RuntimeArgs,
 }
 
 /// Write the requested files: the PNGs get the map in [0, 1] (see `DepthMap::to_unit`), the
 /// .npy the raw values.
-fn write_outputs(a: &DepthArgs, map: &DepthMap) -> Result<serde_json::Value> {
+fn write_outputs(a: &DepthArgs, map: &DepthMap, id: Option<&serde_json::Value>) -> Result<serde_json::Value> {
     let (w, h) = (map.width, map.height);
     let shown = map.to_unit();
+    let name = |p: &Path| match id {
+        Some(id) => super::batch::with_id(p, id),
+        None => p.to_path_buf(),
+    };
     let mut files = serde_json::Map::new();
-    if let Some(p) = &a.output {
-        dio::write_png16(p, &shown, w, h)?;
+    if let Some(p) = a.output.as_deref().map(name) {
+        dio::write_png16(&p, &shown, w, h)?;
         files.insert("depth".into(), p.display().to_string().into());
     }
-    if let Some(p) = &a.colormap {
-        dio::write_turbo_png(p, &shown, w, h)?;
+    if let Some(p) = a.colormap.as_deref().map(name) {
+        dio::write_turbo_png(&p, &shown, w, h)?;
         files.insert("colormap".into(), p.display().to_string().into());
     }
-    if let Some(p) = &a.npy {
-        dio::write_npy(p, &map.data, w, h)?;
+    if let Some(p) = a.npy.as_deref().map(name) {
+        dio::write_npy(&p, &map.data, w, h)?;
         files.insert("npy".into(), p.display().to_string().into());
     }
     Ok(files.into())
@@ -163,29 +173,83 @@ pub fn run(a: DepthArgs) -> Result<i32> {
             "--tokens prints depth tokens; it takes no -o/--colormap/--npy/--force-depth".into(),
         ));
     }
-    if !a.tokens && a.image.is_dir() {
+    let image = a.image.clone().unwrap_or_default();
+    if !a.tokens && image.is_dir() {
         return Err(Error::Usage(format!(
             "{} is a directory: only --tokens handles folders",
-            a.image.display()
+            image.display()
         )));
     }
     if a.tokens || a.source == Source::Teacher {
         let t = Instant::now();
         let teacher = DepthAnything::load(&hub::resolve_model(&a.teacher, &a.rt.hub())?, &device, dtype)?;
         let load_s = t.elapsed().as_secs_f64();
-        return if a.tokens {
-            run_tokens(&a, &teacher, &device)
-        } else {
-            run_teacher(&a, &teacher, load_s, any_file)
-        };
+        if a.tokens {
+            return run_tokens(&a, &image, &teacher, &device);
+        }
+        if let Some(b) = &a.batch {
+            let text = super::batch::read_lines(b)?;
+            let failed = super::batch::for_each(b, &text, "depth", |k, req: BatchRequest| {
+                let img = crate::preprocess::load_rgb(&req.image)?;
+                let mut v = teacher_one(
+                    &a,
+                    &teacher,
+                    &img,
+                    &req.image,
+                    Some(&req.id),
+                    if k == 0 { load_s } else { 0.0 },
+                )?;
+                v["id"] = req.id.clone();
+                Ok(vec![v])
+            })?;
+            return Ok(if failed > 0 { exit::FAILURE } else { exit::OK });
+        }
+        let img = crate::preprocess::load_rgb(&image)?;
+        let v = teacher_one(&a, &teacher, &img, &image, None, load_s)?;
+        if a.json || !any_file {
+            super::print_json_line(&v)?;
+        }
+        return Ok(exit::OK);
     }
-    run_model(&a, &device, dtype, any_file)
+    let mut s = ModelSession::open(&a, &device, dtype)?;
+    if let Some(b) = &a.batch {
+        let text = super::batch::read_lines(b)?;
+        let mut no_block = false;
+        let failed = super::batch::for_each(b, &text, "depth", |k, req: BatchRequest| {
+            let img = crate::preprocess::load_rgb(&req.image)?;
+            let (mut v, nb) = s.one(&a, &img, &req.image, Some(&req.id), k == 0)?;
+            no_block |= nb;
+            v["id"] = req.id.clone();
+            Ok(vec![v])
+        })?;
+        return Ok(if failed > 0 {
+            exit::FAILURE
+        } else if no_block {
+            exit::NO_MASK
+        } else {
+            exit::OK
+        });
+    }
+    let img = crate::preprocess::load_rgb(&image)?;
+    let (v, no_block) = s.one(&a, &img, &image, None, true)?;
+    if a.json || !any_file {
+        super::print_json_line(&v)?;
+    }
+    Ok(if no_block { exit::NO_MASK } else { exit::OK })
+}
+
+/// One request line of `--batch`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    id: serde_json::Value,
+    image: PathBuf,
 }
 
 /// `--tokens`: the teacher's map of each image as VQ-VAE depth tokens, one JSON line each.
-fn run_tokens(a: &DepthArgs, teacher: &DepthAnything, device: &candle_core::Device) -> Result<i32> {
+fn run_tokens(a: &DepthArgs, image: &Path, teacher: &DepthAnything, device: &candle_core::Device) -> Result<i32> {
     let (d, vq) = tokens_vqvae(a, device)?;
-    let files = inputs(&a.image)?;
+    let files = inputs(image)?;
     let pb = crate::run::progress(files.len() as u64, "depth tokens");
     let mut lines = String::new();
     let mut stdout = std::io::stdout().lock();
@@ -213,86 +277,113 @@ fn run_tokens(a: &DepthArgs, teacher: &DepthAnything, device: &candle_core::Devi
     Ok(exit::OK)
 }
 
-/// `--source teacher`: the Depth Anything V2 map.
-fn run_teacher(a: &DepthArgs, teacher: &DepthAnything, load_s: f64, any_file: bool) -> Result<i32> {
-    let img = crate::preprocess::load_rgb(&a.image)?;
+/// `--source teacher`: the Depth Anything V2 map of one photo, its files written.
+fn teacher_one(
+    a: &DepthArgs,
+    teacher: &DepthAnything,
+    img: &image::RgbImage,
+    image: &Path,
+    id: Option<&serde_json::Value>,
+    load_s: f64,
+) -> Result<serde_json::Value> {
     let t = Instant::now();
-    let m = teacher.predict_depth(&img)?;
+    let m = teacher.predict_depth(img)?;
     let infer_s = t.elapsed().as_secs_f64();
-    let files = write_outputs(a, &m)?;
-    if a.json || !any_file {
-        let (lo, hi) = m.range();
-        super::print_json_line(&serde_json::json!({
-            "image": a.image.display().to_string(), "source": "teacher", "teacher": a.teacher,
-            "width": m.width, "height": m.height, "min": lo, "max": hi,
-            "convention": "relative inverse depth (larger = nearer); PNGs are min-max scaled",
-            "files": files, "timings": {"load_s": load_s, "infer_s": infer_s},
-        }))?;
-    }
-    Ok(exit::OK)
+    let files = write_outputs(a, &m, id)?;
+    let (lo, hi) = m.range();
+    Ok(serde_json::json!({
+        "image": image.display().to_string(), "source": "teacher", "teacher": a.teacher,
+        "width": m.width, "height": m.height, "min": lo, "max": hi,
+        "convention": "relative inverse depth (larger = nearer); PNGs are min-max scaled",
+        "files": files, "timings": {"load_s": load_s, "infer_s": infer_s},
+    }))
 }
 
-/// `--source model`: the model's own depth block, decoded by its VQ-VAE.
-fn run_model(a: &DepthArgs, device: &candle_core::Device, dtype: candle_core::DType, any_file: bool) -> Result<i32> {
-    let img = crate::preprocess::load_rgb(&a.image)?;
-    let t = Instant::now();
-    let (ck, lo) = a.rt.open_model(&a.model, device, dtype)?;
-    let dir = ck.dir.clone();
-    let mut g = Grounder::load(&ck, &lo)?;
-    drop(ck);
-    let load_s = t.elapsed().as_secs_f64();
-    let Some(head) = &g.depth else {
-        return Err(Error::input(&dir, "this model has no depth tokens (no `perceptio.depth` block in config.json); use --source teacher for a Depth Anything V2 map"));
-    };
-    let prompt = head.prompt.clone();
-    let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
-    let vision = g.vision(&img, max_tiles)?;
-    let o = RespondOptions {
-        generation: GenerateOptions {
+/// `--source model`: the model loaded once, its depth prompt and decoding options.
+struct ModelSession {
+    g: Grounder,
+    dir: PathBuf,
+    prompt: String,
+    max_tiles: usize,
+    load_s: f64,
+    o: RespondOptions,
+}
+
+impl ModelSession {
+    fn open(a: &DepthArgs, device: &candle_core::Device, dtype: candle_core::DType) -> Result<Self> {
+        let t = Instant::now();
+        let (ck, lo) = a.rt.open_model(&a.model, device, dtype)?;
+        let dir = ck.dir.clone();
+        let g = Grounder::load(&ck, &lo)?;
+        drop(ck);
+        let Some(head) = &g.depth else {
+            return Err(Error::input(&dir, "this model has no depth tokens (no `perceptio.depth` block in config.json); use --source teacher for a Depth Anything V2 map"));
+        };
+        let prompt = head.prompt.clone();
+        let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
+        let generation = GenerateOptions {
             max_new_tokens: a.rt.max_new_tokens,
             ..Default::default()
-        },
-        constrain: !a.no_constrain,
-        force_depth: a.force_depth,
-    };
-    let r = g.respond(&img, &vision, &prompt, &o, |_| {})?;
-    let Some(outcome) = r.depth else {
-        eprintln!(
-            "perceptio: the model wrote no depth block (reply: {:?}); try --force-depth, or --source teacher for a Depth Anything V2 map",
-            r.text_with_spatial_tokens
-        );
-        if a.json || !any_file {
-            super::print_json_line(
-                &serde_json::json!({"image": a.image.display().to_string(), "source": "model", "depth": null, "text_with_spatial_tokens": r.text_with_spatial_tokens}),
-            )?;
-        }
-        return Ok(exit::NO_MASK);
-    };
-    let block = match outcome.block {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!(
-                "perceptio: the model's depth block is malformed: {e} (reply: {:?})",
-                r.text_with_spatial_tokens
-            );
-            return Ok(exit::NO_MASK);
-        }
-    };
-    let map = outcome
-        .map
-        .ok_or_else(|| Error::at("model", "the depth block parsed but was not decoded"))?;
-    let files = write_outputs(a, &map)?;
-    if a.json || !any_file {
-        let (lo, hi) = map.range();
-        super::print_json_line(&serde_json::json!({
-            "image": a.image.display().to_string(), "source": "model", "model": dir,
-            "prompt": prompt, "grid": [block.grid.0, block.grid.1], "tokens": block.codes,
-            "width": map.width, "height": map.height, "min": lo, "max": hi,
-            "convention": "AURORA disparity scale in [0, 1] (brighter = nearer)",
-            "answer": r.answer, "text_with_spatial_tokens": r.text_with_spatial_tokens,
-            "constrained": !a.no_constrain, "forced_start": a.force_depth,
-            "files": files, "timings": {"load_s": load_s, "vision_s": vision.secs, "llm_s": r.llm_s},
-        }))?;
+        };
+        let o = RespondOptions {
+            generation,
+            constrain: !a.no_constrain,
+            force_depth: a.force_depth,
+        };
+        Ok(Self {
+            g,
+            dir,
+            prompt,
+            max_tiles,
+            load_s: t.elapsed().as_secs_f64(),
+            o,
+        })
     }
-    Ok(exit::OK)
+
+    /// The model's depth map of one photo (files written) and whether it wrote no usable block.
+    fn one(
+        &mut self,
+        a: &DepthArgs,
+        img: &image::RgbImage,
+        image: &Path,
+        id: Option<&serde_json::Value>,
+        first: bool,
+    ) -> Result<(serde_json::Value, bool)> {
+        let vision = self.g.vision(img, self.max_tiles)?;
+        let r = self.g.respond(img, &vision, &self.prompt, &self.o, |_| {})?;
+        let name = image.display().to_string();
+        let no_block = |why: String| {
+            eprintln!("perceptio: {name}: {why} (reply: {:?}); try --force-depth, or --source teacher for a Depth Anything V2 map", r.text_with_spatial_tokens);
+            (
+                serde_json::json!({"image": name, "source": "model", "depth": null, "error": why, "text_with_spatial_tokens": r.text_with_spatial_tokens}),
+                true,
+            )
+        };
+        let Some(outcome) = &r.depth else {
+            return Ok(no_block("the model wrote no depth block".into()));
+        };
+        let block = match &outcome.block {
+            Ok(b) => b,
+            Err(e) => return Ok(no_block(format!("the model's depth block is malformed: {e}"))),
+        };
+        let map = outcome
+            .map
+            .as_ref()
+            .ok_or_else(|| Error::at("model", "the depth block parsed but was not decoded"))?;
+        let files = write_outputs(a, map, id)?;
+        let (lo, hi) = map.range();
+        let load_s = if first { self.load_s } else { 0.0 };
+        Ok((
+            serde_json::json!({
+                "image": name, "source": "model", "model": self.dir,
+                "prompt": self.prompt, "grid": [block.grid.0, block.grid.1], "tokens": block.codes,
+                "width": map.width, "height": map.height, "min": lo, "max": hi,
+                "convention": "AURORA disparity scale in [0, 1] (brighter = nearer)",
+                "answer": r.answer, "text_with_spatial_tokens": r.text_with_spatial_tokens,
+                "constrained": !a.no_constrain, "forced_start": a.force_depth,
+                "files": files, "timings": {"load_s": load_s, "vision_s": vision.secs, "llm_s": r.llm_s},
+            }),
+            false,
+        ))
+    }
 }
