@@ -104,6 +104,8 @@ pub fn generate_constrained(
     let t0 = Instant::now();
     let h = model.llm.forward_embeds(embeds, 0)?;
     let mut last = h.i((0, prompt_tokens - 1))?;
+    // Stage times are the device's: wait for an asynchronous GPU before reading the clock.
+    embeds.device().synchronize()?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut ids = Vec::new();
@@ -140,6 +142,7 @@ pub fn generate_constrained(
         last = h.i((0, 0))?;
         hidden.push(last.clone());
     }
+    embeds.device().synchronize()?;
     Ok(Generation {
         ids,
         hidden,

@@ -143,6 +143,8 @@ impl ChatModel {
         let (px, grid, n_tiles) = self.pixel_values(img, max_tiles)?;
         let t = std::time::Instant::now();
         let feats = self.model.extract_feature(&px)?;
+        // A GPU runs asynchronously: wait for it so the time is the ViT's, not the next stage's.
+        self.device.synchronize()?;
         Ok(Vision {
             feats,
             grid,

@@ -181,6 +181,7 @@ impl Grounder {
         let (w, h) = (img.width(), img.height());
         let t = Instant::now();
         let (feats, hit) = sam2.features(img, Preprocess::Sa2va)?;
+        sam2.device.synchronize()?;
         timings.sam2_encode_s = t.elapsed().as_secs_f64();
         timings.sam2_cached = hit;
         let t = Instant::now();
