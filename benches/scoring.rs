@@ -268,4 +268,40 @@ fn main() {
         mmbench::evaluate(&ann, &preds, Matcher::Vlmevalkit, MissingPolicy::Strict, &mp).unwrap()
     });
     println!("  overall {:.4} over {} questions", r.overall, r.questions);
+
+    // HTML reports of the 10k-sentence run, no images (docs/report.md): from the scorer's results
+    // as `eval refcoco --report` builds them, and from the --per-sample file as `perceptio report`.
+    let per = dir.join("per_sample.jsonl");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&per).unwrap());
+        for sample in &report.per_sample {
+            serde_json::to_writer(&mut w, sample).unwrap();
+            w.write_all(b"\n").unwrap();
+        }
+    }
+    let opts = perceptio::report::Options::default();
+    let (_, html) = time("report: 10k sentences, from the scorer's results", 7, || {
+        let prov = perceptio::report::Provenance::new("bench");
+        let run = perceptio::report::Run::refcoco(&report, &Default::default(), "predictions.jsonl", prov).unwrap();
+        perceptio::report::render(&[run], &opts).unwrap()
+    });
+    println!("  {:.3} MB of HTML", html.len() as f64 / 1e6);
+    let shown = per.display().to_string();
+    let (_, html) = time("report: 10k sentences, from a --per-sample file", 7, || {
+        let run = perceptio::report::load(&per, &shown).unwrap();
+        perceptio::report::render(&[run], &opts).unwrap()
+    });
+    println!(
+        "  {:.3} MB of HTML from a {:.1} MB per-sample file",
+        html.len() as f64 / 1e6,
+        std::fs::metadata(&per).unwrap().len() as f64 / 1e6
+    );
+    let (_, html) = time("report: comparison of two 10k-sentence files", 7, || {
+        let runs = [
+            perceptio::report::load(&per, &shown).unwrap(),
+            perceptio::report::load(&per, &shown).unwrap(),
+        ];
+        perceptio::report::render(&runs, &opts).unwrap()
+    });
+    println!("  {:.3} MB of HTML", html.len() as f64 / 1e6);
 }

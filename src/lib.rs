@@ -5,6 +5,8 @@
 //! Layers, each using only those below it (docs/architecture.md has the picture):
 //! - [`cli`]: flags → ready objects, printing, exit codes.
 //! - [`run`]: model-driven benchmark runs (resume, shards, manifests).
+//! - [`report`]: self-contained HTML reports of scored runs (numbers, charts, galleries); uses
+//!   the scorers and renderers, never the models.
 //! - [`eval`]: pure scorers (RefCOCO cIoU, MMBench, HardBLINK); no candle, no models.
 //! - [`models`]: InternVL, SAM2, the VQ-VAE, Depth Anything, built from one
 //!   [`models::checkpoint::Checkpoint`]; never the hub or the CLI.
@@ -21,6 +23,7 @@ pub mod mask;
 pub mod models;
 pub mod preprocess;
 pub mod render;
+pub mod report;
 pub mod run;
 pub mod train;
 pub mod util;

@@ -90,6 +90,11 @@ fn layers_only_point_down() {
         ],
     ));
     bad.extend(violations("run", &["crate::cli"]));
+    // Reports read what the scorers and renderers give; they never run a model.
+    bad.extend(violations(
+        "report",
+        &["crate::models", "crate::hub", "crate::run", "crate::cli", "candle"],
+    ));
     for core in ["mask", "depthmap", "util", "error"] {
         bad.extend(violations(core, &above_core));
     }

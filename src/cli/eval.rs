@@ -5,9 +5,11 @@ use crate::eval::{hardblink, mmbench, refcoco};
 use crate::models::checkpoint::Checkpoint;
 use crate::models::internvl::chat::ChatModel;
 use crate::models::perceptio::{Grounder, LoadOptions};
+use crate::report;
 use crate::run;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -146,9 +148,17 @@ pub struct RefcocoArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// With --model: the COCO image directory (train2014) holding the instances' file_name.
-    #[arg(long, value_name = "DIR", requires = "model")]
+    /// The COCO image directory (train2014) holding the instances' file_name: what --model runs
+    /// on, and the photos of the --report gallery.
+    #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
+    /// Write a self-contained HTML report (numbers, IoU histogram, worst and median sentences; with
+    /// --images, on the photos). See docs/report.md.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// With --report: how many worst and how many median sentences to show.
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "report")]
+    pub report_k: usize,
     /// With --model: teacher-force "Sure, [SEG]." (LISA/GLaMM style) instead of generating.
     #[arg(long, requires = "model")]
     pub force_seg: bool,
@@ -173,9 +183,13 @@ pub struct MmbenchArgs {
     /// Also write VLMEvalKit's `_acc.csv` table.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
-    /// Write one JSON line per question (outcome, rows, category).
+    /// Write one JSON line per question (outcome, rows, category, each row's answer).
     #[arg(long, value_name = "FILE.jsonl")]
     pub per_question: Option<PathBuf>,
+    /// Write a self-contained HTML report (numbers, per-category bars, confusion table, unresolved
+    /// answers). See docs/report.md.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -193,6 +207,13 @@ pub struct HardblinkArgs {
     /// BLINK Relative_Depth (2-point) items with gold and prediction, for AURORA's 4-column mean.
     #[arg(long, value_name = "FILE")]
     pub blink2: Option<PathBuf>,
+    /// Write one JSON line per item (variant, question_id, answer, parsed and gold letter, outcome).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub per_sample: Option<PathBuf>,
+    /// Write a self-contained HTML report (numbers, per-variant bars, confusion tables, unparsable
+    /// answers). See docs/report.md.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
     /// With --model: the images root (default: ANNOTATIONS/images), holding blink{N}pointscenter/.
@@ -308,13 +329,13 @@ fn run_merge(a: MergeArgs) -> Result<()> {
 }
 
 /// A predictions path, spooling `-` (stdin) into a temp file so every reader takes a path.
-struct Input {
-    path: PathBuf,
-    shown: String,
+pub(super) struct Input {
+    pub path: PathBuf,
+    pub shown: String,
     _tmp: Option<tempfile::NamedTempFile>,
 }
 
-fn input(p: &Path, suffix: &str) -> Result<Input> {
+pub(super) fn input(p: &Path, suffix: &str) -> Result<Input> {
     if p.as_os_str() != "-" {
         return Ok(Input {
             path: p.to_path_buf(),
@@ -334,15 +355,66 @@ fn input(p: &Path, suffix: &str) -> Result<Input> {
     })
 }
 
-fn provenance(files: &[(&str, &Path, &str)]) -> Result<Value> {
-    let mut inputs = serde_json::Map::new();
-    for (role, path, shown) in files {
-        inputs.insert(
-            role.to_string(),
-            json!({"path": shown, "sha256": crate::util::sha256_file(path)?}),
-        );
+/// (role, path as shown, sha256) of every input, computed once for --json and --report.
+fn hashed(files: &[(&str, &Path, &str)]) -> Result<Vec<(String, String, String)>> {
+    files
+        .iter()
+        .map(|(role, path, shown)| Ok((role.to_string(), shown.to_string(), crate::util::sha256_file(path)?)))
+        .collect()
+}
+
+fn provenance(inputs: &[(String, String, String)]) -> Value {
+    let mut m = serde_json::Map::new();
+    for (role, shown, sha) in inputs {
+        m.insert(role.clone(), json!({"path": shown, "sha256": sha}));
     }
-    Ok(json!({"perceptio_version": env!("CARGO_PKG_VERSION"), "inputs": inputs}))
+    json!({"perceptio_version": env!("CARGO_PKG_VERSION"), "inputs": m})
+}
+
+/// The report's provenance: the scorer's inputs, the model of a `--model` run, settings.
+fn report_provenance(what: &str, inputs: &[(String, String, String)], model: Option<&str>) -> report::Provenance {
+    let mut p = report::Provenance::new(format!("perceptio {what}, scored in this run"));
+    p.inputs = inputs.to_vec();
+    p.model = model.map(String::from);
+    p
+}
+
+/// Refuse `--report -`: stdout already carries the scores.
+fn report_target(path: &Path) -> Result<()> {
+    if path.as_os_str() == "-" {
+        return Err(Error::Usage(
+            "--report - would mix the report with the scores on stdout: give a file (or use `perceptio report`)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The raw outputs (by `key`) and the prompts of a `--log-samples` file, for a report.
+fn log_extras(path: &Path, key: &str) -> Result<(HashMap<i64, String>, Vec<String>)> {
+    let mut outputs = HashMap::new();
+    let mut prompts = Vec::new();
+    if !path.is_file() {
+        return Ok((outputs, prompts));
+    }
+    crate::util::jsonl::for_each::<Value, _>(path, |_, v| {
+        if let (Some(k), Some(o)) = (
+            v.get(key).and_then(Value::as_i64),
+            v.get("output").and_then(Value::as_str),
+        ) {
+            outputs.insert(k, o.to_string());
+        }
+        if let Some(p) = v.get("prompt").and_then(Value::as_str) {
+            prompts.push(p.to_string());
+        }
+        Ok(())
+    })?;
+    Ok((outputs, prompts))
+}
+
+fn run_name(shown: &str) -> String {
+    Path::new(shown)
+        .file_name()
+        .map_or_else(|| shown.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 fn print_json(v: &Value) -> Result<()> {
@@ -379,6 +451,14 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
         return Err(Error::Usage(
             "--model needs --images DIR (the COCO train2014 images)".into(),
         ));
+    }
+    if a.images.is_some() && a.run.model.is_none() && a.report.is_none() {
+        return Err(Error::Usage(
+            "--images is for --model (the photos to run on) or --report (its gallery)".into(),
+        ));
+    }
+    if let Some(r) = &a.report {
+        report_target(r)?;
     }
     let (mut gt, label, meta) = if let Some(gt_path) = &a.annotations {
         let gt = refcoco::refer::load_gt_jsonl(gt_path)?;
@@ -435,7 +515,7 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
     if let Some(p) = &a.per_sample {
         write_jsonl(p, &report.per_sample)?;
     }
-    if a.json {
+    let inputs = if a.json || a.report.is_some() {
         let mut files: Vec<(&str, &Path, &str)> = vec![("predictions", &pred.path, &pred.shown)];
         let shown: Vec<String> = gt.sources.iter().map(|p| p.display().to_string()).collect();
         let roles = if a.annotations.is_some() {
@@ -446,13 +526,47 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
         for ((role, p), s) in roles.iter().zip(&gt.sources).zip(&shown) {
             files.push((role, p, s));
         }
+        hashed(&files)?
+    } else {
+        Vec::new()
+    };
+    if let Some(out) = &a.report {
+        let mut prov = report_provenance("eval refcoco", &inputs, a.run.model.as_deref());
+        if let Value::Object(m) = &meta {
+            for (k, v) in m {
+                prov.setting(k, v.as_str().map_or_else(|| v.to_string(), String::from));
+            }
+        }
+        prov.setting("gt_overlap", format!("{:?}", a.gt_overlap).to_lowercase());
+        let (outputs, prompts) = match (&a.run.model, &a.run.log_samples) {
+            (Some(_), Some(log)) => log_extras(log, "sent_id")?,
+            _ => (HashMap::new(), Vec::new()),
+        };
+        if a.run.model.is_some() {
+            prov.setting(
+                "prompt template",
+                crate::models::perceptio::referring_prompt("{sentence}"),
+            );
+        }
+        for p in &prompts {
+            prov.add_prompt(p);
+        }
+        let run = report::Run::refcoco(&report, &outputs, &run_name(&pred.shown), prov)?;
+        let opts = report::Options {
+            images: a.images.clone(),
+            k: a.report_k,
+            ..Default::default()
+        };
+        super::report::write_html(out, &report::render(&[run], &opts)?)?;
+    }
+    if a.json {
         let mut v = serde_json::to_value(&report).expect("report serialises");
         let obj = v.as_object_mut().unwrap();
         if let Value::Object(m) = meta {
             obj.extend(m);
         }
         obj.insert("gt_overlap".into(), serde_json::to_value(a.gt_overlap).unwrap());
-        obj.insert("provenance".into(), provenance(&files)?);
+        obj.insert("provenance".into(), provenance(&inputs));
         print_json(&v)
     } else {
         print_text(&format!(
@@ -468,6 +582,9 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
 }
 
 fn run_mmbench(a: MmbenchArgs) -> Result<()> {
+    if let Some(r) = &a.report {
+        report_target(r)?;
+    }
     if a.run.model.is_some() {
         let (ck, _, device, mut o) = model_setup(&a.run, &a.predictions)?;
         let mut chat = ChatModel::from_checkpoint(&ck)?;
@@ -490,16 +607,30 @@ fn run_mmbench(a: MmbenchArgs) -> Result<()> {
     if let Some(p) = &a.per_question {
         write_jsonl(p, &report.results)?;
     }
+    let inputs = if a.json || a.report.is_some() {
+        let shown_ann = a.annotations.display().to_string();
+        hashed(&[
+            ("annotations", &a.annotations, &shown_ann),
+            ("predictions", &pred.path, &pred.shown),
+        ])?
+    } else {
+        Vec::new()
+    };
+    if let Some(out) = &a.report {
+        let mut prov = report_provenance("eval mmbench", &inputs, a.run.model.as_deref());
+        if let (Some(_), Some(log)) = (&a.run.model, &a.run.log_samples) {
+            for p in log_extras(log, "index")?.1 {
+                prov.add_prompt(&p);
+            }
+        }
+        let run = report::Run::mmbench(&report, &run_name(&pred.shown), prov)?;
+        super::report::write_html(out, &report::render(&[run], &Default::default())?)?;
+    }
     if a.json {
         let mut v = serde_json::to_value(&report).expect("report serialises");
-        let shown_ann = a.annotations.display().to_string();
-        v.as_object_mut().unwrap().insert(
-            "provenance".into(),
-            provenance(&[
-                ("annotations", &a.annotations, &shown_ann),
-                ("predictions", &pred.path, &pred.shown),
-            ])?,
-        );
+        v.as_object_mut()
+            .unwrap()
+            .insert("provenance".into(), provenance(&inputs));
         print_json(&v)
     } else {
         let mut s = format!(
@@ -526,6 +657,9 @@ fn run_mmbench(a: MmbenchArgs) -> Result<()> {
 }
 
 fn run_hardblink(a: HardblinkArgs) -> Result<()> {
+    if let Some(r) = &a.report {
+        report_target(r)?;
+    }
     if a.run.model.is_some() {
         let (ck, _, device, mut o) = model_setup(&a.run, &a.predictions)?;
         let mut chat = ChatModel::from_checkpoint(&ck)?;
@@ -540,7 +674,10 @@ fn run_hardblink(a: HardblinkArgs) -> Result<()> {
         }
     }
     let report = hardblink::score(&a.annotations, &a.predictions, a.blink2.as_deref())?;
-    if a.json {
+    if let Some(p) = &a.per_sample {
+        write_jsonl(p, &report.items().collect::<Vec<_>>())?;
+    }
+    let inputs = if a.json || a.report.is_some() {
         let mut files: Vec<(String, PathBuf)> = report
             .details
             .iter()
@@ -555,10 +692,20 @@ fn run_hardblink(a: HardblinkArgs) -> Result<()> {
             .zip(&shown)
             .map(|((r, p), s)| (r.as_str(), p.as_path(), s.as_str()))
             .collect();
+        hashed(&refs)?
+    } else {
+        Vec::new()
+    };
+    if let Some(out) = &a.report {
+        let prov = report_provenance("eval hardblink", &inputs, a.run.model.as_deref());
+        let run = report::Run::hardblink(&report, &run_name(&a.predictions.display().to_string()), prov)?;
+        super::report::write_html(out, &report::render(&[run], &Default::default())?)?;
+    }
+    if a.json {
         let mut v = serde_json::to_value(&report).expect("report serialises");
         v.as_object_mut()
             .unwrap()
-            .insert("provenance".into(), provenance(&refs)?);
+            .insert("provenance".into(), provenance(&inputs));
         print_json(&v)
     } else {
         let mut s = String::from("HardBLINK (relative depth, unparsable answers count as wrong)\n");

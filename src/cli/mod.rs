@@ -5,6 +5,7 @@ mod batch;
 mod depth;
 mod download;
 mod eval;
+mod report;
 mod runtime;
 mod segment;
 mod trace;
@@ -32,6 +33,9 @@ pub enum Command {
     Depth(depth::DepthArgs),
     /// Answer a question about an image with an InternVL2.5 / Sa2VA model.
     Ask(ask::AskArgs),
+    /// A self-contained HTML report of a per-sample file (RefCOCO, MMBench, HardBLINK), or the
+    /// comparison of two runs.
+    Report(report::ReportArgs),
 }
 
 /// Print one compact JSON value as a line on stdout.
@@ -66,5 +70,6 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Segment(args) => segment::run(args),
         Command::Depth(args) => depth::run(args),
         Command::Ask(args) => ask::run(args).map(|_| exit::OK),
+        Command::Report(args) => report::run(args).map(|_| exit::OK),
     }
 }

@@ -35,11 +35,40 @@ pub fn mask_png(m: &Mask) -> Result<Vec<u8>> {
 /// The photo with each mask tinted (50 % blend) and its outline drawn opaque; the outline is
 /// thicker on large photos so it stays visible.
 pub fn overlay(img: &RgbImage, masks: &[&Mask]) -> RgbImage {
+    let thick = (img.width().min(img.height()) / 400).max(1) as usize;
+    let styled: Vec<Outline> = masks
+        .iter()
+        .enumerate()
+        .map(|(k, m)| Outline {
+            mask: m,
+            color: PALETTE[k % PALETTE.len()],
+            tint: true,
+        })
+        .collect();
+    outlines(img, &styled, thick)
+}
+
+/// One mask to draw with [`outlines`]: its colour, and whether its inside is tinted too.
+pub struct Outline<'a> {
+    pub mask: &'a Mask,
+    pub color: [u8; 3],
+    pub tint: bool,
+}
+
+/// The photo with each mask's outline drawn opaque in its own colour, `thick` pixels wide, and
+/// (where asked) its inside blended 50 % with that colour; later masks are drawn over earlier
+/// ones. Several masks on one photo, e.g. a prediction and its ground truth.
+pub fn outlines(img: &RgbImage, masks: &[Outline], thick: usize) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut out = img.clone();
-    let thick = (w.min(h) / 400).max(1) as isize;
-    for (k, m) in masks.iter().enumerate() {
-        let c = PALETTE[k % PALETTE.len()];
+    let thick = thick.max(1) as isize;
+    for o in masks {
+        let (m, c) = (o.mask, o.color);
+        assert_eq!(
+            (m.width as usize, m.height as usize),
+            (w, h),
+            "mask and photo sizes differ"
+        );
         let inside = |x: isize, y: isize| {
             x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h && m.data[y as usize * w + x as usize] != 0
         };
@@ -50,6 +79,9 @@ pub fn overlay(img: &RgbImage, masks: &[&Mask]) -> RgbImage {
                 }
                 let (xi, yi) = (x as isize, y as isize);
                 let edge = (-thick..=thick).any(|d| !inside(xi + d, yi) || !inside(xi, yi + d));
+                if !edge && !o.tint {
+                    continue;
+                }
                 let p = out.get_pixel_mut(x as u32, y as u32);
                 for (v, &t) in p.0.iter_mut().zip(&c) {
                     *v = if edge { t } else { ((*v as u16 + t as u16) / 2) as u8 };
@@ -58,6 +90,15 @@ pub fn overlay(img: &RgbImage, masks: &[&Mask]) -> RgbImage {
         }
     }
     out
+}
+
+/// Encode an RGB image as baseline JPEG bytes (`quality` 1–100): small thumbnails for reports.
+pub fn jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::at("jpeg encoder", e.to_string()))?;
+    Ok(out)
 }
 
 pub fn overlay_png(img: &RgbImage, masks: &[&Mask]) -> Result<Vec<u8>> {

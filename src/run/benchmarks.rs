@@ -265,6 +265,7 @@ pub fn refcoco(
                     "seg_count": r.seg_count, "mask": mask, "intersection": inter, "union": union,
                     "iou": if union > 0 { inter as f64 / union as f64 } else { 1.0 },
                     "scores": r.scores, "timings": r.timings,
+                    "gt_mask": gt.masks[s.mask].to_coco_json(), "model": o.model_id,
                 }))?;
             }
             prog.one_done();
@@ -375,7 +376,7 @@ pub fn hardblink(
             l.append(&json!({
                 "log_id": (*n as i64) * 1_000_000 + id, "variant": n, "question_id": id, "image": image,
                 "prompt": format!("<image>\n{text}"), "output": answer, "parsed": parsed.map(String::from),
-                "gold": g.map(String::from), "correct": g.is_some() && parsed == g,
+                "gold": g.map(String::from), "correct": g.is_some() && parsed == g, "model": o.model_id,
             }))?;
         }
         prog.one_done();
@@ -435,6 +436,7 @@ pub fn mmbench(chat: &mut ChatModel, tsv: &Path, out: &Path, run: &Value, o: &Ru
     let image = t.require("image", tsv)?;
     let answer = t.column("answer");
     let g_col = t.column("g_index");
+    let (category, l2, split) = (t.column("category"), t.column("l2-category"), t.column("split"));
     let letters: Vec<(char, &[Option<String>])> = ('A'..='Z')
         .filter_map(|c| t.column(&c.to_string()).map(|col| (c, col)))
         .collect();
@@ -505,6 +507,8 @@ pub fn mmbench(chat: &mut ChatModel, tsv: &Path, out: &Path, run: &Value, o: &Ru
                 "index": idx[r], "g_index": g_index[r], "prompt": prompt, "output": prediction,
                 "parsed": parsed.map(String::from), "answer": gold,
                 "correct": gold.as_deref().is_some_and(|g| parsed.map(String::from).as_deref() == Some(g.trim())),
+                "category": category.and_then(|c| c[r].clone()), "l2_category": l2.and_then(|c| c[r].clone()),
+                "split": split.and_then(|c| c[r].clone()), "model": o.model_id,
             }))?;
         }
         prog.one_done();

@@ -51,6 +51,20 @@ pub fn parse_answer(text: &str, n_points: usize) -> Option<char> {
 struct AnswerLine {
     question_id: serde_json::Value,
     text: String,
+    #[serde(default)]
+    prompt: Option<serde_json::Value>,
+    #[serde(default)]
+    model_id: Option<serde_json::Value>,
+}
+
+/// One line of an answers file: line number, question id, text, and LLaVA's `prompt` and
+/// `model_id` when present (shown as provenance in reports).
+struct Answer {
+    line: usize,
+    id: String,
+    text: String,
+    prompt: Option<String>,
+    model: Option<String>,
 }
 
 /// Question ids appear as ints in AURORA's files; accept strings of digits as well.
@@ -62,15 +76,80 @@ fn qid(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-fn read_answers(path: &Path) -> Result<Vec<(usize, String, String)>> {
+fn read_answers(path: &Path) -> Result<Vec<Answer>> {
     let mut out = Vec::new();
+    let text_of = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    };
     crate::util::jsonl::for_each::<AnswerLine, _>(path, |line, a| {
         let id = qid(&a.question_id)
             .ok_or_else(|| Error::at_line(path, line, "`question_id` must be an integer or a string"))?;
-        out.push((line, id, a.text));
+        out.push(Answer {
+            line,
+            id,
+            text: a.text,
+            prompt: text_of(a.prompt),
+            model: text_of(a.model_id),
+        });
         Ok(())
     })?;
     Ok(out)
+}
+
+/// How one item was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemOutcome {
+    Correct,
+    Wrong,
+    /// No parse rule found a letter.
+    Unparsable,
+    /// A letter beyond the variant's points (e.g. "(E)" on 4 points).
+    OutOfRange,
+    /// No prediction line for the question.
+    Missing,
+}
+
+/// Per-item record (`eval hardblink --per-sample`): what was answered, read and expected.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemResult {
+    /// Number of points (2 for BLINK Relative_Depth items of `--blink2`).
+    pub variant: usize,
+    /// The question id as in the files (an integer when it is one).
+    pub question_id: serde_json::Value,
+    /// The raw prediction text (`null` when missing).
+    pub output: Option<String>,
+    pub parsed: Option<char>,
+    pub gold: char,
+    pub correct: bool,
+    pub outcome: ItemOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+fn id_json(id: &str) -> serde_json::Value {
+    match id.parse::<i64>() {
+        Ok(n) => serde_json::Value::from(n),
+        Err(_) => serde_json::Value::from(id),
+    }
+}
+
+/// Judge one answer against the gold letter of an n-point item.
+fn judge(text: Option<&str>, gold: char, n: usize) -> (Option<char>, ItemOutcome) {
+    let Some(text) = text else {
+        return (None, ItemOutcome::Missing);
+    };
+    let parsed = parse_answer(text, n);
+    let outcome = match parsed {
+        None => ItemOutcome::Unparsable,
+        Some(c) if ((c as u8 - b'A') as usize) >= n => ItemOutcome::OutOfRange,
+        Some(c) if c == gold => ItemOutcome::Correct,
+        Some(_) => ItemOutcome::Wrong,
+    };
+    (parsed, outcome)
 }
 
 /// Per-variant result.
@@ -84,6 +163,9 @@ pub struct VariantScore {
     pub missing: usize,
     pub out_of_range: usize,
     pub predictions_file: PathBuf,
+    /// Every item in gold order (written by `--per-sample`).
+    #[serde(skip)]
+    pub results: Vec<ItemResult>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +182,16 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blink2: Option<VariantScore>,
     pub details: Vec<VariantScore>,
+}
+
+impl Report {
+    /// All items: the 3/4/5-point variants in order, then the BLINK 2-point items.
+    pub fn items(&self) -> impl Iterator<Item = &ItemResult> {
+        self.details
+            .iter()
+            .chain(self.blink2.as_ref())
+            .flat_map(|d| d.results.iter())
+    }
 }
 
 /// The predictions file for one variant: exactly one `blink_{N}pointscenter*.jsonl` in `dir`.
@@ -139,7 +231,7 @@ pub fn find_predictions(dir: &Path, n: usize) -> Result<PathBuf> {
 fn read_gold(path: &Path, n: usize) -> Result<Vec<(String, char)>> {
     let mut gold = Vec::new();
     let mut seen = HashMap::new();
-    for (line, id, text) in read_answers(path)? {
+    for Answer { line, id, text, .. } in read_answers(path)? {
         let t = text.trim();
         let letter = t.strip_prefix('(').and_then(|s| s.strip_suffix(')')).unwrap_or(t);
         let mut cs = letter.chars();
@@ -175,45 +267,60 @@ fn read_gold(path: &Path, n: usize) -> Result<Vec<(String, char)>> {
 pub fn score_variant(gold_path: &Path, pred_path: &Path, n: usize) -> Result<VariantScore> {
     let gold = read_gold(gold_path, n)?;
     let gold_ids: HashMap<&str, char> = gold.iter().map(|(id, c)| (id.as_str(), *c)).collect();
-    let mut preds: HashMap<String, (usize, String)> = HashMap::new();
-    for (line, id, text) in read_answers(pred_path)? {
-        if !gold_ids.contains_key(id.as_str()) {
+    let mut preds: HashMap<String, Answer> = HashMap::new();
+    for a in read_answers(pred_path)? {
+        if !gold_ids.contains_key(a.id.as_str()) {
+            return Err(Error::at_line(
+                pred_path,
+                a.line,
+                format!("question_id {} is not in {}", a.id, gold_path.display()),
+            ));
+        }
+        let (line, id) = (a.line, a.id.clone());
+        if let Some(prev) = preds.insert(id.clone(), a) {
             return Err(Error::at_line(
                 pred_path,
                 line,
-                format!("question_id {id} is not in {}", gold_path.display()),
-            ));
-        }
-        if let Some((prev, _)) = preds.insert(id.clone(), (line, text)) {
-            return Err(Error::at_line(
-                pred_path,
-                line,
-                format!("question_id {id} already answered on line {prev}"),
+                format!("question_id {id} already answered on line {}", prev.line),
             ));
         }
     }
-    let (mut correct, mut unparsable, mut missing, mut out_of_range) = (0, 0, 0, 0);
-    for (id, g) in &gold {
-        match preds.get(id) {
-            None => missing += 1,
-            Some((_, text)) => match parse_answer(text, n) {
-                None => unparsable += 1,
-                Some(c) if ((c as u8 - b'A') as usize) >= n => out_of_range += 1,
-                Some(c) if c == *g => correct += 1,
-                Some(_) => {}
-            },
-        }
-    }
-    Ok(VariantScore {
+    let items: Vec<ItemResult> = gold
+        .iter()
+        .map(|(id, g)| {
+            let a = preds.get(id);
+            let (parsed, outcome) = judge(a.map(|a| a.text.as_str()), *g, n);
+            ItemResult {
+                variant: n,
+                question_id: id_json(id),
+                output: a.map(|a| a.text.clone()),
+                parsed,
+                gold: *g,
+                correct: outcome == ItemOutcome::Correct,
+                outcome,
+                prompt: a.and_then(|a| a.prompt.clone()),
+                model: a.and_then(|a| a.model.clone()),
+            }
+        })
+        .collect();
+    Ok(tally(n, items, pred_path))
+}
+
+/// Count the outcomes of one variant's items.
+fn tally(n: usize, items: Vec<ItemResult>, pred_path: &Path) -> VariantScore {
+    let count = |o: ItemOutcome| items.iter().filter(|i| i.outcome == o).count();
+    let correct = count(ItemOutcome::Correct);
+    VariantScore {
         points: n,
-        items: gold.len(),
+        items: items.len(),
         correct,
-        accuracy: correct as f64 / gold.len() as f64,
-        unparsable,
-        missing,
-        out_of_range,
+        accuracy: correct as f64 / items.len() as f64,
+        unparsable: count(ItemOutcome::Unparsable),
+        missing: count(ItemOutcome::Missing),
+        out_of_range: count(ItemOutcome::OutOfRange),
         predictions_file: pred_path.to_path_buf(),
-    })
+        results: items,
+    }
 }
 
 /// Score the AURORA layout `root/answers/blink_{N}pointscenter_answers.jsonl` against the
@@ -259,7 +366,7 @@ struct Blink2Line {
 
 /// BLINK Relative_Depth (2 points): each line `{"question_id"|"idx", "answer": "(A)", "text"|"prediction"}`.
 pub fn score_blink2(path: &Path) -> Result<VariantScore> {
-    let (mut items, mut correct, mut unparsable, mut out_of_range) = (0, 0, 0, 0);
+    let mut items = Vec::new();
     let mut seen = HashMap::new();
     crate::util::jsonl::for_each::<Blink2Line, _>(path, |line, b| {
         let id = qid(&b.question_id).ok_or_else(|| Error::at_line(path, line, "bad `question_id`/`idx`"))?;
@@ -279,26 +386,23 @@ pub fn score_blink2(path: &Path) -> Result<VariantScore> {
                 format!("gold answer {:?} is not (A) or (B)", b.answer),
             ));
         }
-        items += 1;
-        match parse_answer(&b.text, 2) {
-            None => unparsable += 1,
-            Some(c) if c > 'B' => out_of_range += 1,
-            Some(c) if c.to_string() == g => correct += 1,
-            Some(_) => {}
-        }
+        let gold = g.chars().next().expect("A or B");
+        let (parsed, outcome) = judge(Some(&b.text), gold, 2);
+        items.push(ItemResult {
+            variant: 2,
+            question_id: id_json(&id),
+            output: Some(b.text),
+            parsed,
+            gold,
+            correct: outcome == ItemOutcome::Correct,
+            outcome,
+            prompt: None,
+            model: None,
+        });
         Ok(())
     })?;
-    if items == 0 {
+    if items.is_empty() {
         return Err(Error::input(path, "no BLINK items"));
     }
-    Ok(VariantScore {
-        points: 2,
-        items,
-        correct,
-        accuracy: correct as f64 / items as f64,
-        unparsable,
-        missing: 0,
-        out_of_range,
-        predictions_file: path.to_path_buf(),
-    })
+    Ok(tally(2, items, path))
 }

@@ -211,6 +211,18 @@ pub struct QuestionResult {
     pub l2_category: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub split: Option<String>,
+    /// Each predicted row of the group (main row and circular copies): the raw prediction, the
+    /// letter the matcher read (`null` = unresolved) and the gold letter, for error analysis.
+    pub answers: Vec<RowAnswer>,
+}
+
+/// One row's answer inside a [`QuestionResult`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RowAnswer {
+    pub index: i64,
+    pub prediction: String,
+    pub parsed: Option<char>,
+    pub gold: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -270,6 +282,7 @@ pub fn evaluate(
             category: main.category.clone(),
             l2_category: main.l2_category.clone(),
             split: main.split.clone(),
+            answers: Vec::new(),
         };
         if !preds.contains_key(g) {
             if missing == MissingPolicy::Strict {
@@ -277,26 +290,31 @@ pub fn evaluate(
             }
             continue;
         }
+        // Wrong if any row reads as a wrong letter, else unresolved if any row cannot be read.
         let mut outcome = Outcome::Correct;
-        let mut n = 0;
+        let mut answers = Vec::new();
         for r in rows.iter().filter(|r| preds.contains_key(&r.index)) {
-            n += 1;
             let got = can_infer(matcher, &preds[&r.index], &r.choices);
             let gt = r.answer.as_deref(); // a NaN answer matches nothing, as in VLMEvalKit
             match got {
-                Some(c) if Some(c.to_string().as_str()) != gt => {
-                    outcome = Outcome::Wrong;
-                    break;
-                }
+                Some(c) if Some(c.to_string().as_str()) != gt => outcome = Outcome::Wrong,
                 Some(_) => {}
-                None => outcome = Outcome::Unresolved,
+                None if outcome == Outcome::Correct => outcome = Outcome::Unresolved,
+                None => {}
             }
+            answers.push(RowAnswer {
+                index: r.index,
+                prediction: preds[&r.index].clone(),
+                parsed: got,
+                gold: r.answer.clone(),
+            });
         }
         let hit = u8::from(outcome == Outcome::Correct);
         results.push(QuestionResult {
             outcome,
             hit,
-            rows: n,
+            rows: answers.len(),
+            answers,
             ..base
         });
     }

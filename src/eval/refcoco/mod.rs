@@ -4,7 +4,7 @@
 pub mod refer;
 
 use crate::error::{Error, Result};
-use crate::mask::parse_mask_json;
+use crate::mask::{parse_mask_json, Rle};
 use rayon::prelude::*;
 use refer::GroundTruth;
 use serde::Serialize;
@@ -77,6 +77,26 @@ pub struct SampleScore {
     pub iou: f64,
     /// "ok", "missing" (no line) or "empty" (null or no pixel).
     pub prediction: &'static str,
+    /// The image's `file_name` (instances.json or the GT JSONL), so a report can show the photo.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    /// The referring sentence, when the ground truth has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentence: Option<String>,
+    /// The prediction as scored, COCO RLE (`null` when missing or empty): for galleries.
+    #[serde(serialize_with = "opt_rle_json")]
+    pub mask: Option<Rle>,
+    /// The ground-truth mask, COCO RLE.
+    #[serde(serialize_with = "rle_json")]
+    pub gt_mask: Rle,
+}
+
+fn rle_json<S: serde::Serializer>(r: &Rle, s: S) -> std::result::Result<S::Ok, S::Error> {
+    r.to_coco_json().serialize(s)
+}
+
+fn opt_rle_json<S: serde::Serializer>(r: &Option<Rle>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    r.as_ref().map(Rle::to_coco_json).serialize(s)
 }
 
 /// The scores of a run.
@@ -157,6 +177,10 @@ pub fn score(gt: &GroundTruth, pred_path: &Path) -> Result<Report> {
                 union: u,
                 iou,
                 prediction: status,
+                file_name: s.file_name.clone(),
+                sentence: s.text.clone(),
+                mask: pred,
+                gt_mask: g.clone(),
             })
         })
         .collect::<Result<_>>()?;
