@@ -337,56 +337,78 @@ fn sam2_predictor_path_matches_meta() {
     }
 }
 
-#[test]
-fn sa2va_seg_path_matches_the_reference() {
-    let g = goldens();
-    let st = fixture("sam2/tiny_sa2va_sam2.safetensors");
-    let m = Sam2::load(&st, Some(&tiny_block()), &Device::Cpu, DType::F32).unwrap();
+/// Sa2VA's `[SEG]` path on chelsea.png against goldens under the `sa2va.` keys: the input, the
+/// image embedding, IoU / object score / best candidate, the 256→1024 upscale and the final mask
+/// bits. Returns the prediction, the final logits and the features for test-specific checks.
+fn check_sa2va_seg(
+    m: &Sam2,
+    g: &HashMap<String, Tensor>,
+    what: &str,
+) -> (
+    perceptio::models::sam2::SegPrediction,
+    Tensor,
+    std::sync::Arc<perceptio::models::sam2::ImageFeatures>,
+) {
     let img = chelsea();
     let px = m.preprocess(&img, Preprocess::Sa2va).unwrap().squeeze(0).unwrap();
+    let crop = |t: &Tensor, n: usize| t.narrow(1, 0, n).unwrap().narrow(2, 0, n).unwrap();
     assert_close(
-        &px.narrow(1, 0, 32).unwrap().narrow(2, 0, 32).unwrap(),
+        &crop(&px, 32),
         &g["sa2va.image.crop_tl"],
         1e-5,
-        "sa2va input",
+        &format!("{what}: sa2va input"),
     );
     let (f, hit) = m.features(&img, Preprocess::Sa2va).unwrap();
     assert!(!hit);
-    spot(&g, "sa2va.image_embed", &f.image_embed.squeeze(0).unwrap(), 5e-5);
+    spot(g, "sa2va.image_embed", &f.image_embed.squeeze(0).unwrap(), 5e-5);
     let p = m.predict_seg(&f, &g["sa2va.seg_embedding"]).unwrap();
-    assert_close(
-        &Tensor::new(p.iou.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap(),
-        &g["sa2va.iou"],
-        1e-4,
-        "sa2va iou",
+    let iou = Tensor::new(p.iou.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    assert_close(&iou, &g["sa2va.iou"], 1e-4, &format!("{what}: iou"));
+    let obj = g["sa2va.obj_score"].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    assert!(
+        (p.object_score - obj).abs() < 1e-4,
+        "{what}: obj score {} vs {obj}",
+        p.object_score
     );
-    assert!((p.object_score - g["sa2va.obj_score"].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]).abs() < 1e-4);
-    assert_eq!(p.best as i64, g["sa2va.best_idx"].to_vec1::<i64>().unwrap()[0]);
-    assert_close(
-        &p.low_res,
-        &g["sa2va.chosen_low_res"],
-        1e-4,
-        "sa2va chosen low-res logits",
+    assert_eq!(
+        p.best as i64,
+        g["sa2va.best_idx"].to_vec1::<i64>().unwrap()[0],
+        "{what}: best candidate"
     );
     let hi = upscale_logits(&p.low_res, (1024, 1024), None)
         .unwrap()
         .squeeze(0)
         .unwrap();
     assert_close(
-        &hi.narrow(1, 0, 32).unwrap().narrow(2, 0, 32).unwrap(),
+        &crop(&hi, 32),
         &g["sa2va.high_res.crop_tl"],
         1e-4,
-        "256→1024",
+        &format!("{what}: 256→1024"),
     );
     let fin = upscale_logits(&p.low_res, (img.height(), img.width()), Some(1024)).unwrap();
-    assert_bits(&fin, &g["sa2va.final_mask_bits"], "sa2va final mask");
+    assert_bits(&fin, &g["sa2va.final_mask_bits"], &format!("{what}: final mask"));
+    (p, fin, f)
+}
+
+#[test]
+fn sa2va_seg_path_matches_the_reference() {
+    let g = goldens();
+    let st = fixture("sam2/tiny_sa2va_sam2.safetensors");
+    let m = Sam2::load(&st, Some(&tiny_block()), &Device::Cpu, DType::F32).unwrap();
+    let (p, fin, _) = check_sa2va_seg(&m, &g, "sa2va");
+    assert_close(
+        &p.low_res,
+        &g["sa2va.chosen_low_res"],
+        1e-4,
+        "sa2va chosen low-res logits",
+    );
     let mask = mask_from_logits(&fin).unwrap();
     assert!(mask.area() > 0);
     // Same image again: the features come from the cache.
-    let (_, hit) = m.features(&img, Preprocess::Sa2va).unwrap();
+    let (_, hit) = m.features(&chelsea(), Preprocess::Sa2va).unwrap();
     assert!(hit);
     assert_eq!(m.cached_images(), 1);
 }
@@ -491,37 +513,10 @@ fn sa2va_hiera_l_depths_use_hiera_l_settings() {
     assert_eq!(pooled, vec![2, 8, 44]);
 
     // The Sa2VA [SEG] path, as in sa2va_seg_path_matches_the_reference.
-    let img = chelsea();
-    let px = m.preprocess(&img, Preprocess::Sa2va).unwrap().squeeze(0).unwrap();
-    assert_close(
-        &px.narrow(1, 0, 32).unwrap().narrow(2, 0, 32).unwrap(),
-        &g["sa2va.image.crop_tl"],
-        1e-5,
-        "hiera-L depths: sa2va input",
-    );
-    let (f, hit) = m.features(&img, Preprocess::Sa2va).unwrap();
-    assert!(!hit);
+    let (p, fin, f) = check_sa2va_seg(&m, &g, "hiera-L depths");
     let (f0, f1) = f.high_res.as_ref().unwrap();
     spot(&g, "sa2va.high_res_feat0", &f0.squeeze(0).unwrap(), 5e-5);
     spot(&g, "sa2va.high_res_feat1", &f1.squeeze(0).unwrap(), 5e-5);
-    spot(&g, "sa2va.image_embed", &f.image_embed.squeeze(0).unwrap(), 5e-5);
-    let p = m.predict_seg(&f, &g["sa2va.seg_embedding"]).unwrap();
-    assert_close(
-        &Tensor::new(p.iou.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap(),
-        &g["sa2va.iou"],
-        1e-4,
-        "hiera-L depths: iou",
-    );
-    let obj = g["sa2va.obj_score"].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
-    assert!(
-        (p.object_score - obj).abs() < 1e-4,
-        "hiera-L depths: obj score {} vs {obj}",
-        p.object_score
-    );
-    assert_eq!(p.best as i64, g["sa2va.best_idx"].to_vec1::<i64>().unwrap()[0]);
     // The chosen (ungated) low-res logits: two crops and the packed signs.
     let low = p.low_res.squeeze(0).unwrap();
     assert_close(
@@ -541,18 +536,6 @@ fn sa2va_hiera_l_depths_use_hiera_l_settings() {
         &g["sa2va.chosen_low_res.bits_gt0"],
         "hiera-L depths: chosen low-res",
     );
-    let hi = upscale_logits(&p.low_res, (1024, 1024), None)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
-    assert_close(
-        &hi.narrow(1, 0, 32).unwrap().narrow(2, 0, 32).unwrap(),
-        &g["sa2va.high_res.crop_tl"],
-        1e-4,
-        "hiera-L depths: 256→1024",
-    );
-    let fin = upscale_logits(&p.low_res, (img.height(), img.width()), Some(1024)).unwrap();
-    assert_bits(&fin, &g["sa2va.final_mask_bits"], "hiera-L depths: final mask");
     let mask = mask_from_logits(&fin).unwrap();
     let set: u64 = g["sa2va.final_mask_bits"]
         .to_vec1::<u8>()
@@ -565,7 +548,7 @@ fn sa2va_hiera_l_depths_use_hiera_l_settings() {
         "hiera-L depths: mask area {} vs {set}",
         mask.area()
     );
-    let (_, hit) = m.features(&img, Preprocess::Sa2va).unwrap();
+    let (_, hit) = m.features(&chelsea(), Preprocess::Sa2va).unwrap();
     assert!(hit);
     assert_eq!(m.cached_images(), 1);
 }
