@@ -1,7 +1,12 @@
 //! Vectorisable f32 CPU kernels for the two element-wise hot spots of the encoders, softmax and
 //! erf-GELU. candle's CPU versions call libm's scalar `exp`/`erf` per element; these use
 //! Cephes-style polynomials (exp ≲ 3e-7 relative, erf ≲ 6e-7 absolute) that LLVM vectorises, with an AVX2+FMA
-//! build of the same code chosen at run time. Other devices and dtypes use candle's ops.
+//! build of the same code chosen at run time. The kernels only ever see contiguous f32 CPU storage:
+//! other devices use candle's ops (CUDA's softmax accumulates in f32 for f16/bf16, as PyTorch's), and
+//! f16/bf16 CPU tensors are widened to f32 first — candle's CPU softmax would otherwise take the
+//! exponentials *and their sum* in f16/bf16 (a 4096-wide row loses every term below the sum's ulp),
+//! where PyTorch (CPU and CUDA) and transformers' `softmax(dtype=float32)` accumulate in f32; the
+//! result is rounded back to the input dtype, as theirs.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -180,19 +185,29 @@ impl CustomOp1 for GeluErf {
     }
 }
 
-/// Softmax over the last dimension.
+/// Whether `x` is a reduced-precision float tensor on the CPU (computed in f32, then rounded).
+fn cpu_low_precision(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F16 | DType::BF16)
+}
+
+/// Softmax over the last dimension; on the CPU always accumulated in f32, the result in `x`'s dtype.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         x.contiguous()?.apply_op1_no_bwd(&Softmax)
+    } else if cpu_low_precision(x) {
+        softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
     } else {
         candle_nn::ops::softmax_last_dim(x)
     }
 }
 
-/// GELU with the exact (erf) formulation, as `nn.GELU()`.
+/// GELU with the exact (erf) formulation, as `nn.GELU()`; f16/bf16 CPU tensors are computed in
+/// f32 and rounded (as PyTorch's CPU kernel; candle's would go through f64 per element).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         x.contiguous()?.apply_op1_no_bwd(&GeluErf)
+    } else if cpu_low_precision(x) {
+        gelu_erf(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
     } else {
         x.gelu_erf()
     }

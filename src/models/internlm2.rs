@@ -89,9 +89,9 @@ impl DecoderLayer for Layer {
         let a = self.core.forward(&q, &k, &v, mask, offset)?.apply(&self.wo)?;
         let xs = (xs + a)?;
         let x = self.ffn_norm.forward(&xs)?;
-        let f = self
-            .w2
-            .forward(&(self.w1.forward(&x)?.silu()? * self.w3.forward(&x)?)?)?;
+        let f = self.w2.forward(
+            &(super::nn::activation(&self.w1.forward(&x)?, candle_nn::Activation::Silu)? * self.w3.forward(&x)?)?,
+        )?;
         xs + f
     }
 

@@ -45,8 +45,23 @@ impl Linear {
 impl Module for Linear {
     /// Leading dimensions are folded into one matmul: candle_nn's Linear would run one small
     /// GEMM per leading index of a 4-d input (e.g. 8192 GEMMs of 8 rows for Hiera's windows).
+    /// An input in another float dtype than the weight (an f32 residual stream of a reduced-
+    /// precision model) is cast to the weight's dtype first and the output is in that dtype, as a
+    /// linear layer under `torch.autocast` computes.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
+        let cast;
+        let xs = if xs.dtype() != self.inner.weight().dtype() {
+            cast = xs.to_dtype(self.inner.weight().dtype())?;
+            &cast
+        } else {
+            xs
+        };
+        // One row (a decode step) takes candle's x·Wᵀ, whose one-row kernel accumulates in f32;
+        // converting the weights would cost more than the product (see `cpu_low_precision`).
+        if cpu_low_precision(xs) && xs.elem_count() > *xs.dims().last().unwrap_or(&0) {
+            return self.forward_f32_accumulate(xs);
+        }
         let dims = xs.dims();
         if dims.len() > 2 && xs.is_contiguous() {
             let k = dims[dims.len() - 1];
@@ -58,6 +73,79 @@ impl Module for Linear {
         }
         self.inner.forward(xs)
     }
+}
+
+impl Linear {
+    /// f16/bf16 on the CPU: x·Wᵀ + b accumulated in f32 and rounded once, as PyTorch's addmm
+    /// (see [`cpu_low_precision`]).
+    fn forward_f32_accumulate(&self, xs: &Tensor) -> Result<Tensor> {
+        let dt = xs.dtype();
+        let dims = xs.dims().to_vec();
+        let k = *dims.last().unwrap_or(&1);
+        let rows = xs.elem_count() / k.max(1);
+        let w = self.inner.weight().to_dtype(DType::F32)?;
+        let mut y = xs.reshape((rows, k))?.to_dtype(DType::F32)?.matmul(&w.t()?)?;
+        if let Some(b) = self.inner.bias() {
+            y = y.broadcast_add(&b.to_dtype(DType::F32)?)?;
+        }
+        let mut out = dims;
+        *out.last_mut().unwrap_or(&mut 0) = y.dim(1)?;
+        y.to_dtype(dt)?.reshape(out)
+    }
+}
+
+/// Whether `t` is an f16/bf16 tensor on the CPU. There candle's GEMM (the `gemm` crate) does
+/// not accumulate in f32 for f16: a one-row product with a contiguous right-hand side (P·V of a
+/// decode step) rounds its running sum to f16 after every term — for K = 4096, 38 of 48 outputs
+/// were off the exact product by more than 1 ulp plus f32's own error bound — and a GEMM rounds
+/// its partial sums to f16 at every K-block (K ≳ 512; for 64 × 4096 · 4096 × 48, 27 % of the
+/// outputs were more than 1 ulp from the f32 product). PyTorch (CPU and CUDA) and cuBLAS
+/// accumulate in f32, so perceptio's CPU matmuls in these dtypes go through f32 ([`matmul`],
+/// [`Linear`] with more than one row, [`conv2d`], [`attend_values`]) and round once. A one-row
+/// x·Wᵀ (the linear layers of a decode step) keeps candle's kernel, which accumulates that case
+/// in f32 (measured exact to 1 ulp), because converting the weights costs ~30× the product. CUDA
+/// keeps candle's ops (cuBLAS accumulates in f32).
+pub fn cpu_low_precision(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F16 | DType::BF16)
+}
+
+/// `a @ b`, accumulated in f32 and rounded once for f16/bf16 CPU tensors (see
+/// [`cpu_low_precision`]); candle's matmul otherwise.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cpu_low_precision(a) {
+        a.to_dtype(DType::F32)?
+            .matmul(&b.to_dtype(DType::F32)?)?
+            .to_dtype(a.dtype())
+    } else {
+        a.matmul(b)
+    }
+}
+
+/// Attention output P·V from softmax weights `w` (f32 when [`score_dtype`] made the scores):
+/// on the CPU in f32 for f16/bf16 `v` (see [`cpu_low_precision`]), elsewhere with `w` rounded
+/// to v's dtype, as fused attention kernels feed P to the second GEMM. Returns v's dtype.
+pub fn attend_values(w: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if cpu_low_precision(v) {
+        w.to_dtype(DType::F32)?
+            .matmul(&v.to_dtype(DType::F32)?)?
+            .to_dtype(v.dtype())
+    } else {
+        w.to_dtype(v.dtype())?.matmul(v)
+    }
+}
+
+/// A candle `Conv2d` (im2col + GEMM on the CPU), in f32 with a single rounding for f16/bf16 CPU
+/// inputs (see [`cpu_low_precision`]).
+pub fn conv2d(conv: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
+    if !cpu_low_precision(x) {
+        return conv.forward(x);
+    }
+    let c = candle_nn::Conv2d::new(
+        conv.weight().to_dtype(DType::F32)?,
+        conv.bias().map(|b| b.to_dtype(DType::F32)).transpose()?,
+        *conv.config(),
+    );
+    c.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
 }
 
 /// RMSNorm computed in f32 whatever the activation dtype (as Qwen2/InternLM2 reference code).
@@ -94,6 +182,7 @@ impl Module for RmsNorm {
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     inner: candle_nn::LayerNorm,
+    eps: f64,
     span: tracing::Span,
 }
 
@@ -101,15 +190,50 @@ impl LayerNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             inner: candle_nn::layer_norm(dim, eps, vb)?,
+            eps,
             span: tracing::span!(tracing::Level::TRACE, "layer-norm"),
         })
     }
 }
 
 impl Module for LayerNorm {
+    /// Statistics in f32 for every dtype (candle's kernels accumulate in f32). An input in another
+    /// float dtype than the weights (an f32 residual stream of a reduced-precision model, as
+    /// `torch.autocast` makes it) is normalised in its own dtype with the weights cast to it, so
+    /// the output keeps the input's dtype, as autocast's f32 `layer_norm`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        self.inner.forward(xs)
+        let w = self.inner.weight();
+        if xs.dtype() == w.dtype() {
+            return self.inner.forward(xs);
+        }
+        let bias = self.inner.bias().map(|b| b.to_dtype(xs.dtype())).transpose()?;
+        let eps = self.eps;
+        let ln = match bias {
+            Some(b) => candle_nn::LayerNorm::new(w.to_dtype(xs.dtype())?, b, eps),
+            None => candle_nn::LayerNorm::new_no_bias(w.to_dtype(xs.dtype())?, eps),
+        };
+        ln.forward(xs)
+    }
+}
+
+/// Attention scores are taken in f32 whatever the activation dtype: PyTorch's fused attention
+/// (SDPA on the CPU, flash / memory-efficient kernels on the GPU, which SAM2, Depth Anything's
+/// DINOv2 and Sa2VA's GPU runs use) accumulates q·kᵀ and the softmax in f32 and never rounds the
+/// scores to f16/bf16. Returns `t` widened to f32 when it is f16/bf16, else `t` itself.
+pub fn score_dtype(t: &Tensor) -> Result<Tensor> {
+    match t.dtype() {
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
+        _ => Ok(t.clone()),
+    }
+}
+
+/// An activation computed in f32 for f16/bf16 inputs and rounded once, as PyTorch's kernels do
+/// (candle's f16/bf16 SiLU rounds after every step of `x / (1 + exp(-x))`).
+pub fn activation(xs: &Tensor, act: candle_nn::Activation) -> Result<Tensor> {
+    match xs.dtype() {
+        DType::F16 | DType::BF16 => xs.to_dtype(DType::F32)?.apply(&act)?.to_dtype(xs.dtype()),
+        _ => xs.apply(&act),
     }
 }
 
@@ -302,12 +426,13 @@ impl CausalAttention {
         let rep = self.n_heads / self.n_kv;
         let k = repeat_kv(k, rep)?.contiguous()?;
         let v = repeat_kv(v, rep)?.contiguous()?;
-        let mut w = (q.matmul(&k.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
+        // Scores and softmax in f32 (see `score_dtype`), then P·V (`attend_values`).
+        let mut w = (score_dtype(&q)?.matmul(&score_dtype(&k)?.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
         if let Some(m) = mask {
-            w = w.broadcast_add(m)?;
+            w = w.broadcast_add(&m.to_dtype(w.dtype())?)?;
         }
         let w = crate::models::fastops::softmax_last_dim(&w)?;
-        w.matmul(&v)?
+        attend_values(&w, &v)?
             .transpose(1, 2)?
             .reshape((b, s, self.n_heads * self.head_dim))
     }

@@ -55,7 +55,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let lhs = xs.apply(&self.gate_proj)?.apply(&self.act)?;
+        let lhs = super::nn::activation(&xs.apply(&self.gate_proj)?, self.act)?;
         self.down_proj.forward(&(lhs * xs.apply(&self.up_proj)?)?)
     }
 }

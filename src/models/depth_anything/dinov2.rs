@@ -8,7 +8,7 @@
 
 use super::config::BackboneConfig;
 use super::preprocess::resize_bicubic;
-use crate::models::nn::{LayerNorm, Linear};
+use crate::models::nn::{attend_values, score_dtype, LayerNorm, Linear};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -74,7 +74,7 @@ impl Embeddings {
     fn forward(&self, px: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
         let (b, _, height, width) = px.dims4()?;
-        let x = self.projection.forward(&px.to_dtype(self.cls_token.dtype())?)?; // (b, d, h, w)
+        let x = crate::models::nn::conv2d(&self.projection, &px.to_dtype(self.cls_token.dtype())?)?; // (b, d, h, w)
         let (_, d, _, _) = x.dims4()?;
         let x = x.flatten_from(2)?.transpose(1, 2)?; // (b, h·w, d)
         let n = x.dim(1)?;
@@ -124,8 +124,14 @@ impl Attention {
         let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let w = crate::models::fastops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?.apply(&self.dense)
+        // scores + softmax in f32 (nn::score_dtype: transformers runs DINOv2 with SDPA), then P·V
+        // (nn::attend_values)
+        let s = score_dtype(&q)?.matmul(&score_dtype(&k)?.t()?)?;
+        let w = crate::models::fastops::softmax_last_dim(&s)?;
+        attend_values(&w, &v)?
+            .transpose(1, 2)?
+            .reshape((b, n, c))?
+            .apply(&self.dense)
     }
 }
 
@@ -171,7 +177,8 @@ impl Layer {
         let a = match self.act.as_str() {
             "gelu" => crate::models::fastops::gelu_erf(&a)?,
             "relu" => a.relu()?,
-            _ => a.gelu()?, // gelu_pytorch_tanh / gelu_new: the tanh approximation
+            // gelu_pytorch_tanh / gelu_new: the tanh approximation
+            _ => crate::models::nn::activation(&a, candle_nn::Activation::GeluPytorchTanh)?,
         };
         let h = self.fc2.forward(&a)?.broadcast_mul(&self.lambda2)?;
         xs + h

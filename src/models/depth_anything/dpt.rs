@@ -4,7 +4,8 @@
 //! `head.conv{1,2,3}`.
 
 use super::config::Config;
-use candle_core::{Module, Result, Tensor};
+use crate::models::nn::{conv2d, matmul};
+use candle_core::{Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 fn conv3x3(c_in: usize, c_out: usize, bias: bool, vb: VarBuilder) -> Result<Conv2d> {
@@ -80,7 +81,7 @@ impl Reassemble {
             candle_core::bail!("reassemble: {n} tokens for a {ph}x{pw} patch grid");
         }
         let x = tokens.narrow(1, 1, ph * pw)?.reshape((b * ph * pw, d))?;
-        let x = x.matmul(&self.proj_w.t()?)?.broadcast_add(&self.proj_b)?; // (b·h·w, c)
+        let x = matmul(&x, &self.proj_w.t()?)?.broadcast_add(&self.proj_b)?; // (b·h·w, c)
         let c = self.proj_b.dim(0)?;
         match &self.resize {
             Resize::Up {
@@ -88,12 +89,12 @@ impl Reassemble {
                 bias,
                 factor: f,
             } => {
-                let y = x.matmul(weight)?.reshape((b, ph, pw, c, *f, *f))?;
+                let y = matmul(&x, weight)?.reshape((b, ph, pw, c, *f, *f))?;
                 let y = y.permute((0, 3, 1, 4, 2, 5))?.reshape((b, c, ph * f, pw * f))?;
                 y.broadcast_add(&bias.reshape((1, c, 1, 1))?)
             }
             Resize::Identity => x.reshape((b, ph, pw, c))?.permute((0, 3, 1, 2))?.contiguous(),
-            Resize::Down(conv) => conv.forward(&x.reshape((b, ph, pw, c))?.permute((0, 3, 1, 2))?.contiguous()?),
+            Resize::Down(conv) => conv2d(conv, &x.reshape((b, ph, pw, c))?.permute((0, 3, 1, 2))?.contiguous()?),
         }
     }
 }
@@ -114,8 +115,8 @@ impl PreActResidual {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&x.relu()?)?;
-        let h = self.conv2.forward(&h.relu()?)?;
+        let h = conv2d(&self.conv1, &x.relu()?)?;
+        let h = conv2d(&self.conv2, &h.relu()?)?;
         h + x
     }
 }
@@ -158,7 +159,7 @@ impl FusionLayer {
         // scale_factor=2 with align_corners=True: output floor(2·h), scale (h−1)/(2h−1)
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
         let x = x.upsample_bilinear2d(th, tw, true)?;
-        self.projection.forward(&x)
+        conv2d(&self.projection, &x)
     }
 }
 
@@ -212,7 +213,7 @@ impl Neck {
             .iter()
             .zip(&self.reassemble)
             .zip(&self.convs)
-            .map(|((m, r), c)| c.forward(&r.forward(m, ph, pw)?))
+            .map(|((m, r), c)| conv2d(c, &r.forward(m, ph, pw)?))
             .collect::<Result<_>>()?;
         let rev: Vec<&Tensor> = feats.iter().rev().collect();
         let mut fused: Vec<Tensor> = Vec::with_capacity(rev.len());
@@ -275,10 +276,10 @@ impl Head {
         let Some(x) = usize::try_from(i).ok().and_then(|i| fused.get(i)) else {
             candle_core::bail!("head_in_index {} is out of range for {n} fused maps", self.in_index)
         };
-        let x = self.conv1.forward(x)?;
+        let x = conv2d(&self.conv1, x)?;
         let x = x.upsample_bilinear2d(ph * self.patch_size, pw * self.patch_size, true)?;
-        let x = self.conv2.forward(&x)?.relu()?;
-        let x = self.conv3.forward(&x)?;
+        let x = conv2d(&self.conv2, &x)?.relu()?;
+        let x = conv2d(&self.conv3, &x)?;
         let x = if self.metric {
             candle_nn::ops::sigmoid(&x)?
         } else {

@@ -3,7 +3,7 @@
 //! `encoder.layers.N.{norm1, attn.{qkv, proj, q_norm, k_norm}, ls1, norm2, mlp.{fc1, fc2}, ls2}`.
 
 use super::config::VisionConfig;
-use crate::models::nn::{LayerNorm, Linear, RmsNorm};
+use crate::models::nn::{attend_values, score_dtype, LayerNorm, Linear, RmsNorm};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 
@@ -54,7 +54,7 @@ impl Embeddings {
     }
 
     fn forward(&self, px: &Tensor) -> Result<Tensor> {
-        let p = self.patch_embedding.forward(px)?; // (n, d, h, w)
+        let p = crate::models::nn::conv2d(&self.patch_embedding, px)?; // (n, d, h, w)
         let (n, d, h, w) = p.dims4()?;
         let p = p.flatten_from(2)?.transpose(1, 2)?; // (n, h·w, d)
         let cls = self.class_embedding.expand((n, 1, d))?;
@@ -116,8 +116,13 @@ impl Attention {
         let q = (q.transpose(1, 2)?.contiguous()? * (hd as f64).powf(-0.5))?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let w = crate::models::fastops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?.apply(&self.proj)
+        // scores + softmax in f32 (nn::score_dtype), then P·V (nn::attend_values)
+        let s = score_dtype(&q)?.matmul(&score_dtype(&k)?.t()?)?;
+        let w = crate::models::fastops::softmax_last_dim(&s)?;
+        attend_values(&w, &v)?
+            .transpose(1, 2)?
+            .reshape((b, n, c))?
+            .apply(&self.proj)
     }
 }
 
@@ -163,7 +168,7 @@ impl Layer {
         let a = if matches!(self.act, Activation::Gelu) {
             crate::models::fastops::gelu_erf(&a)?
         } else {
-            a.apply(&self.act)?
+            crate::models::nn::activation(&a, self.act)?
         };
         let h = self.fc2.forward(&a)?.broadcast_mul(&self.ls2)?;
         xs + h

@@ -5,7 +5,7 @@
 
 use super::config::{BlockSpec, HieraConfig};
 use crate::models::fastops;
-use crate::models::nn::{LayerNorm, Linear};
+use crate::models::nn::{attend_values, score_dtype, LayerNorm, Linear};
 use crate::preprocess::resize::bicubic_matrix;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -57,11 +57,13 @@ fn max_pool2(x: &Tensor) -> Result<Tensor> {
 
 /// Softmax attention of (N, heads, Lq, hd) queries against (N, heads, Lk, hd) keys/values; the
 /// queries are processed in chunks so a 4096-token global block never holds all scores at once.
+/// As PyTorch's `scaled_dot_product_attention` (which Meta's SAM2 calls), the scaling, the scores
+/// and the softmax are f32 for f16/bf16 inputs; P·V as `nn::attend_values`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (n, heads, lq, hd) = q.dims4()?;
     let lk = k.dim(2)?;
-    let q = (q * (hd as f64).powf(-0.5))?;
-    let kt = k.t()?;
+    let q = (score_dtype(q)? * (hd as f64).powf(-0.5))?;
+    let kt = score_dtype(k)?.t()?;
     const MAX_SCORES: usize = 1 << 26; // 256 MiB of f32 scores per chunk; smaller chunks measured slower
     let rows = (MAX_SCORES / (n * heads * lk).max(1)).max(1).min(lq);
     let mut outs = Vec::with_capacity(lq.div_ceil(rows));
@@ -70,7 +72,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let len = rows.min(lq - s);
         let qc = if len == lq { q.clone() } else { q.narrow(2, s, len)? };
         let w = fastops::softmax_last_dim(&qc.matmul(&kt)?)?;
-        outs.push(w.matmul(v)?);
+        outs.push(attend_values(&w, v)?);
         s += len;
     }
     if outs.len() == 1 {
@@ -267,7 +269,7 @@ impl Hiera {
 
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         let _g = self.span.enter();
-        let x = self.patch_embed.forward(x)?.permute((0, 2, 3, 1))?; // (b, h, w, c)
+        let x = crate::models::nn::conv2d(&self.patch_embed, x)?.permute((0, 2, 3, 1))?; // (b, h, w, c)
         let (_, h, w, _) = x.dims4()?;
         let mut x = x.broadcast_add(&self.pos_embed(h, w)?)?.contiguous()?;
         let mut outs = Vec::with_capacity(self.stage_ends.len());

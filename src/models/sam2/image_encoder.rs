@@ -6,13 +6,14 @@
 use super::config::{NeckConfig, Sam2Config};
 use super::hiera::Hiera;
 use crate::models::nn::Linear;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Image features the mask decoder consumes (all NCHW).
 #[derive(Debug, Clone)]
 pub struct ImageFeatures {
-    /// 1/16 level + `no_mem_embed`: (1, C, 64, 64) for a 1024² input.
+    /// 1/16 level + `no_mem_embed`: (1, C, 64, 64) for a 1024² input; f32 in an f16/bf16 model
+    /// when that level is fused top-down (Meta's FPN sums in f32), as under autocast.
     pub image_embed: Tensor,
     /// `conv_s0`/`conv_s1` of the 1/4 and 1/8 levels: (1, C/8, 256, 256), (1, C/4, 128, 128).
     pub high_res: Option<(Tensor, Tensor)>,
@@ -79,6 +80,11 @@ impl FpnNeck {
             let lateral = self.convs[n - 1 - i].forward(&xs[i])?;
             let cur = match (&prev, self.cfg.fpn_top_down_levels.contains(&i)) {
                 (Some(p), true) => {
+                    // Meta's FpnNeck upsamples `prev_features.to(torch.float32)`, so in a reduced-
+                    // precision run (weights f16/bf16, autocast) every fused level is an f32 sum
+                    // of the lateral conv and the upsampled coarser level.
+                    let p = &p.to_dtype(DType::F32)?;
+                    let lateral = lateral.to_dtype(DType::F32)?;
                     let (b, h, w, c) = p.dims4()?;
                     let up = if self.cfg.fpn_interp_model == "nearest" {
                         p.reshape((b, h, 1, w, 1, c))?
@@ -160,6 +166,8 @@ impl ImageEncoder {
             candle_core::bail!("SAM2 neck gives {keep} levels after scalp; the decoder needs 3");
         }
         let feats = &feats[..keep];
+        // f32 in a reduced-precision run when the level is fused top-down (see FpnNeck), as in
+        // Meta's code, where the f16/bf16 `no_mem_embed` is then added in f32 too.
         let mut image_embed = feats[keep - 1].clone();
         if let Some(e) = &self.no_mem_embed {
             image_embed = image_embed.broadcast_add(&e.to_dtype(image_embed.dtype())?)?;

@@ -2,6 +2,12 @@
 //! candle-transformers' SAM1 one, but SAM2 names its MLP `mlp.layers.{0,1}`, so it is written out
 //! here) plus SAM2's additions: the object-score token and head, high-resolution skip features
 //! in the upscaler, a sigmoid IoU head, and the dynamic single-mask fallback by stability.
+//!
+//! Reduced precision follows `torch.autocast` (how Sa2VA and Meta's predictor run SAM2): with
+//! f16/bf16 weights the linear layers and convolutions take f16/bf16 inputs and give f16/bf16
+//! outputs, while the LayerNorms give f32 and a sum promotes to f32 — so the queries/keys
+//! residual streams of the two-way transformer, and the image embedding they start from, stay
+//! f32, and only what feeds a matmul is rounded. The mask logits come out in the weights' dtype.
 
 use super::config::DecoderConfig;
 use super::hiera::attention;
@@ -9,6 +15,29 @@ use crate::models::fastops;
 use crate::models::nn::{LayerNorm, Linear};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+
+/// The dtype of residual streams and norms in a model whose weights are `dt` (autocast: f32 for
+/// f16/bf16).
+fn residual_dtype(dt: DType) -> DType {
+    match dt {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
+/// `a + b` with PyTorch's type promotion between a float16/bfloat16 and a float32 operand.
+fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dtype() == b.dtype() {
+        a + b
+    } else {
+        a.to_dtype(DType::F32)? + b.to_dtype(DType::F32)?
+    }
+}
+
+/// A LayerNorm under autocast: f32 in and out for a reduced-precision input.
+fn norm(ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+    ln.forward(&x.to_dtype(residual_dtype(x.dtype()))?)
+}
 
 #[derive(Debug, Clone)]
 struct Attention {
@@ -76,7 +105,8 @@ impl Module for Mlp {
             }
         }
         if self.sigmoid {
-            x = candle_nn::ops::sigmoid(&x)?;
+            // computed in f32 and rounded once for f16/bf16, as PyTorch's kernel
+            x = candle_nn::ops::sigmoid(&x.to_dtype(residual_dtype(x.dtype()))?)?.to_dtype(x.dtype())?;
         }
         Ok(x)
     }
@@ -111,24 +141,22 @@ impl TwoWayBlock {
         })
     }
 
+    /// Sums promote and norms give f32 in a reduced-precision run (see the module doc); in f32
+    /// every cast is a no-op.
     fn forward(&self, queries: &Tensor, keys: &Tensor, query_pe: &Tensor, key_pe: &Tensor) -> Result<(Tensor, Tensor)> {
         let queries = if self.skip_first_pe {
             self.self_attn.forward(queries, queries, queries)?
         } else {
-            let q = (queries + query_pe)?;
-            (queries + self.self_attn.forward(&q, &q, queries)?)?
+            let q = add(queries, query_pe)?;
+            add(queries, &self.self_attn.forward(&q, &q, queries)?)?
         };
-        let queries = self.norm1.forward(&queries)?;
-        let q = (&queries + query_pe)?;
-        let k = (keys + key_pe)?;
-        let queries = self
-            .norm2
-            .forward(&(&queries + self.cross_t2i.forward(&q, &k, keys)?)?)?;
-        let queries = self.norm3.forward(&(&queries + self.mlp.forward(&queries)?)?)?;
-        let q = (&queries + query_pe)?;
-        let keys = self
-            .norm4
-            .forward(&(keys + self.cross_i2t.forward(&k, &q, &queries)?)?)?;
+        let queries = norm(&self.norm1, &queries)?;
+        let q = add(&queries, query_pe)?;
+        let k = add(keys, key_pe)?;
+        let queries = norm(&self.norm2, &add(&queries, &self.cross_t2i.forward(&q, &k, keys)?)?)?;
+        let queries = norm(&self.norm3, &add(&queries, &self.mlp.forward(&queries)?)?)?;
+        let q = add(&queries, query_pe)?;
+        let keys = norm(&self.norm4, &add(keys, &self.cross_i2t.forward(&k, &q, &queries)?)?)?;
         Ok((queries, keys))
     }
 }
@@ -165,16 +193,18 @@ impl TwoWayTransformer {
         for l in &self.layers {
             (queries, keys) = l.forward(&queries, &keys, tokens, &key_pe)?;
         }
-        let q = (&queries + tokens)?;
-        let k = (&keys + &key_pe)?;
-        let queries = self
-            .norm_final
-            .forward(&(&queries + self.final_attn.forward(&q, &k, &keys)?)?)?;
+        let q = add(&queries, tokens)?;
+        let k = add(&keys, &key_pe)?;
+        let queries = norm(
+            &self.norm_final,
+            &add(&queries, &self.final_attn.forward(&q, &k, &keys)?)?,
+        )?;
         Ok((queries, keys))
     }
 }
 
-/// SAM's `LayerNorm2d` (over channels, eps 1e-6), applied channels-last.
+/// SAM's `LayerNorm2d` (over channels, eps 1e-6), applied channels-last; f32 out for an f16/bf16
+/// input (under autocast its `pow` is an f32 op, so the normalised map is f32).
 #[derive(Debug, Clone)]
 struct LayerNorm2d {
     weight: Tensor,
@@ -183,10 +213,11 @@ struct LayerNorm2d {
 
 impl Module for LayerNorm2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rd = residual_dtype(x.dtype());
         candle_nn::ops::layer_norm(
-            &x.contiguous()?,
-            &self.weight.to_dtype(x.dtype())?,
-            &self.bias.to_dtype(x.dtype())?,
+            &x.to_dtype(rd)?.contiguous()?,
+            &self.weight.to_dtype(rd)?,
+            &self.bias.to_dtype(rd)?,
             1e-6,
         )
     }
@@ -211,14 +242,16 @@ impl Up2 {
         })
     }
 
+    /// In the weights' dtype (autocast's conv_transpose2d): an f32 input is rounded first.
     fn forward(&self, x: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
-        let y = x.reshape((b * n, c))?.matmul(&self.w.to_dtype(x.dtype())?)?; // (b·hw, out·4), column = o·4 + ky·2 + kx
+        let x = x.to_dtype(self.w.dtype())?;
+        let y = crate::models::nn::matmul(&x.reshape((b * n, c))?, &self.w)?; // (b·hw, out·4), column = o·4 + ky·2 + kx
         let y = y
             .reshape((b, h, w, self.out, 2, 2))?
             .permute((0, 1, 4, 2, 5, 3))?
             .reshape((b, 2 * h, 2 * w, self.out))?;
-        y.broadcast_add(&self.b.to_dtype(x.dtype())?)
+        y.broadcast_add(&self.b)
     }
 }
 
@@ -322,7 +355,9 @@ impl MaskDecoder {
         high_res: Option<&(Tensor, Tensor)>,
     ) -> Result<DecoderOutput> {
         let _g = self.span.enter();
-        let dt = image_embed.dtype();
+        // weights' dtype (that of the matmuls) and the residual dtype (f32 for f16/bf16)
+        let dt = self.iou_token.dtype();
+        let rd = residual_dtype(dt);
         let b = sparse.dim(0)?;
         let mut out_tokens = vec![];
         if let Some(t) = &self.obj_score_token {
@@ -331,10 +366,10 @@ impl MaskDecoder {
         out_tokens.push(self.iou_token.clone());
         out_tokens.push(self.mask_tokens.clone());
         let s = usize::from(self.obj_score_token.is_some());
-        let out_tokens = Tensor::cat(&out_tokens, 0)?.to_dtype(dt)?;
+        let out_tokens = Tensor::cat(&out_tokens, 0)?.to_dtype(rd)?;
         let (nt, d) = out_tokens.dims2()?;
         let tokens = Tensor::cat(
-            &[&out_tokens.unsqueeze(0)?.expand((b, nt, d))?, &sparse.to_dtype(dt)?],
+            &[&out_tokens.unsqueeze(0)?.expand((b, nt, d))?, &sparse.to_dtype(rd)?],
             1,
         )?;
         let rep = |t: &Tensor| -> Result<Tensor> {
@@ -345,8 +380,9 @@ impl MaskDecoder {
                 t.expand((b, c, h, w))?.contiguous()
             }
         };
-        let src = rep(image_embed)?.broadcast_add(&dense.to_dtype(dt)?)?;
-        let pos = rep(&image_pe.to_dtype(dt)?)?;
+        let src = rep(&image_embed.to_dtype(rd)?)?.broadcast_add(&dense.to_dtype(rd)?)?;
+        // the dense PE is an f16/bf16 tensor in the reference (its matmul runs under autocast)
+        let pos = rep(&image_pe.to_dtype(dt)?.to_dtype(rd)?)?;
         let (_, _, h, w) = src.dims4()?;
         let (hs, src) = self.transformer.forward(&src, &pos, &tokens)?;
         let iou_out = hs.narrow(1, s, 1)?.squeeze(1)?;
@@ -359,13 +395,8 @@ impl MaskDecoder {
         let up = self.up1.forward(&src.contiguous()?, (h, w))?;
         let up = match high_res {
             Some((f0, f1)) => {
-                let x = fastops::gelu_erf(&self.ln1.forward(&up.broadcast_add(&rep_cl(f1, b)?)?)?)?;
-                fastops::gelu_erf(
-                    &self
-                        .up2
-                        .forward(&flat(x)?, (2 * h, 2 * w))?
-                        .broadcast_add(&rep_cl(f0, b)?)?,
-                )?
+                let x = fastops::gelu_erf(&self.ln1.forward(&add(&up, &rep_cl(f1, b)?)?)?)?;
+                fastops::gelu_erf(&add(&self.up2.forward(&flat(x)?, (2 * h, 2 * w))?, &rep_cl(f0, b)?)?)?
             }
             None => {
                 let x = fastops::gelu_erf(&self.ln1.forward(&up)?)?;
@@ -377,9 +408,11 @@ impl MaskDecoder {
             .collect::<Result<Vec<_>>>()?;
         let hyper = Tensor::cat(&hyper, 1)?; // (b, n_masks, c/8)
         let (_, hu, wu, cu) = up.dims4()?;
-        let masks = hyper
-            .matmul(&up.reshape((b, hu * wu, cu))?.transpose(1, 2)?)?
-            .reshape((b, n_masks, hu, wu))?;
+        let masks = crate::models::nn::matmul(
+            &hyper.to_dtype(dt)?,
+            &up.to_dtype(dt)?.reshape((b, hu * wu, cu))?.transpose(1, 2)?,
+        )?
+        .reshape((b, n_masks, hu, wu))?;
         let iou = self.iou_head.forward(&iou_out)?;
         let object_score = match &self.obj_head {
             Some(hd) => hd.forward(&hs.narrow(1, 0, 1)?.squeeze(1)?)?,
