@@ -3,7 +3,7 @@
 //! features can replace `<IMG_CONTEXT>` rows, a preallocated KV cache, RoPE tables in f32, and
 //! the last-layer hidden states (for `[SEG]` and depth tokens).
 
-use super::nn::{CausalAttention, Decoder, DecoderLayer, Linear, RmsNorm, Rope};
+use super::nn::{CausalAttention, Decoder, DecoderLayer, Linear, RmsNorm, Rope, RopeScaling};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 use std::sync::Arc;
@@ -31,6 +31,10 @@ pub struct Config {
     pub rms_norm_eps: f64,
     #[serde(default = "default_act")]
     pub hidden_act: Activation,
+    /// `null`, linear or dynamic (NTK) scaling as transformers' Qwen2 rotary embedding; other
+    /// types are refused by name rather than ignored.
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,10 +151,12 @@ impl Decoder<Layer> {
         let m = vb.pp("model");
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let head_dim = cfg.hidden_size / cfg.num_attention_heads;
-        let rope = Arc::new(Rope::new(
+        let scaling = RopeScaling::from_config(cfg.rope_scaling.as_ref()).map_err(candle_core::Error::msg)?;
+        let rope = Arc::new(Rope::with_scaling(
             head_dim,
             cfg.max_position_embeddings,
             cfg.rope_theta,
+            scaling,
             vb.dtype(),
             vb.device(),
         )?);
@@ -171,5 +177,39 @@ impl Decoder<Layer> {
             lm_head,
             span: tracing::span!(tracing::Level::TRACE, "qwen2"),
         })
+    }
+}
+
+#[cfg(test)]
+mod rope_config_tests {
+    use super::*;
+
+    fn cfg(rope_scaling: serde_json::Value) -> Config {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 8,
+            "rope_scaling": rope_scaling,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rope_scaling_is_honoured_or_refused_by_name() {
+        let vb = VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu);
+        for ok in [
+            serde_json::Value::Null,
+            serde_json::json!({"type": "dynamic", "factor": 2.0}),
+            serde_json::json!({"rope_type": "linear", "factor": 4.0}),
+        ] {
+            let mut m = Model::new(&cfg(ok.clone()), vb.clone()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            // Past max_position_embeddings (8) the chunk's RoPE is computed, not an error.
+            let x = Tensor::zeros((1, 12, 8), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+            assert_eq!(m.forward_embeds(&x, 0).unwrap().dims(), &[1, 12, 8]);
+        }
+        let e = Model::new(&cfg(serde_json::json!({"type": "yarn", "factor": 4.0})), vb)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("yarn") && e.contains("rope_scaling"), "{e}");
     }
 }
