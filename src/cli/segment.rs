@@ -140,13 +140,13 @@ struct Outputs<'a> {
     a: &'a SegmentArgs,
     n: usize,
     /// The batch request id, substituted for `{id}` in the output names.
-    id: Option<String>,
+    id: Option<serde_json::Value>,
 }
 
 impl Outputs<'_> {
     fn path(&self, p: &Path, i: usize) -> PathBuf {
         let p = match &self.id {
-            Some(id) => PathBuf::from(p.to_string_lossy().replace("{id}", id)),
+            Some(id) => super::batch::with_id(p, id),
             None => p.to_path_buf(),
         };
         numbered(&p, i, self.n)
@@ -423,11 +423,10 @@ fn run_batch(a: &SegmentArgs, batch: &Path, device: &Device, dtype: DType) -> Re
         }
         let max_tiles = s.max_tiles;
         let e = visions.get(&req.image, |img| s.g.vision(img, max_tiles))?;
-        let id = super::batch::with_id(Path::new("{id}"), &req.id).display().to_string();
         let outs = Outputs {
             a,
             n: req.expressions.len(),
-            id: Some(id),
+            id: Some(req.id.clone()),
         };
         let (mut vs, nm) = s.expressions(
             &e.0,
