@@ -20,15 +20,6 @@ impl Mask {
         }
     }
 
-    /// Threshold row-major logits at 0 (≡ sigmoid > 0.5), as SAM2 does.
-    pub fn from_logits(width: u32, height: u32, logits: &[f32]) -> Self {
-        Self {
-            width,
-            height,
-            data: logits.iter().map(|&x| u8::from(x > 0.0)).collect(),
-        }
-    }
-
     /// Pixel-wise OR (several `[SEG]`s for one expression).
     pub fn or(&mut self, other: &Mask) {
         self.data.iter_mut().zip(&other.data).for_each(|(a, b)| *a |= *b);
