@@ -88,6 +88,56 @@ fn softmax_row(src: &[f32], dst: &mut [f32]) {
     }
 }
 
+/// The same softmax in place (the fused attention's score rows).
+#[inline(always)]
+fn softmax_row_mut(x: &mut [f32]) {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let split = x.len() - x.len() % 8;
+    for c in x[..split].chunks_exact(8) {
+        for i in 0..8 {
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+        }
+    }
+    let mut max = m.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    for &v in &x[split..] {
+        if v > max {
+            max = v;
+        }
+    }
+    let mut s = [0f32; 8];
+    for c in x[..split].chunks_exact_mut(8) {
+        for i in 0..8 {
+            c[i] = exp_f32(c[i] - max);
+            s[i] += c[i];
+        }
+    }
+    let mut sum: f32 = s.iter().sum();
+    for v in &mut x[split..] {
+        *v = exp_f32(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_row_mut_avx2(x: &mut [f32]) {
+    softmax_row_mut(x)
+}
+
+/// Softmax of one f32 row in place, with the AVX2 build when the CPU has it.
+pub fn softmax_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        return unsafe { softmax_row_mut_avx2(x) };
+    }
+    softmax_row_mut(x)
+}
+
 #[inline(always)]
 fn gelu_chunk(src: &[f32], dst: &mut [f32]) {
     for (d, &x) in dst.iter_mut().zip(src) {

@@ -72,7 +72,7 @@ impl Layer {
 }
 
 impl DecoderLayer for Layer {
-    fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
+    fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         let _g = self.span.enter();
         let (b, s, _) = xs.dims3()?;
         let x = self.attention_norm.forward(xs)?;
@@ -86,7 +86,7 @@ impl DecoderLayer for Layer {
             .reshape((b, s, self.n_kv * self.groups, self.head_dim))?;
         let k = qkv.narrow(3, self.groups, 1)?.squeeze(3)?;
         let v = qkv.narrow(3, self.groups + 1, 1)?.squeeze(3)?;
-        let a = self.core.forward(&q, &k, &v, mask, offset)?.apply(&self.wo)?;
+        let a = self.core.forward(&q, &k, &v, offset)?.apply(&self.wo)?;
         let xs = (xs + a)?;
         let x = self.ffn_norm.forward(&xs)?;
         let f = self.w2.forward(

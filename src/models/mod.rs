@@ -2,6 +2,7 @@
 //! module built from a `VarBuilder` with the checkpoint's own key names, a `forward`, and a
 //! `tracing` span per module so a profile names the slow part.
 
+pub mod attention;
 pub mod checkpoint;
 pub mod depth_anything;
 pub mod depth_tokens;

@@ -377,15 +377,6 @@ impl Rope {
     }
 }
 
-/// Additive causal mask (s, offset+s) for a chunk of `s` new positions after `offset` cached ones.
-pub fn causal_mask(s: usize, offset: usize, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
-    let total = s + offset;
-    let mask: Vec<f32> = (0..s)
-        .flat_map(|i| (0..total).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (s, total), dev)?.to_dtype(dtype)
-}
-
 /// The causal self-attention core shared by the decoders: RoPE, the preallocated KV cache,
 /// grouped-query expansion and softmax attention. Inputs are (b, s, heads, head_dim).
 #[derive(Debug, Clone)]
@@ -408,32 +399,19 @@ impl CausalAttention {
         }
     }
 
-    /// Attend new positions offset..offset+s to everything cached; returns (b, s, heads·head_dim).
-    pub fn forward(
-        &mut self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: Option<&Tensor>,
-        offset: usize,
-    ) -> Result<Tensor> {
+    /// Attend new positions offset..offset+s causally to everything cached; returns
+    /// (b, s, heads·head_dim). The fused kernel reads the cache and the grouped heads in place.
+    pub fn forward(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, s, _, _) = q.dims4()?;
         let q = q.transpose(1, 2)?;
         let k = k.transpose(1, 2)?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (q, k) = self.rope.apply(&q, &k, offset)?;
-        let (k, v) = self.cache.append(&k.contiguous()?, &v)?;
-        let rep = self.n_heads / self.n_kv;
-        let k = repeat_kv(k, rep)?.contiguous()?;
-        let v = repeat_kv(v, rep)?.contiguous()?;
-        // Scores and softmax in f32 (see `score_dtype`), then P·V (`attend_values`).
-        let mut w = (score_dtype(&q)?.matmul(&score_dtype(&k)?.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
-        if let Some(m) = mask {
-            w = w.broadcast_add(&m.to_dtype(w.dtype())?)?;
-        }
-        let w = crate::models::fastops::softmax_last_dim(&w)?;
-        attend_values(&w, &v)?
-            .transpose(1, 2)?
+        let (k, v) = self.cache.append(&k.contiguous()?, &v)?; // (b, kv, offset + s, d)
+        debug_assert_eq!(self.n_heads % self.n_kv, 0);
+        let t = |x: &Tensor| x.transpose(1, 2);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        crate::models::attention::attention(&t(&q)?, &t(&k)?, &t(&v)?, scale, Some(offset))?
             .reshape((b, s, self.n_heads * self.head_dim))
     }
 
@@ -444,22 +422,16 @@ impl CausalAttention {
 
 /// One layer of a decoder-only transformer with a KV cache.
 pub trait DecoderLayer {
-    fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor>;
+    fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor>;
     fn reset_cache(&mut self);
 }
 
-/// Run a decoder stack on embeddings (b, s, h) at positions offset.. with a causal mask, then
+/// Run a decoder stack on embeddings (b, s, h) at positions offset.. (causal attention), then
 /// the final norm (the state transformers reports as `hidden_states[-1]`).
 pub fn run_decoder<L: DecoderLayer>(layers: &mut [L], norm: &RmsNorm, xs: &Tensor, offset: usize) -> Result<Tensor> {
-    let (_, s, _) = xs.dims3()?;
-    let mask = if s > 1 {
-        Some(causal_mask(s, offset, xs.dtype(), xs.device())?)
-    } else {
-        None
-    };
     let mut xs = xs.clone();
     for l in layers.iter_mut() {
-        xs = l.forward(&xs, mask.as_ref(), offset)?;
+        xs = l.forward(&xs, offset)?;
     }
     norm.forward(&xs)
 }

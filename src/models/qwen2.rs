@@ -95,13 +95,13 @@ impl Attention {
         })
     }
 
-    fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
+    fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         let _g = self.span.enter();
         let (b, s, _) = xs.dims3()?;
         let q = self.q_proj.forward(xs)?.reshape((b, s, self.n_heads, self.head_dim))?;
         let k = self.k_proj.forward(xs)?.reshape((b, s, self.n_kv, self.head_dim))?;
         let v = self.v_proj.forward(xs)?.reshape((b, s, self.n_kv, self.head_dim))?;
-        self.core.forward(&q, &k, &v, mask, offset)?.apply(&self.o_proj)
+        self.core.forward(&q, &k, &v, offset)?.apply(&self.o_proj)
     }
 }
 
@@ -129,10 +129,10 @@ impl Layer {
 }
 
 impl DecoderLayer for Layer {
-    fn forward(&mut self, xs: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
+    fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         let h = self
             .self_attn
-            .forward(&self.input_layernorm.forward(xs)?, mask, offset)?;
+            .forward(&self.input_layernorm.forward(xs)?, offset)?;
         let xs = (xs + h)?;
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?;
         xs + h

@@ -8,7 +8,7 @@
 
 use super::config::BackboneConfig;
 use super::preprocess::resize_bicubic;
-use crate::models::nn::{attend_values, score_dtype, LayerNorm, Linear};
+use crate::models::nn::{LayerNorm, Linear};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -116,20 +116,10 @@ impl Attention {
         let _g = self.span.enter();
         let (b, n, c) = xs.dims3()?;
         let hd = c / self.heads;
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((b, n, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?; // (3, b, h, n, hd)
-        let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        // scores + softmax in f32 (nn::score_dtype: transformers runs DINOv2 with SDPA), then P·V
-        // (nn::attend_values)
-        let s = score_dtype(&q)?.matmul(&score_dtype(&k)?.t()?)?;
-        let w = crate::models::fastops::softmax_last_dim(&s)?;
-        attend_values(&w, &v)?
-            .transpose(1, 2)?
+        let qkv = self.qkv.forward(xs)?.reshape((b, n, 3, self.heads, hd))?;
+        let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2); // (b, n, h, hd) views, no copy
+        // fused softmax attention (models::attention; transformers runs DINOv2 with SDPA)
+        crate::models::attention::attention(&part(0)?, &part(1)?, &part(2)?, (hd as f64).powf(-0.5), None)?
             .reshape((b, n, c))?
             .apply(&self.dense)
     }

@@ -3,7 +3,7 @@
 //! `encoder.layers.N.{norm1, attn.{qkv, proj, q_norm, k_norm}, ls1, norm2, mlp.{fc1, fc2}, ls2}`.
 
 use super::config::VisionConfig;
-use crate::models::nn::{attend_values, score_dtype, LayerNorm, Linear, RmsNorm};
+use crate::models::nn::{LayerNorm, Linear, RmsNorm};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 
@@ -113,14 +113,8 @@ impl Attention {
             q = qn.forward(&q.reshape((b, n, c))?)?.reshape((b, n, self.heads, hd))?;
             k = kn.forward(&k.reshape((b, n, c))?)?.reshape((b, n, self.heads, hd))?;
         }
-        let q = (q.transpose(1, 2)?.contiguous()? * (hd as f64).powf(-0.5))?;
-        let k = k.transpose(1, 2)?.contiguous()?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        // scores + softmax in f32 (nn::score_dtype), then P·V (nn::attend_values)
-        let s = score_dtype(&q)?.matmul(&score_dtype(&k)?.t()?)?;
-        let w = crate::models::fastops::softmax_last_dim(&s)?;
-        attend_values(&w, &v)?
-            .transpose(1, 2)?
+        // fused softmax attention straight from the qkv projection's layout (models::attention)
+        crate::models::attention::attention(&q, &k, &v, (hd as f64).powf(-0.5), None)?
             .reshape((b, n, c))?
             .apply(&self.proj)
     }

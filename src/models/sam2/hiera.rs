@@ -5,7 +5,7 @@
 
 use super::config::{BlockSpec, HieraConfig};
 use crate::models::fastops;
-use crate::models::nn::{attend_values, score_dtype, LayerNorm, Linear};
+use crate::models::nn::{LayerNorm, Linear};
 use crate::preprocess::resize::bicubic_matrix;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -55,31 +55,13 @@ fn max_pool2(x: &Tensor) -> Result<Tensor> {
     x.reshape((b, ho, 2, wo, 2, c))?.max(4)?.max(2)
 }
 
-/// Softmax attention of (N, heads, Lq, hd) queries against (N, heads, Lk, hd) keys/values; the
-/// queries are processed in chunks so a 4096-token global block never holds all scores at once.
-/// As PyTorch's `scaled_dot_product_attention` (which Meta's SAM2 calls), the scaling, the scores
-/// and the softmax are f32 for f16/bf16 inputs; P·V as `nn::attend_values`.
+/// Softmax attention of (N, heads, Lq, hd) queries against (N, heads, Lk, hd) keys/values, as
+/// PyTorch's `scaled_dot_product_attention` (which Meta's SAM2 calls): the fused kernel of
+/// `models::attention` (scores and softmax in f32 for f16/bf16 inputs). Returns (N, heads, Lq, hd).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let (n, heads, lq, hd) = q.dims4()?;
-    let lk = k.dim(2)?;
-    let q = (score_dtype(q)? * (hd as f64).powf(-0.5))?;
-    let kt = score_dtype(k)?.t()?;
-    const MAX_SCORES: usize = 1 << 26; // 256 MiB of f32 scores per chunk; smaller chunks measured slower
-    let rows = (MAX_SCORES / (n * heads * lk).max(1)).max(1).min(lq);
-    let mut outs = Vec::with_capacity(lq.div_ceil(rows));
-    let mut s = 0;
-    while s < lq {
-        let len = rows.min(lq - s);
-        let qc = if len == lq { q.clone() } else { q.narrow(2, s, len)? };
-        let w = fastops::softmax_last_dim(&qc.matmul(&kt)?)?;
-        outs.push(attend_values(&w, v)?);
-        s += len;
-    }
-    if outs.len() == 1 {
-        Ok(outs.pop().unwrap())
-    } else {
-        Tensor::cat(&outs, 2)
-    }
+    let hd = q.dim(3)?;
+    let t = |x: &Tensor| x.transpose(1, 2);
+    crate::models::attention::attention(&t(q)?, &t(k)?, &t(v)?, (hd as f64).powf(-0.5), None)?.transpose(1, 2)
 }
 
 #[derive(Debug, Clone)]
@@ -140,27 +122,16 @@ impl Block {
         let (b, h, w, _) = x.dims4()?;
         let (o, heads) = (self.spec.dim_out, self.spec.heads);
         let hd = o / heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, h, w, 3, heads, hd))?
-            .permute((3, 0, 4, 1, 2, 5))?
-            .contiguous()?; // (3, b, heads, h, w, hd)
-        let mut q = qkv.get(0)?;
-        let (mut hq, mut wq) = (h, w);
+        let qkv = self.qkv.forward(x)?.reshape((b, h * w, 3, heads, hd))?;
+        // (b, n, heads, hd) views of the projection: the fused attention reads them in place
+        let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2);
+        let (mut q, mut hq, mut wq) = (part(0)?, h, w);
         if self.spec.q_pool {
             (hq, wq) = (h / 2, w / 2);
-            let q2 = if h % 2 == 1 || w % 2 == 1 {
-                q.narrow(2, 0, hq * 2)?.narrow(3, 0, wq * 2)?
-            } else {
-                q
-            };
-            q = q2.reshape((b * heads, hq, 2, wq, 2, hd))?.max(4)?.max(2)?;
+            q = max_pool2(&q.reshape((b, h, w, o))?)?.reshape((b, hq * wq, heads, hd))?;
         }
-        let q = q.reshape((b, heads, hq * wq, hd))?;
-        let k = qkv.get(1)?.reshape((b, heads, h * w, hd))?;
-        let v = qkv.get(2)?.reshape((b, heads, h * w, hd))?;
-        let y = attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, hq, wq, o))?;
+        let y = crate::models::attention::attention(&q, &part(1)?, &part(2)?, (hd as f64).powf(-0.5), None)?
+            .reshape((b, hq, wq, o))?;
         self.attn_proj.forward(&y)
     }
 

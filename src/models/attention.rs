@@ -1,0 +1,323 @@
+//! Fused softmax attention, softmax(scale·q·kᵀ [+ causal mask])·v, for every attention of the
+//! encoders and the LLM.
+//!
+//! On the CPU in f32 it never materialises the (heads, n, n) score tensor: for each head and block
+//! of query rows it takes the block's scores against all keys into an L2-sized buffer, applies an
+//! exact two-pass softmax there and multiplies by v straight into the output (two calls of the
+//! `gemm` crate that candle's matmul uses). It reads q/k/v in place through their strides — the
+//! q/k/v thirds of a fused qkv projection, a KV cache's (b, kv, s, d) buffer — and serves grouped
+//! heads by index, so no head split, transpose or `repeat_kv` copy is made, and it writes the
+//! (b, n, heads, d) layout the output projection reads. Other devices run the same arithmetic as
+//! plain ops (scores and softmax in f32, see [`crate::models::nn::score_dtype`]); f16/bf16 CPU
+//! tensors are widened to f32 and the result rounded once (as before: candle's reduced-precision
+//! CPU kernels accumulate in that precision).
+
+use crate::models::nn::{attend_values, score_dtype};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// softmax(scale·q·kᵀ)·v over `(b, n, heads, d)` views (any strides, unit stride on `d`): q is
+/// (b, nq, hq, d), k and v (b, nk, hk, d) with hq a multiple of hk (grouped-query heads share
+/// k/v head h / (hq / hk)). `causal_offset: Some(o)` lets query i see keys 0..=o + i (a chunk of
+/// new positions after o cached ones). Returns (b, nq, hq, d), contiguous, in q's dtype.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal_offset: Option<usize>) -> Result<Tensor> {
+    let (b, _, hq, d) = q.dims4()?;
+    let (bk, nk, hk, dk) = k.dims4()?;
+    if bk != b || dk != d || v.dims4()? != (b, nk, hk, d) || hk == 0 || hq % hk != 0 {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit (b, n, heads, d) with grouped heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if q.device().is_cpu() {
+        if q.dtype() == DType::F32 && k.dtype() == DType::F32 && v.dtype() == DType::F32 {
+            return q.apply_op3_no_bwd(
+                k,
+                v,
+                &FusedAttention {
+                    scale: scale as f32,
+                    causal_offset,
+                },
+            );
+        }
+        if matches!(q.dtype(), DType::F16 | DType::BF16) {
+            let w = |t: &Tensor| t.to_dtype(DType::F32);
+            return attention(&w(q)?, &w(k)?, &w(v)?, scale, causal_offset)?.to_dtype(q.dtype());
+        }
+    }
+    reference(q, k, v, scale, causal_offset)
+}
+
+/// The same attention as plain tensor ops (materialised scores), for devices without the
+/// fused kernel and as the kernel's test oracle.
+pub fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal_offset: Option<usize>) -> Result<Tensor> {
+    let (b, nq, hq, d) = q.dims4()?;
+    let (_, nk, hk, _) = k.dims4()?;
+    let rep = hq / hk;
+    let heads = |t: &Tensor| crate::models::nn::repeat_kv(t.transpose(1, 2)?.contiguous()?, rep);
+    let qh = q.transpose(1, 2)?.contiguous()?;
+    let (kh, vh) = (heads(k)?, heads(v)?);
+    let mut s = (score_dtype(&qh)?.matmul(&score_dtype(&kh)?.t()?)? * scale)?;
+    if let Some(off) = causal_offset {
+        let mask: Vec<f32> = (0..nq)
+            .flat_map(|i| (0..nk).map(move |j| if j > i + off { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (nq, nk), q.device())?.to_dtype(s.dtype())?;
+        s = s.broadcast_add(&mask)?;
+    }
+    let w = crate::models::fastops::softmax_last_dim(&s)?;
+    attend_values(&w, &vh)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, nq, hq, d))
+}
+
+struct FusedAttention {
+    scale: f32,
+    causal_offset: Option<usize>,
+}
+
+/// A (b, n, h, d) view into f32 storage: element (b, n, h, i) is at `off + b·sb + n·sn + h·sh + i`.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    sb: usize,
+    sn: usize,
+    sh: usize,
+}
+
+impl View {
+    /// Where (b, n, h, 0) is. SAFETY: the indices lie inside the view's shape.
+    unsafe fn at(&self, b: usize, n: usize, h: usize) -> *const f32 {
+        self.ptr.add(b * self.sb + n * self.sn + h * self.sh)
+    }
+}
+
+// SAFETY: the views only read storage that outlives the kernel call.
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+impl OutPtr {
+    /// SAFETY: `i` lies inside the output buffer.
+    unsafe fn at(&self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+
+// SAFETY: every task writes a disjoint set of output rows.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+fn view<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(View, &'a [f32])> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("attention: {what} is not f32");
+    };
+    let st = l.stride();
+    if st.len() != 4 || (l.dims()[3] > 1 && st[3] != 1) {
+        candle_core::bail!("attention: {what} needs unit stride on its last dimension, got {st:?}");
+    }
+    // The furthest element read must lie inside the storage.
+    let last = l.start_offset() + l.dims().iter().zip(st).map(|(&n, &s)| n.saturating_sub(1) * s).sum::<usize>();
+    if l.dims().iter().any(|&n| n == 0) || last >= data.len() {
+        candle_core::bail!("attention: {what} has an empty or out-of-bounds layout");
+    }
+    let v = View {
+        ptr: data[l.start_offset()..].as_ptr(),
+        sb: st[0],
+        sn: st[1],
+        sh: st[2],
+    };
+    Ok((v, data))
+}
+
+/// Rows per query block: the block's scores against `nk` keys take ~1 MB (L2/L3). Each block
+/// repacks k and v inside `gemm`, so taller blocks amortise that; measured on 1025 to 4096 keys
+/// against 256 KB blocks (benches/kernels.rs), 1 MB was as fast or faster everywhere.
+fn block_rows(nk: usize) -> usize {
+    (262_144 / nk.max(1)).clamp(8, 256)
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, _q) = view(s1, l1, "q")?;
+        let (k, _k) = view(s2, l2, "k")?;
+        let (v, _v) = view(s3, l3, "v")?;
+        let &[b, nq, hq, d] = l1.dims() else { unreachable!() };
+        let &[_, nk, hk, _] = l2.dims() else { unreachable!() };
+        let rep = hq / hk;
+        let bq = block_rows(nk);
+        let nblocks = nq.div_ceil(bq);
+        let mut out = vec![0f32; b * nq * hq * d];
+        let optr = OutPtr(out.as_mut_ptr());
+        let (scale, causal) = (self.scale, self.causal_offset);
+        let tasks = b * hq * nblocks;
+        (0..tasks).into_par_iter().for_each_init(Vec::<f32>::new, |scores, t| {
+            let (bi, rest) = (t / (hq * nblocks), t % (hq * nblocks));
+            let (h, blk) = (rest / nblocks, rest % nblocks);
+            let r0 = blk * bq;
+            let m = bq.min(nq - r0);
+            let kv_len = match causal {
+                Some(off) => (off + r0 + m).min(nk),
+                None => nk,
+            };
+            if kv_len == 0 {
+                return; // a row that sees no key: the output stays 0 (no query does in practice)
+            }
+            let kh = h / rep;
+            scores.resize(m * kv_len, 0.0);
+            // SAFETY: every pointer below stays inside its storage (checked by `view` and the
+            // shapes), and the output rows (bi, r0..r0+m, h) belong to this task alone.
+            unsafe {
+                let qp = q.at(bi, r0, h);
+                let kp = k.at(bi, 0, kh);
+                let vp = v.at(bi, 0, kh);
+                // scores (m × kv_len, row-major) = scale · q_blk (m × d) · kᵀ (d × kv_len)
+                gemm::gemm(
+                    m,
+                    kv_len,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    kv_len as isize,
+                    false,
+                    qp,
+                    1,
+                    q.sn as isize,
+                    kp,
+                    k.sn as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+                    let seen = match causal {
+                        Some(off) => (off + r0 + i + 1).min(kv_len),
+                        None => kv_len,
+                    };
+                    crate::models::fastops::softmax_in_place(&mut row[..seen]);
+                    row[seen..].fill(0.0);
+                }
+                // out rows (m × d, row stride hq·d) = p (m × kv_len) · v (kv_len × d)
+                let op = optr.at(((bi * nq + r0) * hq + h) * d);
+                gemm::gemm(
+                    m,
+                    d,
+                    kv_len,
+                    op,
+                    1,
+                    (hq * d) as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    kv_len as isize,
+                    vp,
+                    1,
+                    v.sn as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, nq, hq, d))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, IndexOp};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fused_matches_materialised_attention() {
+        // ViT-like, SAM2-window-like (d = 72), grouped causal prefill with and without a cache
+        // offset, a decode step, and a multi-block size that does not divide evenly.
+        let cases: &[(usize, usize, usize, usize, usize, usize, Option<usize>)] = &[
+            (2, 65, 65, 4, 4, 16, None),
+            (1, 64, 64, 2, 2, 72, None),
+            (1, 37, 37, 7, 1, 8, Some(0)),
+            (1, 9, 40, 4, 2, 16, Some(31)),
+            (1, 1, 50, 14, 2, 64, Some(49)),
+            (1, 700, 700, 2, 1, 8, None),
+        ];
+        for (i, &(b, nq, nk, hq, hk, d, causal)) in cases.iter().enumerate() {
+            let q = rand(&[b, nq, hq, d], 3 * i as u64);
+            let k = rand(&[b, nk, hk, d], 3 * i as u64 + 1);
+            let v = rand(&[b, nk, hk, d], 3 * i as u64 + 2);
+            let scale = (d as f64).powf(-0.5);
+            let got = attention(&q, &k, &v, scale, causal).unwrap();
+            let want = reference(&q, &k, &v, scale, causal).unwrap();
+            assert_eq!(got.dims(), &[b, nq, hq, d]);
+            let e = max_diff(&got, &want);
+            assert!(e < 2e-5, "case {i}: max |fused - reference| = {e}");
+        }
+    }
+
+    #[test]
+    fn reads_strided_views_in_place() {
+        // q/k/v as thirds of a fused (b, n, 3, h, d) projection, and k/v as a transposed
+        // (b, kv, s, d) cache with spare capacity.
+        let (b, n, h, d) = (1, 33, 3, 8);
+        let qkv = rand(&[b, n, 3, h, d], 7);
+        let part = |i: usize| qkv.i((.., .., i)).unwrap();
+        let (q, k, v) = (part(0), part(1), part(2));
+        let got = attention(&q, &k, &v, 0.3, None).unwrap();
+        let want = reference(&q.contiguous().unwrap(), &k.contiguous().unwrap(), &v.contiguous().unwrap(), 0.3, None)
+            .unwrap();
+        assert!(max_diff(&got, &want) < 2e-5);
+        let cache = rand(&[b, h, 64, d], 8);
+        let kc = cache.narrow(2, 0, n).unwrap().transpose(1, 2).unwrap();
+        let got = attention(&q, &kc, &kc, 0.3, Some(0)).unwrap();
+        let kc2 = kc.contiguous().unwrap();
+        let want = reference(&q.contiguous().unwrap(), &kc2, &kc2, 0.3, Some(0)).unwrap();
+        assert!(max_diff(&got, &want) < 2e-5);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let q = rand(&[1, 4, 3, 8], 1);
+        let k = rand(&[1, 4, 2, 8], 2);
+        assert!(attention(&q, &k, &k, 1.0, None).is_err());
+        let k = rand(&[1, 4, 3, 4], 2);
+        assert!(attention(&q, &k, &k, 1.0, None).is_err());
+    }
+}
