@@ -19,7 +19,10 @@ fn time(f: &mut dyn FnMut()) -> f64 {
 
 /// Runs `a` and `b` alternately; prints min/median seconds of each and min(a)/min(b).
 fn ab(name: &str, a_name: &str, a: &mut dyn FnMut(), b_name: &str, b: &mut dyn FnMut()) {
-    let runs: usize = std::env::var("PERCEPTIO_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("PERCEPTIO_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     a();
     b();
     let (mut ta, mut tb) = (vec![], vec![]);
@@ -38,7 +41,11 @@ fn ab(name: &str, a_name: &str, a: &mut dyn FnMut(), b_name: &str, b: &mut dyn F
     );
 }
 
-fn attention_case(name: &str, (b, nq, nk, hq, hk, d): (usize, usize, usize, usize, usize, usize), causal: Option<usize>) {
+fn attention_case(
+    name: &str,
+    (b, nq, nk, hq, hk, d): (usize, usize, usize, usize, usize, usize),
+    causal: Option<usize>,
+) {
     let q = rand(&[b, nq, hq, d]);
     let k = rand(&[b, nk, hk, d]);
     let v = rand(&[b, nk, hk, d]);
@@ -56,12 +63,47 @@ fn attention_case(name: &str, (b, nq, nk, hq, hk, d): (usize, usize, usize, usiz
     );
 }
 
+fn gemv_case(name: &str, n: usize, k: usize) {
+    let w = rand(&[n, k]);
+    let x = rand(&[1, k]);
+    ab(
+        name,
+        "candle matmul",
+        &mut || {
+            x.matmul(&w.t().unwrap()).unwrap();
+        },
+        "gemv",
+        &mut || {
+            perceptio::models::fastops::gemv(&x, &w).unwrap().unwrap();
+        },
+    );
+}
+
 fn main() {
     println!("threads: {}", rayon::current_num_threads());
-    attention_case("attention InternViT layer, 7 tiles x 1025", (7, 1025, 1025, 16, 16, 64), None);
+    attention_case(
+        "attention InternViT layer, 7 tiles x 1025",
+        (7, 1025, 1025, 16, 16, 64),
+        None,
+    );
     attention_case("attention Hiera-L global block, 4096", (1, 4096, 4096, 8, 8, 72), None);
     attention_case("attention Hiera-L stage-1 windows 8x8", (1024, 64, 64, 2, 2, 72), None);
-    attention_case("attention Hiera-L stage-3 windows 16x16", (16, 256, 256, 8, 8, 72), None);
-    attention_case("attention Qwen2 prefill 1816, causal", (1, 1816, 1816, 14, 2, 64), Some(0));
-    attention_case("attention Qwen2 decode step at 1816", (1, 1, 1817, 14, 2, 64), Some(1816));
+    attention_case(
+        "attention Hiera-L stage-3 windows 16x16",
+        (16, 256, 256, 8, 8, 72),
+        None,
+    );
+    attention_case(
+        "attention Qwen2 prefill 1816, causal",
+        (1, 1816, 1816, 14, 2, 64),
+        Some(0),
+    );
+    attention_case(
+        "attention Qwen2 decode step at 1816",
+        (1, 1, 1817, 14, 2, 64),
+        Some(1816),
+    );
+    gemv_case("gemv Qwen2 gate/up 1x896 -> 4864", 4864, 896);
+    gemv_case("gemv Qwen2 down 1x4864 -> 896", 896, 4864);
+    gemv_case("gemv Qwen2 lm_head 1x896 -> 151679", 151679, 896);
 }

@@ -121,7 +121,12 @@ fn view<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(View, &'a [f32
         candle_core::bail!("attention: {what} needs unit stride on its last dimension, got {st:?}");
     }
     // The furthest element read must lie inside the storage.
-    let last = l.start_offset() + l.dims().iter().zip(st).map(|(&n, &s)| n.saturating_sub(1) * s).sum::<usize>();
+    let last = l.start_offset()
+        + l.dims()
+            .iter()
+            .zip(st)
+            .map(|(&n, &s)| n.saturating_sub(1) * s)
+            .sum::<usize>();
     if l.dims().iter().any(|&n| n == 0) || last >= data.len() {
         candle_core::bail!("attention: {what} has an empty or out-of-bounds layout");
     }
@@ -264,7 +269,16 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -301,8 +315,14 @@ mod tests {
         let part = |i: usize| qkv.i((.., .., i)).unwrap();
         let (q, k, v) = (part(0), part(1), part(2));
         let got = attention(&q, &k, &v, 0.3, None).unwrap();
-        let want = reference(&q.contiguous().unwrap(), &k.contiguous().unwrap(), &v.contiguous().unwrap(), 0.3, None)
-            .unwrap();
+        let want = reference(
+            &q.contiguous().unwrap(),
+            &k.contiguous().unwrap(),
+            &v.contiguous().unwrap(),
+            0.3,
+            None,
+        )
+        .unwrap();
         assert!(max_diff(&got, &want) < 2e-5);
         let cache = rand(&[b, h, 64, d], 8);
         let kc = cache.narrow(2, 0, n).unwrap().transpose(1, 2).unwrap();

@@ -8,7 +8,7 @@
 //! where PyTorch (CPU and CUDA) and transformers' `softmax(dtype=float32)` accumulate in f32; the
 //! result is rounded back to the input dtype, as theirs.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// exp(x) for f32 (Cephes expf; ≤ 2 ulp on [-87, 88]); 0 below -87.3, like the true value
@@ -235,6 +235,147 @@ impl CustomOp1 for GeluErf {
     }
 }
 
+/// y = W·x for one f32 row x (k) and a row-major weight W (n, k): the linear layers of a decode
+/// step. candle routes this through its GEMM, which reaches well under half the memory bandwidth
+/// on a one-row product; this streams W once, row by row with independent FMA chains,
+/// split over the rayon threads.
+#[inline(always)]
+fn gemv_rows(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+    let main = k - k % 8;
+    let mut rows = out.chunks_exact_mut(4);
+    let mut r = 0;
+    for o in &mut rows {
+        let (w0, w1, w2, w3) = (
+            &w[r * k..(r + 1) * k],
+            &w[(r + 1) * k..(r + 2) * k],
+            &w[(r + 2) * k..(r + 3) * k],
+            &w[(r + 3) * k..(r + 4) * k],
+        );
+        let mut acc = [[0f32; 8]; 4];
+        let mut i = 0;
+        while i < main {
+            for l in 0..8 {
+                let xv = x[i + l];
+                acc[0][l] = w0[i + l].mul_add(xv, acc[0][l]);
+                acc[1][l] = w1[i + l].mul_add(xv, acc[1][l]);
+                acc[2][l] = w2[i + l].mul_add(xv, acc[2][l]);
+                acc[3][l] = w3[i + l].mul_add(xv, acc[3][l]);
+            }
+            i += 8;
+        }
+        for (j, wr) in [w0, w1, w2, w3].iter().enumerate() {
+            let mut s: f32 = acc[j].iter().sum();
+            for t in main..k {
+                s = wr[t].mul_add(x[t], s);
+            }
+            o[j] = s;
+        }
+        r += 4;
+    }
+    for o in rows.into_remainder() {
+        let wr = &w[r * k..(r + 1) * k];
+        let mut acc = [0f32; 8];
+        let mut i = 0;
+        while i < main {
+            for l in 0..8 {
+                acc[l] = wr[i + l].mul_add(x[i + l], acc[l]);
+            }
+            i += 8;
+        }
+        let mut s: f32 = acc.iter().sum();
+        for t in main..k {
+            s = wr[t].mul_add(x[t], s);
+        }
+        *o = s;
+        r += 1;
+    }
+}
+
+/// The AVX2 build: one weight row at a time (a single forward stream, which the prefetchers
+/// follow best: measured faster than four interleaved rows on the LM head) with four 8-lane FMA
+/// chains.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_rows_avx2(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let main = k - k % 32;
+    let xp = x.as_ptr();
+    for (r, o) in out.iter_mut().enumerate() {
+        let p = w.as_ptr().add(r * k);
+        let mut a = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < main {
+            for (j, acc) in a.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(p.add(i + 8 * j)),
+                    _mm256_loadu_ps(xp.add(i + 8 * j)),
+                    *acc,
+                );
+            }
+            i += 32;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+        for t in main..k {
+            s = (*p.add(t)).mul_add(x[t], s);
+        }
+        *o = s;
+    }
+}
+
+struct Gemv;
+
+impl CustomOp2 for Gemv {
+    fn name(&self) -> &'static str {
+        "fast-gemv"
+    }
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl)?;
+        let w = contiguous_f32(ws, wl)?;
+        let (n, k) = wl.shape().dims2()?;
+        if x.len() != k || w.len() != n * k {
+            candle_core::bail!("gemv: x has {} values for a ({n}, {k}) weight", x.len());
+        }
+        let mut y = vec![0f32; n];
+        // 64 rows per task: big enough to stream, small enough to balance two to many threads.
+        const ROWS: usize = 64;
+        let avx = has_avx2();
+        y.par_chunks_mut(ROWS).enumerate().for_each(|(c, o)| {
+            let wc = &w[c * ROWS * k..(c * ROWS + o.len()) * k];
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                unsafe { gemv_rows_avx2(x, wc, k, o) };
+                return;
+            }
+            gemv_rows(x, wc, k, o)
+        });
+        let mut dims = xl.shape().dims().to_vec();
+        *dims.last_mut().unwrap_or(&mut 0) = n;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+}
+
+/// x·Wᵀ for a CPU f32 `x` holding one row (any leading dims of size 1) and a contiguous (n, k)
+/// weight, through the streaming GEMV above; `None` when the fast path does not apply.
+pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let k = *x.dims().last().unwrap_or(&0);
+    let fits = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && w.rank() == 2
+        && w.dim(1)? == k
+        && k > 0
+        && x.elem_count() == k
+        && w.is_contiguous();
+    if !fits {
+        return Ok(None);
+    }
+    x.contiguous()?.apply_op2_no_bwd(w, &Gemv).map(Some)
+}
+
 /// Whether `x` is a reduced-precision float tensor on the CPU (computed in f32, then rounded).
 fn cpu_low_precision(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F16 | DType::BF16)
@@ -309,5 +450,34 @@ mod tests {
         let m = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &dev).unwrap();
         let p: Vec<f32> = softmax_last_dim(&m).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(p[1], 0.0);
+    }
+
+    #[test]
+    fn gemv_matches_matmul() {
+        let dev = candle_core::Device::Cpu;
+        for (n, k) in [(13, 37), (197, 896), (4, 8), (1, 5)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (1, 1, k), &dev).unwrap();
+            let got = gemv(&x, &w).unwrap().expect("fast path applies");
+            assert_eq!(got.dims(), &[1, 1, n]);
+            let want = x.reshape((1, k)).unwrap().matmul(&w.t().unwrap()).unwrap();
+            let d: f32 = (got.reshape((1, n)).unwrap() - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d < 1e-4, "({n}, {k}): {d}");
+        }
+        // two rows, or a transposed weight: not this kernel's case
+        let w = Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap();
+        assert!(gemv(&Tensor::zeros((2, 4), DType::F32, &dev).unwrap(), &w)
+            .unwrap()
+            .is_none());
+        assert!(gemv(&Tensor::zeros((1, 6), DType::F32, &dev).unwrap(), &w.t().unwrap())
+            .unwrap()
+            .is_none());
     }
 }

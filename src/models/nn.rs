@@ -62,6 +62,13 @@ impl Module for Linear {
         if cpu_low_precision(xs) && xs.elem_count() > *xs.dims().last().unwrap_or(&0) {
             return self.forward_f32_accumulate(xs);
         }
+        // One f32 row on the CPU (a decode step): the streaming GEMV, ~2x candle's GEMM there.
+        if let Some(y) = crate::models::fastops::gemv(xs, self.inner.weight())? {
+            return match self.inner.bias() {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
         let dims = xs.dims();
         if dims.len() > 2 && xs.is_contiguous() {
             let k = dims[dims.len() - 1];
@@ -411,8 +418,11 @@ impl CausalAttention {
         debug_assert_eq!(self.n_heads % self.n_kv, 0);
         let t = |x: &Tensor| x.transpose(1, 2);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        crate::models::attention::attention(&t(&q)?, &t(&k)?, &t(&v)?, scale, Some(offset))?
-            .reshape((b, s, self.n_heads * self.head_dim))
+        crate::models::attention::attention(&t(&q)?, &t(&k)?, &t(&v)?, scale, Some(offset))?.reshape((
+            b,
+            s,
+            self.n_heads * self.head_dim,
+        ))
     }
 
     pub fn reset(&mut self) {

@@ -130,9 +130,7 @@ impl Layer {
 
 impl DecoderLayer for Layer {
     fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
-        let h = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(xs)?, offset)?;
+        let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, offset)?;
         let xs = (xs + h)?;
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?;
         xs + h

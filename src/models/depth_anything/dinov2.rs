@@ -118,7 +118,7 @@ impl Attention {
         let hd = c / self.heads;
         let qkv = self.qkv.forward(xs)?.reshape((b, n, 3, self.heads, hd))?;
         let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2); // (b, n, h, hd) views, no copy
-        // fused softmax attention (models::attention; transformers runs DINOv2 with SDPA)
+                                                               // fused softmax attention (models::attention; transformers runs DINOv2 with SDPA)
         crate::models::attention::attention(&part(0)?, &part(1)?, &part(2)?, (hd as f64).powf(-0.5), None)?
             .reshape((b, n, c))?
             .apply(&self.dense)
