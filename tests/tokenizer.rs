@@ -255,6 +255,13 @@ fn internlm2_sentencepiece_model_matches_the_slow_tokenizer() {
         &fixture("tokenizer/internlm2_spm_goldens.json.gz"),
     );
     assert!(n >= 3000, "{n}");
+    // The CLI's path (ChatModel::load_tokenizer) gives the same tokenizer, with InternVL's tokens.
+    let dir = fixture("tokenizer/internlm2-spm");
+    let t = perceptio::models::internvl::chat::ChatModel::load_tokenizer(&dir).unwrap();
+    let ids = t.encode("<img><IMG_CONTEXT></img>", true).unwrap().get_ids().to_vec();
+    let id = |s: &str| t.token_to_id(s).unwrap();
+    assert_eq!(ids, [id("<s>"), id("<img>"), id("<IMG_CONTEXT>"), id("</img>")]);
+    assert_eq!(t.token_to_id("no such token"), None);
 }
 
 /// The same on the real InternLM2 vocabulary, when `tools/gen_spm_goldens.py --real` has

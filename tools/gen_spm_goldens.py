@@ -6,7 +6,8 @@
 
 Versions: Sa2VA pins transformers 4.57.0 (its `latest` extra; 4.49.0 for `legacy`) and its demo
 sentencepiece 0.2.0; the slow tokenizer is Sa2VA's own `tokenization_internlm2.py` (the class its
-checkpoints name, loaded with `use_fast=False`), read from the Sa2VA mirror.
+checkpoints name, loaded with `use_fast=False`), read from the Sa2VA mirror. Run under transformers
+4.49.0 (Sa2VA's `legacy` pin) the cases come out identical (checked once; only the recorded version differs).
 
 1. Trains a small BPE model with the settings of InternLM2's real `tokenizer.model` (read from the
    copy in InternLM/InternEvo's `tools/tokenizer_internlm2.model`: model_type BPE, byte_fallback,

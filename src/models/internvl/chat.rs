@@ -60,10 +60,9 @@ impl ChatModel {
             )
         })?;
         let tokenizer = Self::load_tokenizer(dir)?;
-        let tok_path = dir.join("tokenizer.json");
         let image_token_id = tokenizer
             .token_to_id(IMG_CONTEXT)
-            .ok_or_else(|| Error::input(&tok_path, "the tokenizer has no <IMG_CONTEXT> token"))?;
+            .ok_or_else(|| Error::input(dir, "the tokenizer has no <IMG_CONTEXT> token"))?;
         let mut stop_ids: Vec<u32> = template
             .stop_words
             .iter()
