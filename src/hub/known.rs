@@ -22,7 +22,7 @@ pub const KNOWN_REPOS: &[(&str, &str, &str)] = &[
     (
         "ByteDance/Sa2VA-26B",
         "full model",
-        "InternVL2.5-26B (InternViT-6B + InternLM2.5-20B) + SAM2-L; InternViT-6B untested; SentencePiece tokenizer.model read natively",
+        "InternVL2.5-26B (InternViT-6B + InternLM2.5-20B) + SAM2-L; InternViT-6B checked on a tiny layout; SentencePiece tokenizer.model read natively",
     ),
     (
         "ByteDance/Sa2VA-InternVL3-2B",

@@ -313,6 +313,8 @@ pub struct SpmTokenizer {
     added_by_id: HashMap<u32, String>,
     /// Added contents longest first, for the leftmost-longest split.
     by_len: Vec<String>,
+    /// Whether some added token starts with this byte (skips the scan elsewhere).
+    first_byte: Vec<bool>,
     /// `all_special_tokens`: bos/eos/unk/pad and `additional_special_tokens`.
     all_special: HashSet<String>,
     /// Added tokens decoded as separate sub-texts joined by spaces (`legacy_added_tokens`).
@@ -410,6 +412,7 @@ impl SpmTokenizer {
             added: HashMap::new(),
             added_by_id: HashMap::new(),
             by_len: Vec::new(),
+            first_byte: vec![false; 256],
             all_special: specials.iter().cloned().collect(),
             legacy: HashSet::new(),
             add_bos,
@@ -471,9 +474,12 @@ impl SpmTokenizer {
         if let Some(old) = self.added_by_id.insert(id, a.content.clone()) {
             self.added.remove(&old);
         }
+        if let Some(&b) = a.content.as_bytes().first() {
+            self.first_byte[b as usize] = true;
+        }
         self.added.insert(a.content.clone(), (id, a));
         self.by_len = self.added.keys().cloned().collect();
-        self.by_len.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        self.by_len.sort_by(|x, y| y.len().cmp(&x.len()).then(x.cmp(y)));
     }
 
     /// `convert_tokens_to_ids` for one token: added tokens first, then the model (unknown id).
@@ -516,7 +522,10 @@ impl SpmTokenizer {
         let (mut start, mut i) = (0, 0);
         while i < text.len() {
             let rest = &text[i..];
-            if let Some(m) = self.by_len.iter().find(|c| rest.starts_with(c.as_str())) {
+            let hit = self.first_byte[rest.as_bytes()[0] as usize]
+                .then(|| self.by_len.iter().find(|c| rest.starts_with(c.as_str())))
+                .flatten();
+            if let Some(m) = hit {
                 if start < i {
                     out.push(&text[start..i]);
                 }
