@@ -40,13 +40,13 @@ impl Encoding {
 /// SentencePiece tokenizer. The methods mirror `tokenizers::Tokenizer`'s.
 #[derive(Debug, Clone)]
 pub enum Tokenizer {
-    Fast(tokenizers::Tokenizer),
+    Fast(Box<tokenizers::Tokenizer>),
     Spm(Box<SpmTokenizer>),
 }
 
 impl From<tokenizers::Tokenizer> for Tokenizer {
     fn from(t: tokenizers::Tokenizer) -> Self {
-        Self::Fast(t)
+        Self::Fast(Box::new(t))
     }
 }
 
@@ -420,7 +420,9 @@ impl SpmTokenizer {
             clean_up_spaces,
         };
         for e in added_tokens(dir, &config)? {
-            let id = e["id"].as_u64().unwrap_or_default() as u32;
+            let id = e["id"].as_u64().unwrap_or_default();
+            let id = u32::try_from(id)
+                .map_err(|_| Error::input(&cfg_path, format!("added token id {id} does not fit a u32")))?;
             let b = |k: &str| e[k].as_bool().unwrap_or(false);
             let content = e["content"].as_str().unwrap_or_default().to_string();
             t.insert_added(
