@@ -26,7 +26,8 @@ checkpoints name, loaded with `use_fast=False`), read from the Sa2VA mirror. Run
    slow tokenizer's `decode` of those ids (skip_special_tokens=False, as Sa2VA decodes) with and
    without the leading <s>.
 3. With --real, does the same for a real tokenizer.model (not committed; 1.4 MB) into --real-out,
-   with the real InternLM2-chat added tokens, for tests/tokenizer.rs's opt-in real-vocabulary test.
+   with the real InternLM2-chat added tokens and --real-strings strings (default 20,000), for
+   tests/tokenizer.rs's opt-in real-vocabulary test (PERCEPTIO_SPM_REAL_DIR).
 """
 import argparse
 import gzip
@@ -147,6 +148,10 @@ def relayout(m, rng):
         normal[a].score = normal[b].score
     del m.pieces[:]
     m.pieces.extend(specials + byte + normal + user)
+    # The trainer records its temporary paths; fixed names keep the file reproducible.
+    del m.trainer_spec.input[:]
+    m.trainer_spec.input.append("corpus.txt")
+    m.trainer_spec.model_prefix = "m"
     return m
 
 
@@ -188,7 +193,9 @@ FRAGMENTS = [
 ]
 
 
-def gen_strings(rng, n):
+def gen_strings(rng, n, pieces):
+    """The fixed cases, then alternately random fragment strings and concatenations of the
+    model's own normal pieces (▁ as a space), which exercise merge order and score ties."""
     out = [
         "", " ", "  ", "\n", "hello", " hello", "hello ", "  hello  world  ", "Sure, [SEG].", "Sure, [SEG]",
         "It is [SEG] and [SEG].", "<|im_start|>user\n<img>" + "<IMG_CONTEXT>" * 16 + "</img>\nPlease segment the cat in this image.<|im_end|>\n<|im_start|>assistant\n",
@@ -198,9 +205,17 @@ def gen_strings(rng, n):
         "1234567890", "  1  2  3  ", "\t\ttabs\t\t", "\r\n\r\n", "🙂", "a🙂b", "\u0000", "x\u00a0y",
     ]
     while len(out) < n:
-        k = rng.randint(1, 10)
-        out.append("".join(rng.choice(FRAGMENTS) for _ in range(k)))
+        if len(out) % 2:
+            out.append("".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 10))))
+        else:
+            out.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))).replace("\u2581", " "))
     return out
+
+
+def normal_pieces(model_bytes):
+    m = pb.ModelProto()
+    m.ParseFromString(model_bytes)
+    return [p.piece for p in m.pieces if p.type == pb.ModelProto.SentencePiece.NORMAL]
 
 
 def goldens(tok, sp, strings):
@@ -250,17 +265,20 @@ def main():
     ap.add_argument("--strings", type=int, default=3000)
     ap.add_argument("--real", help="a real InternLM2 tokenizer.model (goldens written to --real-out)")
     ap.add_argument("--real-out", default="/tmp/internlm2-real")
+    ap.add_argument("--real-strings", type=int, default=20000)
     a = ap.parse_args()
     Slow = slow_class()
     rng = random.Random(15)
     with tempfile.TemporaryDirectory() as tmp:
         m = relayout(train(tmp, rng, a.vocab_size), rng)
-    strings = gen_strings(random.Random(1515), a.strings)
-    build(m.SerializeToString(), os.path.join(ROOT, "fixtures/tokenizer/internlm2-spm"), INTERNVL_TOKENS + SA2VA_TOKENS,
+    model = m.SerializeToString()
+    strings = gen_strings(random.Random(1515), a.strings, normal_pieces(model))
+    build(model, os.path.join(ROOT, "fixtures/tokenizer/internlm2-spm"), INTERNVL_TOKENS + SA2VA_TOKENS,
           strings, os.path.join(ROOT, "fixtures/tokenizer/internlm2_spm_goldens.json.gz"), Slow)
     if a.real:
         with open(a.real, "rb") as f:
             real = f.read()
+        strings = gen_strings(random.Random(1516), a.real_strings, normal_pieces(real))
         build(real, a.real_out, INTERNVL_TOKENS + SA2VA_TOKENS, strings, os.path.join(a.real_out, "goldens.json.gz"), Slow)
 
 
