@@ -35,6 +35,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,7 @@ def slow_class():
     spec = importlib.util.spec_from_file_location("tokenization_internlm2", p)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    mod.InternLM2Tokenizer.source_file = p
     return mod.InternLM2Tokenizer
 
 
@@ -238,14 +240,15 @@ def build(model_bytes, dir_, extra, strings, out_json, Slow):
         f.write(model_bytes)
     sp = spm.SentencePieceProcessor(model_file=os.path.join(dir_, "tokenizer.model"))
     write_config(dir_, sp.get_piece_size(), extra)
-    with open(os.path.join(dir_, "tokenizer_config.json")) as f:
-        cfg = json.load(f)
-    from transformers.tokenization_utils import AddedToken
-    dec = {int(k): AddedToken(v["content"], lstrip=v["lstrip"], rstrip=v["rstrip"], single_word=v["single_word"],
-                              normalized=v["normalized"], special=v["special"]) for k, v in cfg["added_tokens_decoder"].items()}
-    kw = {k: v for k, v in cfg.items() if k not in ("added_tokens_decoder", "auto_map", "tokenizer_class", "sp_model_kwargs")}
-    tok = Slow(vocab_file=os.path.join(dir_, "tokenizer.model"), added_tokens_decoder=dec, **kw)
-    # The same object from_pretrained builds (trust_remote_code would import the same file).
+    # As Sa2VA loads it: AutoTokenizer.from_pretrained(dir, trust_remote_code=True, use_fast=False)
+    # on a copy of the directory with Sa2VA's tokenization_internlm2.py beside it.
+    from transformers import AutoTokenizer
+    with tempfile.TemporaryDirectory() as t:
+        for f in ["tokenizer.model", "tokenizer_config.json"]:
+            shutil.copy(os.path.join(dir_, f), t)
+        shutil.copy(Slow.source_file, os.path.join(t, "tokenization_internlm2.py"))
+        tok = AutoTokenizer.from_pretrained(t, trust_remote_code=True, use_fast=False)
+    assert type(tok).__name__ == "InternLM2Tokenizer", type(tok)
     assert tok.convert_tokens_to_ids("<|im_start|>") == sp.get_piece_size() - 1
     cases = goldens(tok, sp, strings)
     blob = json.dumps({"generator": "tools/gen_spm_goldens.py", "transformers": __import__("transformers").__version__,
