@@ -12,7 +12,7 @@ fn config() -> Config {
         "model_type": "sa2va_chat", "template": "qwen_chat", "force_image_size": 448, "downsample_ratio": 0.5,
         "select_layer": -1, "ps_version": "v2",
         "vision_config": {"hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 4096, "num_hidden_layers": 24,
-            "image_size": 448, "patch_size": 14, "qkv_bias": true, "norm_type": "layer_norm", "layer_norm_eps": 1e-6, "hidden_act": "gelu"},
+            "image_size": 448, "patch_size": 14, "qkv_bias": true, "qk_normalization": false, "norm_type": "layer_norm", "layer_norm_eps": 1e-6, "hidden_act": "gelu"},
         "llm_config": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
             "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
             "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768, "tie_word_embeddings": true, "hidden_act": "silu"}

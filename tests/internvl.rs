@@ -391,3 +391,64 @@ fn ask_batch_matches_single_calls() {
         assert_eq!(got["answer"], want["answer"]);
     }
 }
+
+/// InternViT-6B's switches (Sa2VA-26B's vision tower: RMSNorm, qk-norm over the whole width
+/// before the head split, no qkv bias, its own head count) on a tiny random tower against Sa2VA's
+/// `InternVisionModel` (tools/gen_internvit6b_goldens.py): every hidden state, same tolerance as
+/// the other stages.
+#[test]
+fn internvit_6b_layout_matches_reference() {
+    use perceptio::models::internvl::{config::VisionConfig, vit::InternVit};
+    let dir = fixture("internvl/internvit6b");
+    let cfg: VisionConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert!(cfg.qk_normalization && !cfg.qkv_bias && cfg.norm_type == "rms_norm");
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)
+    }
+    .unwrap();
+    let vit = InternVit::new(&cfg, vb.pp("vision_model")).unwrap();
+    let g = candle_core::safetensors::load(dir.join("goldens.safetensors"), &Device::Cpu).unwrap();
+    let px = &g["pixel_values"];
+    for k in 0..=vit.num_layers() {
+        let want = &g[&format!("hidden_states.{k}")];
+        assert_close(
+            &vit.forward_to(px, k).unwrap(),
+            want,
+            &format!("internvit6b hidden_states.{k}"),
+        );
+    }
+    // The check can fail: without the qk-norm the last layer is far off.
+    let no_qk = VisionConfig {
+        qk_normalization: false,
+        ..cfg.clone()
+    };
+    let other = InternVit::new(&no_qk, vb.pp("vision_model")).unwrap();
+    let l = vit.num_layers();
+    let want = &g[&format!("hidden_states.{l}")];
+    let err = max_abs(&(other.forward_to(px, l).unwrap() - want).unwrap());
+    assert!(err > 1e-2 * max_abs(want), "{err}");
+    // Keys a config leaves out take InternVisionConfig's defaults; an unknown norm is refused.
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    for k in [
+        "qkv_bias",
+        "qk_normalization",
+        "norm_type",
+        "layer_norm_eps",
+        "hidden_act",
+    ] {
+        j.as_object_mut().unwrap().remove(k);
+    }
+    let d: VisionConfig = serde_json::from_value(j.clone()).unwrap();
+    assert!(
+        !d.qkv_bias
+            && d.qk_normalization
+            && d.norm_type == "rms_norm"
+            && d.layer_norm_eps == 1e-6
+            && d.hidden_act == "gelu"
+    );
+    j["norm_type"] = "batch_norm".into();
+    let bad: VisionConfig = serde_json::from_value(j).unwrap();
+    let e = InternVit::new(&bad, vb.pp("vision_model")).unwrap_err().to_string();
+    assert!(e.contains("norm_type") && e.contains("batch_norm"), "{e}");
+}

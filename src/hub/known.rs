@@ -17,12 +17,12 @@ pub const KNOWN_REPOS: &[(&str, &str, &str)] = &[
     (
         "ByteDance/Sa2VA-8B",
         "full model",
-        "InternVL2.5-8B (InternLM2.5-7B) + SAM2-L; needs a tokenizer.json",
+        "InternVL2.5-8B (InternLM2.5-7B) + SAM2-L; SentencePiece tokenizer.model read natively",
     ),
     (
         "ByteDance/Sa2VA-26B",
         "full model",
-        "InternVL2.5-26B (InternViT-6B + InternLM2.5-20B) + SAM2-L; InternViT-6B untested; needs a tokenizer.json",
+        "InternVL2.5-26B (InternViT-6B + InternLM2.5-20B) + SAM2-L; InternViT-6B checked on a tiny layout; SentencePiece tokenizer.model read natively",
     ),
     (
         "ByteDance/Sa2VA-InternVL3-2B",

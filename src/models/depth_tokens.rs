@@ -51,7 +51,7 @@ impl DepthTokenSpec {
     }
 
     /// Resolve every token against a tokenizer's vocabulary (added tokens included).
-    pub fn resolve(&self, tok: &tokenizers::Tokenizer) -> crate::Result<DepthTokenIds> {
+    pub fn resolve(&self, tok: &crate::models::tokenizer::Tokenizer) -> crate::Result<DepthTokenIds> {
         self.resolve_with(|s| tok.token_to_id(s))
     }
 
@@ -528,7 +528,7 @@ mod tests {
             .unk_token("<unk>".into())
             .build()
             .unwrap();
-        let tok = tokenizers::Tokenizer::new(model);
+        let tok: crate::models::tokenizer::Tokenizer = tokenizers::Tokenizer::new(model).into();
         let r = spec.resolve(&tok).unwrap();
         assert_eq!((r.start, r.end, r.codes.clone()), (1, 2, vec![3, 4, 5]));
         let more = DepthTokenSpec {

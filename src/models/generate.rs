@@ -24,7 +24,7 @@ pub struct GenerateOptions {
 /// ends with one of them.
 #[derive(Debug, Clone)]
 pub struct StopText {
-    pub tokenizer: std::sync::Arc<tokenizers::Tokenizer>,
+    pub tokenizer: std::sync::Arc<crate::models::tokenizer::Tokenizer>,
     pub words: Vec<String>,
 }
 

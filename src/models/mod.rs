@@ -15,6 +15,7 @@ pub mod nn;
 pub mod perceptio;
 pub mod qwen2;
 pub mod sam2;
+pub mod spm;
 pub mod template;
 pub mod tiktoken;
 pub mod tokenizer;

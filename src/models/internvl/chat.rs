@@ -5,10 +5,10 @@ use crate::error::{Error, Result};
 use crate::models::checkpoint::Checkpoint;
 use crate::models::generate::{generate, teacher_force, GenerateOptions, Generation, StopText};
 use crate::models::template::{expand_image, Template, IMG_CONTEXT};
+use crate::models::tokenizer::Tokenizer;
 use crate::preprocess::internvl::{dynamic_tiles, normalize_tiles, TileGrid};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
-use tokenizers::Tokenizer;
 
 pub struct ChatModel {
     pub model: InternVl,
@@ -60,10 +60,9 @@ impl ChatModel {
             )
         })?;
         let tokenizer = Self::load_tokenizer(dir)?;
-        let tok_path = dir.join("tokenizer.json");
         let image_token_id = tokenizer
             .token_to_id(IMG_CONTEXT)
-            .ok_or_else(|| Error::input(&tok_path, "the tokenizer has no <IMG_CONTEXT> token"))?;
+            .ok_or_else(|| Error::input(dir, "the tokenizer has no <IMG_CONTEXT> token"))?;
         let mut stop_ids: Vec<u32> = template
             .stop_words
             .iter()
@@ -97,7 +96,8 @@ impl ChatModel {
         })
     }
 
-    /// The tokenizer of a model directory (`tokenizer.json`, or Qwen2's vocab.json + merges.txt).
+    /// The tokenizer of a model directory (`tokenizer.json`, Qwen2's vocab.json + merges.txt, or
+    /// InternLM2's SentencePiece `tokenizer.model`; see `models::tokenizer::load`).
     pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
         Ok(crate::models::tokenizer::load(dir)?.0)
     }

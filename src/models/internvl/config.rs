@@ -15,7 +15,8 @@ fn default_true() -> bool {
     true
 }
 
-/// InternViT settings (`vision_config`).
+/// InternViT settings (`vision_config`); a missing key takes `InternVisionConfig`'s default
+/// (the 6B's: no qkv bias, qk-norm, RMSNorm), as transformers fills it in.
 #[derive(Debug, Clone, Deserialize)]
 pub struct VisionConfig {
     pub hidden_size: usize,
@@ -24,7 +25,7 @@ pub struct VisionConfig {
     pub num_hidden_layers: usize,
     pub image_size: usize,
     pub patch_size: usize,
-    #[serde(default = "default_true")]
+    #[serde(default)]
     pub qkv_bias: bool,
     /// "layer_norm" (InternViT-300M) or "rms_norm" (InternViT-6B).
     #[serde(default = "default_norm")]
@@ -34,7 +35,7 @@ pub struct VisionConfig {
     #[serde(default = "default_act")]
     pub hidden_act: String,
     /// q/k RMSNorm over the full width (InternViT-6B).
-    #[serde(default)]
+    #[serde(default = "default_true")]
     pub qk_normalization: bool,
 }
 

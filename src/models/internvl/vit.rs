@@ -15,9 +15,11 @@ enum Norm {
 
 impl Norm {
     fn new(cfg: &VisionConfig, dim: usize, vb: VarBuilder) -> Result<Self> {
+        // The reference's NORM2FN has exactly these two.
         Ok(match cfg.norm_type.as_str() {
             "layer_norm" => Norm::Layer(LayerNorm::new(dim, cfg.layer_norm_eps, vb)?),
-            _ => Norm::Rms(RmsNorm::new(dim, cfg.layer_norm_eps, vb)?),
+            "rms_norm" => Norm::Rms(RmsNorm::new(dim, cfg.layer_norm_eps, vb)?),
+            other => candle_core::bail!("vision_config.norm_type {other:?}: InternViT has layer_norm or rms_norm"),
         })
     }
 }

@@ -82,7 +82,7 @@ impl DepthHead {
     /// there is none. `vqvae_dir` is the resolved directory of the block's `vqvae.repo`.
     pub fn from_checkpoint(
         ck: &Checkpoint,
-        tokenizer: &tokenizers::Tokenizer,
+        tokenizer: &crate::models::tokenizer::Tokenizer,
         vqvae_dir: Option<&Path>,
     ) -> Result<Option<Self>> {
         let cfg_path = ck.dir.join("config.json");

@@ -145,7 +145,7 @@ impl Grounder {
                     "the checkpoint has no text_hidden_fcs ([SEG] projection): it is not a Sa2VA-style grounding model",
                 )
             } else if seg_id.is_none() {
-                Error::input(dir.join("tokenizer.json"), "the tokenizer has no [SEG] token")
+                Error::input(dir, "the tokenizer has no [SEG] token")
             } else {
                 Error::input(
                     dir,
