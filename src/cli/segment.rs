@@ -311,15 +311,7 @@ impl Session {
         )?;
         drop(ck);
         let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
-        let generation = GenerateOptions {
-            max_new_tokens: a.rt.max_new_tokens,
-            ..Default::default()
-        };
-        let opts = SegmentOptions {
-            max_tiles,
-            force_seg: a.force_seg,
-            generation,
-        };
+        let opts = segment_options(max_tiles, a.force_seg, a.rt.max_new_tokens);
         Ok(Self {
             g,
             dir,
@@ -359,6 +351,18 @@ impl Session {
             lines.push(v);
         }
         Ok((lines, no_mask))
+    }
+}
+
+/// How `segment` grounds an expression (the server passes the same settings).
+pub(super) fn segment_options(max_tiles: usize, force_seg: bool, max_new_tokens: usize) -> SegmentOptions {
+    SegmentOptions {
+        max_tiles,
+        force_seg,
+        generation: GenerateOptions {
+            max_new_tokens,
+            ..Default::default()
+        },
     }
 }
 
