@@ -469,6 +469,9 @@ fn bad_requests_get_their_status_and_the_server_goes_on() {
     err("/v1/segment", &seg("missing.png"), 404, "missing.png");
     let (st, v) = s.get("/nowhere");
     assert_eq!(st, 404, "{v}");
+    let (st, v) = s.get("/v1/segment");
+    assert_eq!(st, 405, "{v}");
+    assert!(v["error"].is_string());
 
     // 429: with --queue 1 and requests that keep the model busy, some are turned away.
     let t = Instant::now();

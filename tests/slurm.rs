@@ -168,7 +168,13 @@ fn a_slurm_job_array_of_three_shards_merges_to_the_unsharded_run() {
     let shard_pred = format!("{}/s${{SLURM_ARRAY_TASK_ID}}.jsonl", preds.display());
     let cmd: Vec<String> = eval_args(&shard_pred, Some("${SLURM_ARRAY_TASK_ID}/3"))
         .into_iter()
-        .map(|a| if a.contains('$') { format!("\"{a}\"") } else { format!("'{a}'") })
+        .map(|a| {
+            if a.contains('$') {
+                format!("\"{a}\"")
+            } else {
+                format!("'{a}'")
+            }
+        })
         .collect();
     let job = root.join("job.sh");
     std::fs::write(
@@ -217,14 +223,22 @@ fn a_slurm_job_array_of_three_shards_merges_to_the_unsharded_run() {
     unsharded.join().unwrap();
     let shards: Vec<PathBuf> = (1..=3).map(|k| preds.join(format!("s{k}.jsonl"))).collect();
     for s in &shards {
-        assert!(!sorted_lines(s).is_empty(), "{} is empty: each shard has an image", s.display());
+        assert!(
+            !sorted_lines(s).is_empty(),
+            "{} is empty: each shard has an image",
+            s.display()
+        );
     }
     let merged = root.join("merged.jsonl");
     let mut a = vec!["eval", "merge", "--out", merged.to_str().unwrap()];
     a.extend(shards.iter().map(|s| s.to_str().unwrap()));
     let o = run(&a, None);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(sorted_lines(&merged), sorted_lines(&full), "merged shards = the unsharded run");
+    assert_eq!(
+        sorted_lines(&merged),
+        sorted_lines(&full),
+        "merged shards = the unsharded run"
+    );
     assert_eq!(score(&merged), score(&full));
     drop(cluster);
     eprintln!("slurm test: {:.1} s", t0.elapsed().as_secs_f64());

@@ -332,7 +332,6 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 }
 
 /// The photo of a request: base64 `image` or, under --allow-dir, `image_path`.
-#[derive(serde::Deserialize)]
 struct ImageRef {
     image: Option<String>,
     image_path: Option<String>,
