@@ -180,7 +180,7 @@ fn a_slurm_job_array_of_three_shards_merges_to_the_unsharded_run() {
     std::fs::write(
         &job,
         format!(
-            "#!/bin/bash\n#SBATCH --array=1-3\n#SBATCH --output={}/slurm-%A_%a.out\nset -e\nexec '{bin}' {}\n",
+            "#!/bin/bash\n#SBATCH --array=1-3\n#SBATCH --time=10\n#SBATCH --output={}/slurm-%A_%a.out\nset -e\nexec '{bin}' {}\n",
             root.display(),
             cmd.join(" ")
         ),
@@ -194,8 +194,9 @@ fn a_slurm_job_array_of_three_shards_merges_to_the_unsharded_run() {
         let o = run(&a, None);
         assert!(o.status.success(), "unsharded run: {}", stderr(&o));
     });
-    let o = Command::new("sbatch")
-        .args(["--wait", "--job-name=perceptio-shards"])
+    // `timeout`: a node that never runs the job fails the test instead of hanging it.
+    let o = Command::new("timeout")
+        .args(["600", "sbatch", "--wait", "--job-name=perceptio-shards"])
         .arg(&job)
         .current_dir(root)
         .env("SLURM_CONF", &cluster.conf)
