@@ -27,7 +27,7 @@ pub struct AskArgs {
     /// Nucleus sampling threshold (with --temperature > 0).
     #[arg(long)]
     pub top_p: Option<f64>,
-    #[arg(long, default_value_t = 299792458)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// Print one JSON object (answer, token ids, timings) instead of streaming text.
     #[arg(long)]
@@ -46,12 +46,41 @@ pub struct AskArgs {
     pub batch: Option<PathBuf>,
 }
 
+/// The seed of `--seed`'s default (only sampling with --temperature > 0 uses it).
+pub(super) const DEFAULT_SEED: u64 = 299792458;
+
 /// What one answered request needs besides the model's reply.
-struct Context<'a> {
-    dir: &'a std::path::Path,
-    device: &'a candle_core::Device,
-    dtype: candle_core::DType,
-    load_s: f64,
+pub(super) struct Context<'a> {
+    pub dir: &'a std::path::Path,
+    pub device: &'a candle_core::Device,
+    pub dtype: candle_core::DType,
+    pub load_s: f64,
+}
+
+/// A question must say something (the same rule for the CLI, `--batch` and `serve`).
+pub(super) fn check_question(q: &str) -> Result<()> {
+    if q.trim().is_empty() {
+        return Err(Error::Usage("the question is empty".into()));
+    }
+    Ok(())
+}
+
+/// Answer `question` about the photo and return the `--json` object, which `ask --json`,
+/// `ask --batch` and `serve` all answer; `on_token` sees every generated id (for streaming).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn ask_json(
+    g: &mut Grounder,
+    img: &image::RgbImage,
+    vision: &crate::models::internvl::chat::Vision,
+    question: &str,
+    ro: &RespondOptions,
+    on_token: impl FnMut(u32),
+    save_dir: Option<&std::path::Path>,
+    c: &Context,
+) -> Result<serde_json::Value> {
+    check_question(question)?;
+    let r = g.respond(img, vision, &format!("<image>\n{question}"), ro, on_token)?;
+    answer_json(&r, vision, img, save_dir, c)
 }
 
 /// The `--json` object of one reply; the spatial files go to `save_dir` when given.
@@ -135,9 +164,7 @@ pub fn run(a: AskArgs) -> Result<()> {
         return run_batch(&a, b);
     }
     let question = a.question.as_deref().unwrap_or_default();
-    if question.trim().is_empty() {
-        return Err(Error::Usage("the question is empty".into()));
-    }
+    check_question(question)?;
     let _trace = a.rt.start_trace()?;
     let (device, dtype) = a.rt.device_dtype()?;
     let img = crate::preprocess::image_io::load_rgb(a.image.as_deref().unwrap_or(std::path::Path::new("-")))?;
@@ -160,10 +187,11 @@ pub fn run(a: AskArgs) -> Result<()> {
     let mut shown = String::new();
     let mut ids: Vec<u32> = Vec::new();
     let vision = g.vision(&img, max_tiles)?;
-    let r = g.respond(
+    let v = ask_json(
+        &mut g,
         &img,
         &vision,
-        &format!("<image>\n{question}"),
+        question,
         &respond_options(&a),
         |id| {
             if !stream || stops.contains(&id) {
@@ -178,9 +206,10 @@ pub fn run(a: AskArgs) -> Result<()> {
                 }
             }
         },
+        a.save_dir.as_deref(),
+        &c,
     )?;
     let w = |e: std::io::Error| Error::io("<stdout>", e);
-    let v = answer_json(&r, &vision, &img, a.save_dir.as_deref(), &c)?;
     if a.json {
         serde_json::to_writer_pretty(&mut out, &v).map_err(|e| w(e.into()))?;
         writeln!(out).map_err(w)?;
@@ -196,17 +225,28 @@ pub fn run(a: AskArgs) -> Result<()> {
 }
 
 fn respond_options(a: &AskArgs) -> RespondOptions {
+    ask_options(a.rt.max_new_tokens, a.temperature, a.top_p, a.seed, !a.no_constrain)
+}
+
+/// How `ask` decodes (the server passes the CLI's defaults: greedy, constrained).
+pub(super) fn ask_options(
+    max_new_tokens: usize,
+    temperature: f64,
+    top_p: Option<f64>,
+    seed: u64,
+    constrain: bool,
+) -> RespondOptions {
     let generation = GenerateOptions {
-        max_new_tokens: a.rt.max_new_tokens,
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
+        max_new_tokens,
+        temperature,
+        top_p,
+        seed,
         stop_ids: vec![],
         stop_text: None,
     };
     RespondOptions {
         generation,
-        constrain: !a.no_constrain,
+        constrain,
         force_depth: false,
     }
 }
@@ -236,12 +276,9 @@ fn run_batch(a: &AskArgs, batch: &std::path::Path) -> Result<()> {
     let ro = respond_options(a);
     let mut visions = super::batch::VisionCache::default();
     let failed = super::batch::for_each(batch, &lines, "ask", |k, req: BatchRequest| {
-        if req.question.trim().is_empty() {
-            return Err(Error::Usage("the question is empty".into()));
-        }
+        check_question(&req.question)?;
         let e = visions.get(&req.image, |img| g.vision(img, max_tiles))?;
         let (img, vision) = (&e.0, &e.1);
-        let r = g.respond(img, vision, &format!("<image>\n{}", req.question), &ro, |_| {})?;
         let save = a.save_dir.as_deref().map(|d| super::batch::with_id(d, &req.id));
         let c = Context {
             dir: &dir,
@@ -249,7 +286,7 @@ fn run_batch(a: &AskArgs, batch: &std::path::Path) -> Result<()> {
             dtype,
             load_s: if k == 0 { load_s } else { 0.0 },
         };
-        let mut v = answer_json(&r, vision, img, save.as_deref(), &c)?;
+        let mut v = ask_json(&mut g, img, vision, &req.question, &ro, |_| {}, save.as_deref(), &c)?;
         v["id"] = req.id.clone();
         Ok(vec![v])
     })?;

@@ -78,31 +78,54 @@ pub fn with_id(path: &Path, id: &Value) -> PathBuf {
     PathBuf::from(path.to_string_lossy().replace("{id}", &s))
 }
 
-/// The last few photos with their InternViT features (SAM2 keeps its own cache by content).
-#[derive(Default)]
-pub struct VisionCache {
-    entries: Vec<(PathBuf, Arc<(image::RgbImage, Vision)>)>,
+/// The last few photos with their InternViT features (SAM2 keeps its own cache by content),
+/// keyed by path in `--batch` and by the bytes' sha256 in `serve`.
+pub struct VisionCache<K = PathBuf> {
+    entries: Vec<(K, Arc<(image::RgbImage, Vision)>)>,
 }
 
-impl VisionCache {
-    const CAPACITY: usize = 8;
+impl<K> Default for VisionCache<K> {
+    fn default() -> Self {
+        Self { entries: Vec::new() }
+    }
+}
 
+impl VisionCache<PathBuf> {
     /// The photo at `path` and its features, encoded by `encode` unless seen recently.
     pub fn get(
         &mut self,
         path: &Path,
         encode: impl FnOnce(&image::RgbImage) -> Result<Vision>,
     ) -> Result<Arc<(image::RgbImage, Vision)>> {
-        if let Some((_, e)) = self.entries.iter().find(|(p, _)| p == path) {
+        self.get_or_load(
+            path.to_path_buf(),
+            || crate::preprocess::image_io::load_rgb(path),
+            encode,
+        )
+    }
+}
+
+impl<K: PartialEq> VisionCache<K> {
+    const CAPACITY: usize = 8;
+
+    /// The photo under `key` and its features; on a miss the photo comes from `load` and is
+    /// encoded by `encode`.
+    pub fn get_or_load(
+        &mut self,
+        key: K,
+        load: impl FnOnce() -> Result<image::RgbImage>,
+        encode: impl FnOnce(&image::RgbImage) -> Result<Vision>,
+    ) -> Result<Arc<(image::RgbImage, Vision)>> {
+        if let Some((_, e)) = self.entries.iter().find(|(k, _)| *k == key) {
             return Ok(e.clone());
         }
-        let img = crate::preprocess::image_io::load_rgb(path)?;
+        let img = load()?;
         let v = encode(&img)?;
         if self.entries.len() == Self::CAPACITY {
             self.entries.remove(0);
         }
         let e = Arc::new((img, v));
-        self.entries.push((path.to_path_buf(), e.clone()));
+        self.entries.push((key, e.clone()));
         Ok(e)
     }
 }

@@ -316,20 +316,9 @@ impl ModelSession {
         let dir = ck.dir.clone();
         let g = Grounder::load(&ck, &lo)?;
         drop(ck);
-        let Some(head) = &g.depth else {
-            return Err(Error::input(&dir, "this model has no depth tokens (no `perceptio.depth` block in config.json); use --source teacher for a Depth Anything V2 map"));
-        };
-        let prompt = head.prompt.clone();
+        let prompt = depth_prompt(&g, &dir)?;
         let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
-        let generation = GenerateOptions {
-            max_new_tokens: a.rt.max_new_tokens,
-            ..Default::default()
-        };
-        let o = RespondOptions {
-            generation,
-            constrain: !a.no_constrain,
-            force_depth: a.force_depth,
-        };
+        let o = depth_options(a.rt.max_new_tokens, !a.no_constrain, a.force_depth);
         Ok(Self {
             g,
             dir,
@@ -350,40 +339,99 @@ impl ModelSession {
         first: bool,
     ) -> Result<(serde_json::Value, bool)> {
         let vision = self.g.vision(img, self.max_tiles)?;
-        let r = self.g.respond(img, &vision, &self.prompt, &self.o, |_| {})?;
         let name = image.display().to_string();
-        let no_block = |why: String| {
-            eprintln!("perceptio: {name}: {why} (reply: {:?}); try --force-depth, or --source teacher for a Depth Anything V2 map", r.text_with_spatial_tokens);
-            (
-                serde_json::json!({"image": name, "source": "model", "depth": null, "error": why, "text_with_spatial_tokens": r.text_with_spatial_tokens}),
-                true,
-            )
+        let job = DepthJob {
+            prompt: &self.prompt,
+            opts: &self.o,
+            model_dir: &self.dir,
+            image: &name,
+            load_s: if first { self.load_s } else { 0.0 },
         };
-        let Some(outcome) = &r.depth else {
-            return Ok(no_block("the model wrote no depth block".into()));
-        };
-        let block = match &outcome.block {
-            Ok(b) => b,
-            Err(e) => return Ok(no_block(format!("the model's depth block is malformed: {e}"))),
-        };
-        let map = outcome
-            .map
-            .as_ref()
-            .ok_or_else(|| Error::at("model", "the depth block parsed but was not decoded"))?;
-        let files = write_outputs(a, map, id)?;
-        let (lo, hi) = map.range();
-        let load_s = if first { self.load_s } else { 0.0 };
-        Ok((
-            serde_json::json!({
-                "image": name, "source": "model", "model": self.dir,
-                "prompt": self.prompt, "grid": [block.grid.0, block.grid.1], "tokens": block.codes,
-                "width": map.width, "height": map.height, "min": lo, "max": hi,
-                "convention": "AURORA disparity scale in [0, 1] (brighter = nearer)",
-                "answer": r.answer, "text_with_spatial_tokens": r.text_with_spatial_tokens,
-                "constrained": !a.no_constrain, "forced_start": a.force_depth,
-                "files": files, "timings": {"load_s": load_s, "vision_s": vision.secs, "llm_s": r.llm_s},
-            }),
-            false,
-        ))
+        let (v, no_block) = depth_json(&mut self.g, img, &vision, &job, |map| write_outputs(a, map, id))?;
+        if no_block {
+            eprintln!(
+                "perceptio: {name}: {} (reply: {:?}); try --force-depth, or --source teacher for a Depth Anything V2 map",
+                v["error"].as_str().unwrap_or_default(),
+                v["text_with_spatial_tokens"].as_str().unwrap_or_default()
+            );
+        }
+        Ok((v, no_block))
     }
+}
+
+/// How `depth --source model` decodes (the server passes the CLI's defaults).
+pub(super) fn depth_options(max_new_tokens: usize, constrain: bool, force_depth: bool) -> RespondOptions {
+    let generation = GenerateOptions {
+        max_new_tokens,
+        ..Default::default()
+    };
+    RespondOptions {
+        generation,
+        constrain,
+        force_depth,
+    }
+}
+
+/// The model's depth prompt, or why this model cannot answer one.
+pub(super) fn depth_prompt(g: &Grounder, dir: &Path) -> Result<String> {
+    match &g.depth {
+        Some(head) => Ok(head.prompt.clone()),
+        None => Err(Error::input(dir, "this model has no depth tokens (no `perceptio.depth` block in config.json); use --source teacher for a Depth Anything V2 map")),
+    }
+}
+
+/// What one depth request needs besides the model and the photo.
+pub(super) struct DepthJob<'a> {
+    pub prompt: &'a str,
+    pub opts: &'a RespondOptions,
+    pub model_dir: &'a Path,
+    /// How the photo is named in the answer (its path as given, `-` for bytes).
+    pub image: &'a str,
+    pub load_s: f64,
+}
+
+/// The `--json` object of the model's depth map of one photo, which `depth --json`,
+/// `depth --batch` and `serve` all answer; `files` writes the caller's outputs for the map and
+/// names them. The flag is true when the model wrote no usable block (the object then has
+/// `"depth": null` and an `"error"`).
+pub(super) fn depth_json(
+    g: &mut Grounder,
+    img: &image::RgbImage,
+    vision: &crate::models::internvl::chat::Vision,
+    job: &DepthJob,
+    files: impl FnOnce(&DepthMap) -> Result<serde_json::Value>,
+) -> Result<(serde_json::Value, bool)> {
+    let r = g.respond(img, vision, job.prompt, job.opts, |_| {})?;
+    let name = job.image;
+    let no_block = |why: String| {
+        (
+            serde_json::json!({"image": name, "source": "model", "depth": null, "error": why, "text_with_spatial_tokens": r.text_with_spatial_tokens}),
+            true,
+        )
+    };
+    let Some(outcome) = &r.depth else {
+        return Ok(no_block("the model wrote no depth block".into()));
+    };
+    let block = match &outcome.block {
+        Ok(b) => b,
+        Err(e) => return Ok(no_block(format!("the model's depth block is malformed: {e}"))),
+    };
+    let map = outcome
+        .map
+        .as_ref()
+        .ok_or_else(|| Error::at("model", "the depth block parsed but was not decoded"))?;
+    let files = files(map)?;
+    let (lo, hi) = map.range();
+    Ok((
+        serde_json::json!({
+            "image": name, "source": "model", "model": job.model_dir,
+            "prompt": job.prompt, "grid": [block.grid.0, block.grid.1], "tokens": block.codes,
+            "width": map.width, "height": map.height, "min": lo, "max": hi,
+            "convention": "AURORA disparity scale in [0, 1] (brighter = nearer)",
+            "answer": r.answer, "text_with_spatial_tokens": r.text_with_spatial_tokens,
+            "constrained": job.opts.constrain, "forced_start": job.opts.force_depth,
+            "files": files, "timings": {"load_s": job.load_s, "vision_s": vision.secs, "llm_s": r.llm_s},
+        }),
+        false,
+    ))
 }

@@ -8,6 +8,7 @@ mod eval;
 mod report;
 mod runtime;
 mod segment;
+mod serve;
 mod trace;
 
 use crate::error::{exit, Result};
@@ -33,6 +34,8 @@ pub enum Command {
     Depth(depth::DepthArgs),
     /// Answer a question about an image with an InternVL2.5 / Sa2VA model.
     Ask(ask::AskArgs),
+    /// Serve segment / ask / depth over local HTTP with the model loaded once (see docs/serve.md).
+    Serve(serve::ServeArgs),
     /// A self-contained HTML report of a per-sample file (RefCOCO, MMBench, HardBLINK), or the
     /// comparison of two runs.
     Report(report::ReportArgs),
@@ -70,6 +73,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Segment(args) => segment::run(args),
         Command::Depth(args) => depth::run(args),
         Command::Ask(args) => ask::run(args).map(|_| exit::OK),
+        Command::Serve(args) => serve::run(args).map(|_| exit::OK),
         Command::Report(args) => report::run(args).map(|_| exit::OK),
     }
 }

@@ -213,9 +213,7 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
             "nothing to segment: give a referring expression (e.g. \"the red cup\") or --point/--box".into(),
         ));
     }
-    if let Some(i) = a.expressions.iter().position(|e| e.trim().is_empty()) {
-        return Err(Error::Usage(format!("expression {} is empty", i + 1)));
-    }
+    check_expressions(&a.expressions)?;
     if classic && a.force_seg {
         return Err(Error::Usage(
             "--force-seg applies to referring expressions, not to --point/--box".into(),
@@ -313,15 +311,7 @@ impl Session {
         )?;
         drop(ck);
         let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
-        let generation = GenerateOptions {
-            max_new_tokens: a.rt.max_new_tokens,
-            ..Default::default()
-        };
-        let opts = SegmentOptions {
-            max_tiles,
-            force_seg: a.force_seg,
-            generation,
-        };
+        let opts = segment_options(max_tiles, a.force_seg, a.rt.max_new_tokens);
         Ok(Self {
             g,
             dir,
@@ -345,37 +335,88 @@ impl Session {
         let mut lines = Vec::new();
         let mut no_mask = false;
         for (i, expr) in exprs.iter().enumerate() {
-            let r = self.g.segment(img, vision, expr, &self.opts)?;
-            if r.seg_count == 0 {
-                eprintln!("perceptio: the model produced no [SEG] token for {expr:?} (reply: {:?}); the mask is empty. --force-seg always yields a mask.", r.text);
+            let load_s = if first && i == 0 { self.load_s } else { 0.0 };
+            let job = ExpressionJob {
+                expression: expr,
+                opts: &self.opts,
+                model_dir: &self.dir,
+                image,
+                load_s,
+            };
+            let (v, no_seg) = expression_json(&mut self.g, img, vision, &job, |m| outs.write(i, img, m))?;
+            if no_seg {
+                eprintln!("perceptio: the model produced no [SEG] token for {expr:?} (reply: {:?}); the mask is empty. --force-seg always yields a mask.", v["text"].as_str().unwrap_or_default());
                 no_mask = true;
             }
-            let files = outs.write(i, img, &r.mask)?;
-            let best = r
-                .scores
-                .iter()
-                .cloned()
-                .fold(None, |m: Option<f32>, s| Some(m.map_or(s, |m| m.max(s))));
-            let load_s = if first && i == 0 { self.load_s } else { 0.0 };
-            let v = serde_json::json!({
-                "image": image,
-                "expression": r.expression,
-                "prompt": r.prompt,
-                "text": r.text,
-                "token_ids": r.token_ids,
-                "forced": self.opts.force_seg,
-                "seg_count": r.seg_count,
-                "score": best,
-                "scores": r.scores,
-                "object_scores": r.object_scores,
-                "model": self.dir,
-                "tiles": vision.n_tiles,
-                "files": files,
-                "timings": merge(serde_json::json!({"load_s": load_s}), serde_json::to_value(&r.timings).unwrap_or_default()),
-            });
-            lines.push(merge(v, mask_summary(&r.mask)?));
+            lines.push(v);
         }
         Ok((lines, no_mask))
+    }
+}
+
+/// How `segment` grounds an expression (the server passes the same settings).
+pub(super) fn segment_options(max_tiles: usize, force_seg: bool, max_new_tokens: usize) -> SegmentOptions {
+    SegmentOptions {
+        max_tiles,
+        force_seg,
+        generation: GenerateOptions {
+            max_new_tokens,
+            ..Default::default()
+        },
+    }
+}
+
+/// What one referring expression's answer needs besides the model and the photo.
+pub(super) struct ExpressionJob<'a> {
+    pub expression: &'a str,
+    pub opts: &'a SegmentOptions,
+    pub model_dir: &'a Path,
+    /// How the photo is named in the answer (its path as given, `-` for bytes).
+    pub image: &'a str,
+    pub load_s: f64,
+}
+
+/// The `--json` object of one referring expression, which `segment --json`, `segment --batch`
+/// and `serve` all answer; `files` writes the caller's outputs for the mask and names them.
+/// The flag is true when the model produced no `[SEG]` (the mask is empty).
+pub(super) fn expression_json(
+    g: &mut Grounder,
+    img: &image::RgbImage,
+    vision: &crate::models::internvl::chat::Vision,
+    job: &ExpressionJob,
+    files: impl FnOnce(&Mask) -> Result<serde_json::Value>,
+) -> Result<(serde_json::Value, bool)> {
+    let r = g.segment(img, vision, job.expression, job.opts)?;
+    let files = files(&r.mask)?;
+    let best = r
+        .scores
+        .iter()
+        .cloned()
+        .fold(None, |m: Option<f32>, s| Some(m.map_or(s, |m| m.max(s))));
+    let v = serde_json::json!({
+        "image": job.image,
+        "expression": r.expression,
+        "prompt": r.prompt,
+        "text": r.text,
+        "token_ids": r.token_ids,
+        "forced": job.opts.force_seg,
+        "seg_count": r.seg_count,
+        "score": best,
+        "scores": r.scores,
+        "object_scores": r.object_scores,
+        "model": job.model_dir,
+        "tiles": vision.n_tiles,
+        "files": files,
+        "timings": merge(serde_json::json!({"load_s": job.load_s}), serde_json::to_value(&r.timings).unwrap_or_default()),
+    });
+    Ok((merge(v, mask_summary(&r.mask)?), r.seg_count == 0))
+}
+
+/// Referring expressions must be non-empty (the same rule for the CLI, `--batch` and `serve`).
+pub(super) fn check_expressions(exprs: &[String]) -> Result<()> {
+    match exprs.iter().position(|e| e.trim().is_empty()) {
+        Some(i) => Err(Error::Usage(format!("expression {} is empty", i + 1))),
+        None => Ok(()),
     }
 }
 
@@ -418,9 +459,7 @@ fn run_batch(a: &SegmentArgs, batch: &Path, device: &Device, dtype: DType) -> Re
     let mut visions = super::batch::VisionCache::default();
     let mut no_mask = false;
     let failed = super::batch::for_each(batch, &text, "segment", |k, req: BatchRequest| {
-        if let Some(i) = req.expressions.iter().position(|e| e.trim().is_empty()) {
-            return Err(Error::Usage(format!("expression {} is empty", i + 1)));
-        }
+        check_expressions(&req.expressions)?;
         let max_tiles = s.max_tiles;
         let e = visions.get(&req.image, |img| s.g.vision(img, max_tiles))?;
         let outs = Outputs {
