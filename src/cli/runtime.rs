@@ -32,6 +32,11 @@ pub struct RuntimeArgs {
     /// Write the run's tracing spans (one per model module) as a Chrome trace to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<std::path::PathBuf>,
+    /// Decode with Q8_0 copies of the LLM's linear layers (CPU only; ~3x less memory traffic per
+    /// token; the prompt, and so every [SEG] mask, stays f32). Agreement with f32:
+    /// docs/performance.md.
+    #[arg(long, value_name = "q8_0")]
+    pub quantize: Option<crate::models::internvl::DecodeQuant>,
 }
 
 impl RuntimeArgs {
@@ -74,6 +79,7 @@ impl RuntimeArgs {
             LoadOptions {
                 require_grounding: false,
                 vqvae_dir,
+                quantize_decode: self.quantize,
             },
         ))
     }

@@ -72,6 +72,10 @@ impl Layer {
 }
 
 impl DecoderLayer for Layer {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        vec![&mut self.wqkv, &mut self.wo, &mut self.w1, &mut self.w2, &mut self.w3]
+    }
+
     fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         let _g = self.span.enter();
         let (b, s, _) = xs.dims3()?;

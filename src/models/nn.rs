@@ -18,6 +18,9 @@ pub fn default_max_positions() -> usize {
 #[derive(Debug, Clone)]
 pub struct Linear {
     inner: candle_nn::Linear,
+    /// A quantized copy of the weight that one-row inputs (decode steps) use instead, when asked
+    /// for with [`Linear::quantize_for_decode`]; every other input keeps the full weight.
+    decode: Option<candle_core::quantized::QMatMul>,
     span: tracing::Span,
 }
 
@@ -26,6 +29,7 @@ impl Linear {
         let inner = candle_nn::linear_b(in_dim, out_dim, bias, vb)?;
         Ok(Self {
             inner,
+            decode: None,
             span: tracing::span!(tracing::Level::TRACE, "linear"),
         })
     }
@@ -33,12 +37,26 @@ impl Linear {
     pub fn from_weights(w: Tensor, b: Option<Tensor>) -> Self {
         Self {
             inner: candle_nn::Linear::new(w, b),
+            decode: None,
             span: tracing::span!(tracing::Level::TRACE, "linear"),
         }
     }
 
     pub fn weight(&self) -> &Tensor {
         self.inner.weight()
+    }
+
+    /// Keep a `dtype` (e.g. Q8_0) copy of the weight for one-row inputs: a decode step then reads
+    /// ~1/4 of the f32 bytes. Prefill and every other multi-row input keep the full weight, so
+    /// what a prompt's hidden states are (the `[SEG]` rows) does not change. CPU only.
+    pub fn quantize_for_decode(&mut self, dtype: candle_core::quantized::GgmlDType) -> Result<()> {
+        let w = self.inner.weight();
+        if !w.device().is_cpu() {
+            candle_core::bail!("quantized decoding is a CPU path; on a GPU use --dtype bf16");
+        }
+        let q = candle_core::quantized::QTensor::quantize(w, dtype)?;
+        self.decode = Some(candle_core::quantized::QMatMul::from_qtensor(q)?);
+        Ok(())
     }
 }
 
@@ -62,7 +80,22 @@ impl Module for Linear {
         if cpu_low_precision(xs) && xs.elem_count() > *xs.dims().last().unwrap_or(&0) {
             return self.forward_f32_accumulate(xs);
         }
-        // One f32 row on the CPU (a decode step): the streaming GEMV, ~2x candle's GEMM there.
+        let k = *xs.dims().last().unwrap_or(&0);
+        if let Some(q) = self
+            .decode
+            .as_ref()
+            .filter(|_| xs.elem_count() == k && xs.dtype() == DType::F32)
+        {
+            let y = q.forward(&xs.reshape((1, k))?)?;
+            let y = match self.inner.bias() {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            };
+            let mut out = xs.dims().to_vec();
+            *out.last_mut().unwrap_or(&mut 0) = y.dim(1)?;
+            return y.reshape(out);
+        }
+        // One f32 row on the CPU (a decode step): the streaming GEMV (faster than candle's GEMM).
         if let Some(y) = crate::models::fastops::gemv(xs, self.inner.weight())? {
             return match self.inner.bias() {
                 Some(b) => y.broadcast_add(b),
@@ -434,6 +467,8 @@ impl CausalAttention {
 pub trait DecoderLayer {
     fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor>;
     fn reset_cache(&mut self);
+    /// Every linear layer of the block (for [`Decoder::quantize_for_decode`]).
+    fn linears_mut(&mut self) -> Vec<&mut Linear>;
 }
 
 /// Run a decoder stack on embeddings (b, s, h) at positions offset.. (causal attention), then
@@ -477,11 +512,62 @@ impl<L: DecoderLayer> Decoder<L> {
     pub fn clear_kv_cache(&mut self) {
         self.layers.iter_mut().for_each(DecoderLayer::reset_cache);
     }
+
+    /// Decode steps through `dtype` copies of every linear layer and the LM head (see
+    /// [`Linear::quantize_for_decode`]); the prefill keeps the checkpoint's weights.
+    pub fn quantize_for_decode(&mut self, dtype: candle_core::quantized::GgmlDType) -> Result<()> {
+        for l in &mut self.layers {
+            for lin in l.linears_mut() {
+                lin.quantize_for_decode(dtype)?;
+            }
+        }
+        self.lm_head.quantize_for_decode(dtype)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantized_decode_changes_only_one_row_inputs() {
+        let dev = candle_core::Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (96, 64), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 96, &dev).unwrap();
+        let full = Linear::from_weights(w.clone(), Some(b.clone()));
+        let mut q = Linear::from_weights(w, Some(b));
+        q.quantize_for_decode(candle_core::quantized::GgmlDType::Q8_0).unwrap();
+        let rows = Tensor::randn(0f32, 1.0, (1, 5, 64), &dev).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        // a prompt (several rows) is untouched
+        assert_eq!(diff(&full.forward(&rows).unwrap(), &q.forward(&rows).unwrap()), 0.0);
+        // one row goes through Q8_0: close to f32, but not the f32 result
+        let one = rows.narrow(1, 2, 1).unwrap();
+        let (a, c) = (full.forward(&one).unwrap(), q.forward(&one).unwrap());
+        assert_eq!(c.dims(), &[1, 1, 96]);
+        let scale: f32 = a
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let e = diff(&a, &c);
+        assert!(e > 0.0 && e < 0.02 * scale, "Q8_0 error {e} against |y| up to {scale}");
+    }
 
     /// InternLM2's plain, linear and dynamic-NTK rotary embeddings against the reference classes
     /// driven through a generation that crosses max_position_embeddings (tools/gen_rope_goldens.py).

@@ -129,6 +129,19 @@ impl Layer {
 }
 
 impl DecoderLayer for Layer {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        vec![
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+
     fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, offset)?;
         let xs = (xs + h)?;

@@ -44,6 +44,33 @@ impl Llm {
             Llm::InternLm2(m) => m.clear_kv_cache(),
         }
     }
+    /// Decode steps through quantized copies of the linear layers (the prefill keeps f32).
+    pub fn quantize_for_decode(&mut self, q: DecodeQuant) -> Result<()> {
+        let dtype = match q {
+            DecodeQuant::Q8_0 => candle_core::quantized::GgmlDType::Q8_0,
+        };
+        match self {
+            Llm::Qwen2(m) => m.quantize_for_decode(dtype),
+            Llm::InternLm2(m) => m.quantize_for_decode(dtype),
+        }
+    }
+}
+
+/// A quantized weight format for the LLM's decode steps (`--quantize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeQuant {
+    /// GGML's Q8_0: blocks of 32 int8 weights with one f16 scale (8.5 bits per weight).
+    Q8_0,
+}
+
+impl std::str::FromStr for DecodeQuant {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "q8_0" | "q8" => Ok(DecodeQuant::Q8_0),
+            other => Err(format!("unknown quantization {other:?}: the one supported is q8_0")),
+        }
+    }
 }
 
 /// `mlp1`: LayerNorm(C·4) → Linear → GELU → Linear (keys `mlp1.0`, `mlp1.1`, `mlp1.3`).

@@ -84,6 +84,8 @@ pub struct LoadOptions {
     pub require_grounding: bool,
     /// The resolved directory of a VQ-VAE that the depth block places in another repo.
     pub vqvae_dir: Option<std::path::PathBuf>,
+    /// Decode through quantized copies of the LLM's linear layers (CPU; opt-in).
+    pub quantize_decode: Option<crate::models::internvl::DecodeQuant>,
 }
 
 /// How `respond` decodes.
@@ -131,7 +133,10 @@ impl Grounder {
     /// `require_grounding`); the depth head when `config.json` has a `perceptio.depth` block.
     pub fn load(ck: &Checkpoint, o: &LoadOptions) -> Result<Self> {
         let dir = ck.dir.as_path();
-        let chat = ChatModel::from_checkpoint(ck)?;
+        let mut chat = ChatModel::from_checkpoint(ck)?;
+        if let Some(q) = o.quantize_decode {
+            chat.model.llm.quantize_for_decode(q)?;
+        }
         let seg_id = chat.tokenizer.token_to_id(SEG_TOKEN);
         let has_fcs = chat.model.text_hidden_fcs.is_some();
         let sam2 = if has_fcs && seg_id.is_some() && Sam2::present_in(ck) {

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# End-to-end speed of perceptio against the PyTorch reference at real size, side by side on this
+# machine (manual; never in CI). Builds the real-size random checkpoint once, then runs the two
+# alternately, one process each, and prints per-stage medians and ratios.
+#
+#   tools/bench_e2e.sh                         # segment --force-seg, 2 rounds
+#   ROUNDS=3 MODES="segment ask" tools/bench_e2e.sh
+#   PERCEPTIO=target/release/perceptio MODEL=/work/realsize-f32 tools/bench_e2e.sh
+#
+# Needs: a release build (cargo build --release), the venv of tools/gen_internvl_goldens.py
+# (torch, transformers 5, Meta sam2 1.1.0 + hydra) as $PY, the reference sources in /tmp/refsrc
+# (see tools/bench_e2e_torch.py). Results: one JSON line per run in $OUT (default
+# target/bench-e2e/runs.jsonl), the summary table on stdout. Figures: docs/performance.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-/work/venv-torch/bin/python}
+PERCEPTIO=${PERCEPTIO:-target/release/perceptio}
+MODEL=${MODEL:-/work/realsize-f32}
+IMAGE=${IMAGE:-fixtures/images/chelsea.png}
+EXPR=${EXPR:-the cat}
+QUESTION=${QUESTION:-Describe the image in detail.}
+NEW=${NEW:-32}
+ROUNDS=${ROUNDS:-2}
+MODES=${MODES:-segment}
+THREADS=${THREADS:-2}
+EXTRA=${EXTRA:-}            # extra perceptio flags, e.g. "--quantize q8_0"
+OUTDIR=${OUTDIR:-target/bench-e2e}
+mkdir -p "$OUTDIR"
+OUT=${OUT:-$OUTDIR/runs.jsonl}
+: > "$OUT"
+
+[ -x "$PERCEPTIO" ] || { echo "no $PERCEPTIO: run cargo build --release" >&2; exit 2; }
+"$PY" tools/gen_sa2va_realsize.py --out "$MODEL" --dtype f32 >&2
+
+echo "# $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs; $THREADS threads" >&2
+export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+
+run_perceptio() { # mode round
+  local t0 t1 line
+  t0=$(date +%s.%N)
+  if [ "$1" = segment ]; then
+    # shellcheck disable=SC2086
+    line=$("$PERCEPTIO" segment "$IMAGE" "$EXPR" --model "$MODEL" --force-seg --max-tiles 12 --json \
+      -o "$OUTDIR/perceptio-mask.png" $EXTRA 2>/dev/null | head -1)
+  else
+    # shellcheck disable=SC2086
+    line=$("$PERCEPTIO" ask "$IMAGE" "$QUESTION" --model "$MODEL" --max-tiles 12 --max-new-tokens "$NEW" \
+      --json $EXTRA 2>/dev/null)
+  fi
+  t1=$(date +%s.%N)
+  echo "$line" | "$PY" -c "
+import json, sys
+d = json.loads(sys.stdin.read())
+t = d.get('timings', {})
+t.update(side='perceptio', mode='$1', round=$2, wall_s=$t1 - $t0)
+if 'token_ids' in d: t['token_ids'] = d['token_ids']
+print(json.dumps(t))" >> "$OUT"
+}
+
+run_torch() { # mode round
+  local t0 t1 line
+  t0=$(date +%s.%N)
+  line=$("$PY" tools/bench_e2e_torch.py --model "$MODEL" --image "$IMAGE" --mode "$1" --expression "$EXPR" \
+    --question "$QUESTION" --max-new-tokens "$NEW" --threads "$THREADS" \
+    --mask-out "$OUTDIR/torch-mask.npy" 2>/dev/null | tail -1)
+  t1=$(date +%s.%N)
+  echo "$line" | "$PY" -c "
+import json, sys
+d = json.loads(sys.stdin.read()); d.update(mode='$1', round=$2, wall_s=$t1 - $t0); print(json.dumps(d))" >> "$OUT"
+}
+
+for mode in $MODES; do
+  for r in $(seq 1 "$ROUNDS"); do
+    # alternate which side goes first, so neither always runs on a warmer machine
+    if [ $((r % 2)) = 1 ]; then run_perceptio "$mode" "$r"; run_torch "$mode" "$r"
+    else run_torch "$mode" "$r"; run_perceptio "$mode" "$r"; fi
+    echo "round $r of $mode done" >&2
+  done
+done
+
+"$PY" - "$OUT" "$OUTDIR" <<'EOF'
+import json, statistics, sys, os
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def med(side, mode, key):
+    v = [r[key] for r in runs if r.get('side') == side and r.get('mode') == mode and key in r]
+    return statistics.median(v) if v else None
+stages = {'segment': [('vision_s', 'vision_s'), ('llm_s', 'llm_s'), ('sam2_encode_s', 'sam2_encode_s'),
+                      ('sam2_decode_s', 'sam2_decode_s'), ('load_s', 'load_s')],
+          'ask': [('vision_s', 'vision_s'), ('prefill_s', 'prefill_s'), ('decode_s', 'decode_s'),
+                  ('decode_tok_per_s', 'decode_tok_per_s'), ('load_s', 'load_s')]}
+for mode in sorted({r['mode'] for r in runs}):
+    print(f"\n{mode}: median of {len([r for r in runs if r['mode'] == mode and r['side'] == 'perceptio'])} runs each")
+    print(f"{'stage':<18}{'perceptio':>12}{'pytorch':>12}{'ratio':>8}")
+    tot_p = tot_t = 0.0
+    for name, key in stages[mode]:
+        p, t = med('perceptio', mode, key), med('pytorch', mode, key)
+        if p is None or t is None:
+            continue
+        if key not in ('load_s', 'decode_tok_per_s'):
+            tot_p += p; tot_t += t
+        ratio = p / t if t else float('nan')
+        print(f"{name:<18}{p:>12.3f}{t:>12.3f}{ratio:>8.2f}")
+    print(f"{'all compute':<18}{tot_p:>12.3f}{tot_t:>12.3f}{tot_p / tot_t:>8.2f}")
+    if mode == 'ask':
+        pt = [r.get('token_ids') for r in runs if r['mode'] == 'ask' and r['side'] == 'perceptio']
+        tt = [r.get('token_ids') for r in runs if r['mode'] == 'ask' and r['side'] == 'pytorch']
+        if pt and tt and pt[0] and tt[0]:
+            same = sum(a == b for a, b in zip(pt[0], tt[0]))
+            print(f"greedy tokens equal: {same} of {min(len(pt[0]), len(tt[0]))}")
+m = os.path.join(sys.argv[2], 'torch-mask.npy')
+p = os.path.join(sys.argv[2], 'perceptio-mask.png')
+if os.path.exists(m) and os.path.exists(p):
+    import numpy as np
+    from PIL import Image
+    a = np.load(m); b = np.array(Image.open(p)) > 0
+    if b.ndim == 3: b = b[..., 0]
+    inter, union = (a & b).sum(), (a | b).sum()
+    print(f"\nsegment mask IoU perceptio vs PyTorch: {inter / max(union, 1):.5f} ({int(a.sum())} / {int(b.sum())} px)")
+EOF
