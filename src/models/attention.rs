@@ -127,7 +127,7 @@ fn view<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(View, &'a [f32
             .zip(st)
             .map(|(&n, &s)| n.saturating_sub(1) * s)
             .sum::<usize>();
-    if l.dims().iter().any(|&n| n == 0) || last >= data.len() {
+    if l.dims().contains(&0) || last >= data.len() {
         candle_core::bail!("attention: {what} has an empty or out-of-bounds layout");
     }
     let v = View {
@@ -285,7 +285,8 @@ mod tests {
     fn fused_matches_materialised_attention() {
         // ViT-like, SAM2-window-like (d = 72), grouped causal prefill with and without a cache
         // offset, a decode step, and a multi-block size that does not divide evenly.
-        let cases: &[(usize, usize, usize, usize, usize, usize, Option<usize>)] = &[
+        type Case = (usize, usize, usize, usize, usize, usize, Option<usize>);
+        let cases: &[Case] = &[
             (2, 65, 65, 4, 4, 16, None),
             (1, 64, 64, 2, 2, 72, None),
             (1, 37, 37, 7, 1, 8, Some(0)),

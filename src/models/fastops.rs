@@ -318,8 +318,8 @@ unsafe fn gemv_rows_avx2(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
         let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
         let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
-        for t in main..k {
-            s = (*p.add(t)).mul_add(x[t], s);
+        for (t, &xv) in x.iter().enumerate().skip(main) {
+            s = (*p.add(t)).mul_add(xv, s);
         }
         *o = s;
     }
