@@ -36,6 +36,7 @@ impl std::fmt::Debug for Checkpoint {
 impl Checkpoint {
     /// Open a model directory for `dtype` on `device` (weights are mapped, not read).
     pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let _g = tracing::span!(tracing::Level::TRACE, "load-checkpoint-open").entered();
         if !dir.is_dir() {
             return Err(Error::input(dir, "not a model directory"));
         }

@@ -43,6 +43,7 @@ impl ChatModel {
     /// Build from an opened checkpoint: the InternVL weights, `tokenizer.json` beside them, the
     /// template the config names.
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self> {
+        let _g = tracing::span!(tracing::Level::TRACE, "load-chat-model").entered();
         let dir = ck.dir.as_path();
         let (device, dtype) = (ck.device(), ck.dtype());
         super::config::check_family(&ck.config).map_err(|m| Error::input(dir.join("config.json"), m))?;
@@ -59,7 +60,19 @@ impl ChatModel {
                 ),
             )
         })?;
-        let tokenizer = Self::load_tokenizer(dir)?;
+        // The tokenizer (~0.5 s for a 150k vocabulary) is read on a second thread while the
+        // weights are copied out of the mapping on this one.
+        let (tokenizer, model) = std::thread::scope(|s| {
+            let tok = s.spawn(|| {
+                let _g = tracing::span!(tracing::Level::TRACE, "load-tokenizer").entered();
+                Self::load_tokenizer(dir)
+            });
+            let model = InternVl::new(config, ck.vb()).map_err(|e| ck.weight_error(e));
+            let tok = tok
+                .join()
+                .unwrap_or_else(|_| Err(Error::at("tokenizer", "the tokenizer thread panicked")));
+            Ok::<_, Error>((tok?, model?))
+        })?;
         let image_token_id = tokenizer
             .token_to_id(IMG_CONTEXT)
             .ok_or_else(|| Error::input(dir, "the tokenizer has no <IMG_CONTEXT> token"))?;
@@ -83,7 +96,6 @@ impl ChatModel {
             tokenizer: std::sync::Arc::new(tokenizer.clone()),
             words,
         });
-        let model = InternVl::new(config, ck.vb()).map_err(|e| ck.weight_error(e))?;
         Ok(Self {
             model,
             tokenizer,

@@ -133,14 +133,26 @@ impl Grounder {
     /// `require_grounding`); the depth head when `config.json` has a `perceptio.depth` block.
     pub fn load(ck: &Checkpoint, o: &LoadOptions) -> Result<Self> {
         let dir = ck.dir.as_path();
-        let mut chat = ChatModel::from_checkpoint(ck)?;
+        // SAM2 is built on a second thread while the chat model loads: both are mostly copies
+        // out of the mapped file, and two threads take the page faults twice as fast.
+        let (chat, sam2) = std::thread::scope(|s| {
+            let sam2 = Sam2::present_in(ck).then(|| s.spawn(|| Sam2::from_checkpoint(ck, None)));
+            let chat = ChatModel::from_checkpoint(ck);
+            let sam2 = sam2.map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::at("sam2", "the SAM2 loading thread panicked")))
+            });
+            Ok::<_, Error>((chat?, sam2))
+        })?;
+        let mut chat = chat;
         if let Some(q) = o.quantize_decode {
             chat.model.llm.quantize_for_decode(q)?;
         }
         let seg_id = chat.tokenizer.token_to_id(SEG_TOKEN);
         let has_fcs = chat.model.text_hidden_fcs.is_some();
-        let sam2 = if has_fcs && seg_id.is_some() && Sam2::present_in(ck) {
-            let m = Sam2::from_checkpoint(ck, None)?;
+        // Only a model that can ground [SEG] uses (and so must have a sound) SAM2.
+        let sam2 = sam2.filter(|_| has_fcs && seg_id.is_some()).transpose()?;
+        let sam2 = if let Some(m) = sam2 {
             check_projection(&chat, &m, dir)?;
             Some(m)
         } else if o.require_grounding {

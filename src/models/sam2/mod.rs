@@ -154,6 +154,7 @@ impl Sam2 {
     /// The SAM2 of an opened model directory (Sa2VA layout or plain SAM2 keys; `config.json`'s
     /// optional `sam2` block applies unless `overrides` is given).
     pub fn from_checkpoint(ck: &Checkpoint, overrides: Option<&serde_json::Value>) -> Result<Self> {
+        let _g = tracing::span!(tracing::Level::TRACE, "load-sam2").entered();
         let block = overrides.or_else(|| ck.config.get("sam2"));
         Self::from_index(&ck.shapes, block, ck.vb(), &ck.dir.display().to_string())?.ok_or_else(|| {
             Error::input(
