@@ -268,19 +268,6 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn fused_matches_materialised_attention() {
         // ViT-like, SAM2-window-like (d = 72), grouped causal prefill with and without a cache
@@ -302,7 +289,7 @@ mod tests {
             let got = attention(&q, &k, &v, scale, causal).unwrap();
             let want = reference(&q, &k, &v, scale, causal).unwrap();
             assert_eq!(got.dims(), &[b, nq, hq, d]);
-            let e = max_diff(&got, &want);
+            let e = crate::models::max_abs_diff(&got, &want);
             assert!(e < 2e-5, "case {i}: max |fused - reference| = {e}");
         }
     }
@@ -324,13 +311,13 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(max_diff(&got, &want) < 2e-5);
+        assert!(crate::models::max_abs_diff(&got, &want) < 2e-5);
         let cache = rand(&[b, h, 64, d], 8);
         let kc = cache.narrow(2, 0, n).unwrap().transpose(1, 2).unwrap();
         let got = attention(&q, &kc, &kc, 0.3, Some(0)).unwrap();
         let kc2 = kc.contiguous().unwrap();
         let want = reference(&q.contiguous().unwrap(), &kc2, &kc2, 0.3, Some(0)).unwrap();
-        assert!(max_diff(&got, &want) < 2e-5);
+        assert!(crate::models::max_abs_diff(&got, &want) < 2e-5);
     }
 
     #[test]

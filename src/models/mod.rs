@@ -20,3 +20,11 @@ pub mod template;
 pub mod tiktoken;
 pub mod tokenizer;
 pub mod vqvae;
+
+/// Largest |a − b| over two tensors of one shape (the unit tests' tolerance checks).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .expect("same shapes, f32")
+}

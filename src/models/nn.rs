@@ -538,18 +538,7 @@ mod tests {
         let mut q = Linear::from_weights(w, Some(b));
         q.quantize_for_decode(candle_core::quantized::GgmlDType::Q8_0).unwrap();
         let rows = Tensor::randn(0f32, 1.0, (1, 5, 64), &dev).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
+        let diff = crate::models::max_abs_diff;
         // a prompt (several rows) is untouched
         assert_eq!(diff(&full.forward(&rows).unwrap(), &q.forward(&rows).unwrap()), 0.0);
         // one row goes through Q8_0: close to f32, but not the f32 result
