@@ -79,6 +79,21 @@ fn gemv_case(name: &str, n: usize, k: usize) {
     );
 }
 
+fn linear_case(name: &str, m: usize, k: usize, n: usize) {
+    let (x, w, b) = (rand(&[m, k]), rand(&[n, k]), rand(&[n]));
+    ab(
+        name,
+        "matmul+bias",
+        &mut || {
+            x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        },
+        "fused",
+        &mut || {
+            perceptio::models::fastops::linear_bias(&x, &w, &b).unwrap().unwrap();
+        },
+    );
+}
+
 fn main() {
     println!("threads: {}", rayon::current_num_threads());
     attention_case(
@@ -103,6 +118,10 @@ fn main() {
         (1, 1, 1817, 14, 2, 64),
         Some(1816),
     );
+    linear_case("linear+bias Hiera-L stage-1 qkv 65536x144->432", 65536, 144, 432);
+    linear_case("linear+bias Hiera-L stage-3 fc1 4096x576->2304", 4096, 576, 2304);
+    linear_case("linear+bias InternViT fc1 7175x1024->4096", 7175, 1024, 4096);
+    linear_case("linear+bias Qwen2 q 1816x896->896", 1816, 896, 896);
     gemv_case("gemv Qwen2 gate/up 1x896 -> 4864", 4864, 896);
     gemv_case("gemv Qwen2 down 1x4864 -> 896", 896, 4864);
     gemv_case("gemv Qwen2 lm_head 1x896 -> 151679", 151679, 896);

@@ -8,7 +8,7 @@
 //! where PyTorch (CPU and CUDA) and transformers' `softmax(dtype=float32)` accumulate in f32; the
 //! result is rounded back to the input dtype, as theirs.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// exp(x) for f32 (Cephes expf; ≤ 2 ulp on [-87, 88]); 0 below -87.3, like the true value
@@ -376,6 +376,95 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     x.contiguous()?.apply_op2_no_bwd(w, &Gemv).map(Some)
 }
 
+/// x·Wᵀ + b for f32 CPU rows x (m, k), a row-major weight W (n, k) and a bias b (n): the
+/// output is filled with the bias rows and the GEMM accumulates onto it (`gemm`'s `read_dst`), so
+/// the bias costs no separate pass. candle's `broadcast_add` after its matmul is a single-threaded
+/// pass over the whole output (for Hiera-L, ~1.2 G outputs per image).
+struct LinearBias;
+
+impl CustomOp3 for LinearBias {
+    fn name(&self) -> &'static str {
+        "fast-linear-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl)?;
+        let w = contiguous_f32(ws, wl)?;
+        let b = contiguous_f32(bs, bl)?;
+        let (n, k) = wl.shape().dims2()?;
+        let m = x.len() / k.max(1);
+        if k == 0 || x.len() != m * k || b.len() != n {
+            candle_core::bail!("linear: x {:?}, w ({n}, {k}), bias {}", xl.shape(), b.len());
+        }
+        let mut y = vec![0f32; m * n];
+        y.par_chunks_mut(n * 64).for_each(|c| {
+            for row in c.chunks_exact_mut(n) {
+                row.copy_from_slice(b);
+            }
+        });
+        let par = if m * n * k > 1 << 18 {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: y is (m, n) row-major, x (m, k) row-major, Wᵀ read as (k, n) with strides
+        // (1, k); all three buffers hold exactly those elements.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        let mut dims = xl.shape().dims().to_vec();
+        *dims.last_mut().unwrap_or(&mut 0) = n;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+}
+
+/// x·Wᵀ + b through [`LinearBias`] for contiguous f32 CPU tensors (any leading dims); `None`
+/// when that path does not apply.
+pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    let k = *x.dims().last().unwrap_or(&0);
+    let fits = x.device().is_cpu()
+        && [x.dtype(), w.dtype(), b.dtype()].iter().all(|&d| d == DType::F32)
+        && w.rank() == 2
+        && w.dim(1)? == k
+        && b.rank() == 1
+        && b.dim(0)? == w.dim(0)?
+        && k > 0
+        && x.is_contiguous()
+        && w.is_contiguous()
+        && b.is_contiguous();
+    if !fits {
+        return Ok(None);
+    }
+    x.apply_op3_no_bwd(w, b, &LinearBias).map(Some)
+}
+
 /// Whether `x` is a reduced-precision float tensor on the CPU (computed in f32, then rounded).
 fn cpu_low_precision(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F16 | DType::BF16)
@@ -471,6 +560,23 @@ mod tests {
                 .unwrap();
             assert!(d < 1e-4, "({n}, {k}): {d}");
         }
+        // GEMM with the bias folded in, against matmul + broadcast_add
+        let (w, b) = (
+            Tensor::randn(0f32, 1.0, (70, 33), &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, 70, &dev).unwrap(),
+        );
+        let x = Tensor::randn(0f32, 1.0, (3, 5, 33), &dev).unwrap();
+        let got = linear_bias(&x, &w, &b).unwrap().expect("fast path applies");
+        let want = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        let d: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-4, "linear_bias: {d}");
         // two rows, or a transposed weight: not this kernel's case
         let w = Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap();
         assert!(gemv(&Tensor::zeros((2, 4), DType::F32, &dev).unwrap(), &w)

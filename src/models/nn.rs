@@ -102,6 +102,12 @@ impl Module for Linear {
                 None => Ok(y),
             };
         }
+        // Several f32 rows with a bias: one GEMM accumulating onto the bias rows.
+        if let Some(b) = self.inner.bias() {
+            if let Some(y) = crate::models::fastops::linear_bias(xs, self.inner.weight(), b)? {
+                return Ok(y);
+            }
+        }
         let dims = xs.dims();
         if dims.len() > 2 && xs.is_contiguous() {
             let k = dims[dims.len() - 1];
