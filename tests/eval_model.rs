@@ -5,7 +5,7 @@
 mod common;
 #[path = "common/sa2va.rs"]
 mod sa2va;
-use common::{fixture, run, stderr, stdout};
+use common::{coco_images, fixture, photo, run, stderr, stdout};
 use std::path::{Path, PathBuf};
 
 struct Env {
@@ -32,32 +32,6 @@ impl Env {
     fn model(&self) -> String {
         self.model.to_str().unwrap().to_string()
     }
-}
-
-/// A crop of chelsea.png resized to (w, h), saved as JPEG or PNG by extension.
-fn photo(path: &Path, w: u32, h: u32, seed: u32) {
-    let img = image::open(fixture("images/chelsea.png")).unwrap().to_rgb8();
-    let (x, y) = (seed * 37 % 200, seed * 23 % 100);
-    let crop = image::imageops::crop_imm(&img, x, y, 240, 180).to_image();
-    let small = image::imageops::resize(&crop, w, h, image::imageops::FilterType::Triangle);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    small.save(path).unwrap();
-}
-
-/// The COCO images of the refcoco fixture (sizes from its instances.json).
-fn coco_images(env: &Env) -> String {
-    let inst: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("refcoco/refcoco/instances.json")).unwrap()).unwrap();
-    for (i, im) in inst["images"].as_array().unwrap().iter().enumerate() {
-        let p = env.root.join("coco").join(im["file_name"].as_str().unwrap());
-        photo(
-            &p,
-            im["width"].as_u64().unwrap() as u32,
-            im["height"].as_u64().unwrap() as u32,
-            i as u32,
-        );
-    }
-    env.p("coco")
 }
 
 fn refcoco_args<'a>(env: &'a Env, images: &'a str, pred: &'a str, extra: &[&'a str]) -> Vec<String> {
@@ -101,7 +75,7 @@ fn sorted_lines(p: &str) -> Vec<String> {
 #[test]
 fn refcoco_with_model_resumes_after_a_kill_and_shards_merge_to_the_same_file() {
     let env = Env::new();
-    let images = coco_images(&env);
+    let images = coco_images(&env.root).to_str().unwrap().to_string();
     // Uninterrupted run, scored, with per-sample logs.
     let full = env.p("full.jsonl");
     let log = env.p("log.jsonl");

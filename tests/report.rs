@@ -92,26 +92,6 @@ const REFCOCO_KEYS: [&str; 7] = [
     "union",
 ];
 
-/// The fixture's COCO images (sizes from its instances.json), crops of a real photo.
-fn coco_images(dir: &Path) -> PathBuf {
-    let inst: Value =
-        serde_json::from_slice(&std::fs::read(fixture("refcoco/refcoco/instances.json")).unwrap()).unwrap();
-    let photo = image::open(fixture("images/chelsea.png")).unwrap().to_rgb8();
-    let out = dir.join("coco");
-    std::fs::create_dir_all(&out).unwrap();
-    for (i, im) in inst["images"].as_array().unwrap().iter().enumerate() {
-        let (w, h) = (
-            im["width"].as_u64().unwrap() as u32,
-            im["height"].as_u64().unwrap() as u32,
-        );
-        let crop = image::imageops::crop_imm(&photo, i as u32 * 37 % 200, i as u32 * 23 % 100, 240, 180).to_image();
-        image::imageops::resize(&crop, w, h, image::imageops::FilterType::Triangle)
-            .save(out.join(im["file_name"].as_str().unwrap()))
-            .unwrap();
-    }
-    out
-}
-
 /// The `<figure class="item">`s inside the gallery with this id.
 fn gallery_items(html: &str, id: &str) -> usize {
     let start = html.find(&format!("<div class=\"gallery\" id=\"{id}\">")).unwrap();

@@ -8,7 +8,7 @@
 mod common;
 #[path = "common/sa2va.rs"]
 mod sa2va;
-use common::{fixture, run, stderr};
+use common::{coco_images, fixture, run, stderr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -47,32 +47,6 @@ fn start(dir: &Path) -> Result<Cluster, String> {
         (Some(2), _) => Err(err.trim().to_string()),
         _ => panic!("tools/slurm-one-node.sh failed unexpectedly ({}): {out}{err}", o.status),
     }
-}
-
-/// A crop of chelsea.png resized to (w, h), as tests/eval_model.rs makes the fixture's photos.
-fn photo(path: &Path, w: u32, h: u32, seed: u32) {
-    let img = image::open(fixture("images/chelsea.png")).unwrap().to_rgb8();
-    let (x, y) = (seed * 37 % 200, seed * 23 % 100);
-    let crop = image::imageops::crop_imm(&img, x, y, 240, 180).to_image();
-    let small = image::imageops::resize(&crop, w, h, image::imageops::FilterType::Triangle);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    small.save(path).unwrap();
-}
-
-/// The COCO images of the refcoco fixture (sizes from its instances.json) under `root/coco`.
-fn coco_images(root: &Path) -> PathBuf {
-    let inst: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("refcoco/refcoco/instances.json")).unwrap()).unwrap();
-    for (i, im) in inst["images"].as_array().unwrap().iter().enumerate() {
-        let p = root.join("coco").join(im["file_name"].as_str().unwrap());
-        photo(
-            &p,
-            im["width"].as_u64().unwrap() as u32,
-            im["height"].as_u64().unwrap() as u32,
-            i as u32,
-        );
-    }
-    root.join("coco")
 }
 
 fn sorted_lines(p: &Path) -> Vec<String> {

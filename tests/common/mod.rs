@@ -50,3 +50,31 @@ pub fn assert_fails(args: &[&str], needle: &str) {
     assert!(!err.contains("panicked"), "panicked: {err}");
     assert!(!err.contains("\n   0: "), "a backtrace leaked into the message: {err}");
 }
+
+/// A crop of chelsea.png (its offset from `seed`) resized to (w, h), saved as PNG or JPEG by
+/// the extension of `path`: the photos of the model-run fixtures.
+pub fn photo(path: &Path, w: u32, h: u32, seed: u32) {
+    let img = image::open(fixture("images/chelsea.png")).unwrap().to_rgb8();
+    let (x, y) = (seed * 37 % 200, seed * 23 % 100);
+    let crop = image::imageops::crop_imm(&img, x, y, 240, 180).to_image();
+    let small = image::imageops::resize(&crop, w, h, image::imageops::FilterType::Triangle);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    small.save(path).unwrap();
+}
+
+/// The COCO images of the refcoco fixture (sizes from its instances.json) as [`photo`]s under
+/// `root/coco`; returns that directory.
+pub fn coco_images(root: &Path) -> PathBuf {
+    let inst: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("refcoco/refcoco/instances.json")).unwrap()).unwrap();
+    for (i, im) in inst["images"].as_array().unwrap().iter().enumerate() {
+        let p = root.join("coco").join(im["file_name"].as_str().unwrap());
+        photo(
+            &p,
+            im["width"].as_u64().unwrap() as u32,
+            im["height"].as_u64().unwrap() as u32,
+            i as u32,
+        );
+    }
+    root.join("coco")
+}
