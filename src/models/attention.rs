@@ -112,7 +112,7 @@ impl OutPtr {
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-fn view<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(View, &'a [f32])> {
+fn view(s: &CpuStorage, l: &Layout, what: &str) -> Result<View> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("attention: {what} is not f32");
     };
@@ -130,13 +130,12 @@ fn view<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(View, &'a [f32
     if l.dims().contains(&0) || last >= data.len() {
         candle_core::bail!("attention: {what} has an empty or out-of-bounds layout");
     }
-    let v = View {
+    Ok(View {
         ptr: data[l.start_offset()..].as_ptr(),
         sb: st[0],
         sn: st[1],
         sh: st[2],
-    };
-    Ok((v, data))
+    })
 }
 
 /// Rows per query block: the block's scores against `nk` keys take ~1 MB (L2/L3). Each block
@@ -160,9 +159,7 @@ impl CustomOp3 for FusedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, _q) = view(s1, l1, "q")?;
-        let (k, _k) = view(s2, l2, "k")?;
-        let (v, _v) = view(s3, l3, "v")?;
+        let (q, k, v) = (view(s1, l1, "q")?, view(s2, l2, "k")?, view(s3, l3, "v")?);
         let &[b, nq, hq, d] = l1.dims() else { unreachable!() };
         let &[_, nk, hk, _] = l2.dims() else { unreachable!() };
         let rep = hq / hk;

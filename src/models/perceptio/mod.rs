@@ -135,7 +135,7 @@ impl Grounder {
         let dir = ck.dir.as_path();
         // SAM2 is built on a second thread while the chat model loads: both are mostly copies
         // out of the mapped file, and two threads take the page faults twice as fast.
-        let (chat, sam2) = std::thread::scope(|s| {
+        let (mut chat, sam2) = std::thread::scope(|s| {
             let sam2 = Sam2::present_in(ck).then(|| s.spawn(|| Sam2::from_checkpoint(ck, None)));
             let chat = ChatModel::from_checkpoint(ck);
             let sam2 = sam2.map(|h| {
@@ -144,7 +144,6 @@ impl Grounder {
             });
             Ok::<_, Error>((chat?, sam2))
         })?;
-        let mut chat = chat;
         if let Some(q) = o.quantize_decode {
             chat.model.llm.quantize_for_decode(q)?;
         }
