@@ -43,26 +43,35 @@ fn main() -> candle_core::Result<()> {
         candle_core::utils::get_num_threads()
     );
     let px = Tensor::randn(0f32, 1.0, (1, 3, 518, 518), &dev)?;
-    let t = Instant::now();
-    let _ = model.forward(&px)?;
-    println!("warm-up pass                      {:.3} s", t.elapsed().as_secs_f64());
-    let mut runs = vec![];
-    for _ in 0..3 {
+    // candle's conv kernels and perceptio's, alternating in this process (one warm-up each).
+    let kernels = [("candle conv kernels", true), ("perceptio conv kernels", false)];
+    for &(name, candle) in &kernels {
+        perceptio::models::conv::use_candle_kernels(candle);
         let t = Instant::now();
-        let d = model.forward(&px)?;
-        runs.push(t.elapsed().as_secs_f64());
-        assert_eq!(d.dims(), &[1, 518, 518]);
+        let _ = model.forward(&px)?;
+        println!("warm-up pass, {name:<24} {:.3} s", t.elapsed().as_secs_f64());
     }
-    println!(
-        "forward 1x3x518x518               median {:.3} s  {runs:.3?}",
-        median(runs.clone())
-    );
-    let mut bb = vec![];
+    let (mut runs, mut bb) = (vec![vec![]; 2], vec![vec![]; 2]);
     for _ in 0..3 {
-        let t = Instant::now();
-        let _ = model.feature_maps(&px)?;
-        bb.push(t.elapsed().as_secs_f64());
+        for (i, &(_, candle)) in kernels.iter().enumerate() {
+            perceptio::models::conv::use_candle_kernels(candle);
+            let t = Instant::now();
+            let d = model.forward(&px)?;
+            runs[i].push(t.elapsed().as_secs_f64());
+            assert_eq!(d.dims(), &[1, 518, 518]);
+            let t = Instant::now();
+            let _ = model.feature_maps(&px)?;
+            bb[i].push(t.elapsed().as_secs_f64());
+        }
     }
-    println!("  of which DINOv2 backbone        median {:.3} s", median(bb));
+    for (i, &(name, _)) in kernels.iter().enumerate() {
+        println!(
+            "{name:<24} forward 1x3x518x518 median {:.3} s {:.3?}; DINOv2 backbone alone median {:.3} s {:.3?}",
+            median(runs[i].clone()),
+            runs[i],
+            median(bb[i].clone()),
+            bb[i]
+        );
+    }
     Ok(())
 }

@@ -13,19 +13,38 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// 1 untimed warm-up + 10 timed runs; prints the median in ms and the runs.
+/// The kernel sets a run can be timed with, alternating within one process.
+const KERNELS: [(&str, bool); 2] = [("candle conv kernels", true), ("perceptio conv kernels", false)];
+
+/// For each kernel set, 1 untimed warm-up; then 10 rounds that time each set once in turn;
+/// prints the medians in ms and the ratio to candle's kernels.
 fn time<T>(label: &str, mut f: impl FnMut() -> candle_core::Result<T>) -> candle_core::Result<f64> {
-    let _ = f()?;
-    let mut v = Vec::with_capacity(10);
-    for _ in 0..10 {
-        let t = Instant::now();
+    for &(_, candle) in &KERNELS {
+        perceptio::models::conv::use_candle_kernels(candle);
         let _ = f()?;
-        v.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let m = median(v.clone());
-    let runs: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
-    println!("{label:<38} median {m:8.2} ms  [{}]", runs.join(", "));
-    Ok(m)
+    let mut v = vec![Vec::with_capacity(10); KERNELS.len()];
+    for _ in 0..10 {
+        for (i, &(_, candle)) in KERNELS.iter().enumerate() {
+            perceptio::models::conv::use_candle_kernels(candle);
+            let t = Instant::now();
+            let _ = f()?;
+            v[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    perceptio::models::conv::use_candle_kernels(false);
+    let m: Vec<f64> = v.iter().map(|r| median(r.clone())).collect();
+    println!("{label}");
+    for (i, &(name, _)) in KERNELS.iter().enumerate() {
+        let runs: Vec<String> = v[i].iter().map(|x| format!("{x:.1}")).collect();
+        println!(
+            "  {name:<24} median {:8.2} ms ({:.2}x candle)  [{}]",
+            m[i],
+            m[i] / m[0],
+            runs.join(", ")
+        );
+    }
+    Ok(m[KERNELS.len() - 1])
 }
 
 fn main() -> candle_core::Result<()> {

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod checkpoint;
+pub mod conv;
 pub mod depth_anything;
 pub mod depth_tokens;
 pub mod device;

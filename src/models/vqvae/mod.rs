@@ -15,6 +15,7 @@ pub mod preprocess;
 
 pub use config::Config;
 
+use crate::models::nn::{conv2d, conv_transpose2d};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
 use std::collections::HashMap;
@@ -47,9 +48,9 @@ impl ResBlock {
 impl Module for ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        let h = self.c0.forward(x)?.relu()?;
-        let h = self.c1.forward(&h)?.relu()?;
-        self.c2.forward(&h)? + x
+        let h = conv2d(&self.c0, x)?.relu()?;
+        let h = conv2d(&self.c1, &h)?.relu()?;
+        conv2d(&self.c2, &h)? + x
     }
 }
 
@@ -97,12 +98,12 @@ impl Module for Encoder {
         let _g = self.span.enter();
         let mut h = x.clone();
         for c in &self.down {
-            h = c.forward(&h)?.relu()?;
+            h = conv2d(c, &h)?.relu()?;
         }
         for r in &self.res {
             h = r.forward(&h)?;
         }
-        self.out.forward(&h)
+        conv2d(&self.out, &h)
     }
 }
 
@@ -112,7 +113,7 @@ impl Module for Encoder {
 pub struct Decoder {
     inp: Conv2d,
     res: Vec<ResBlock>,
-    up: Vec<Up4s2>,
+    up: Vec<ConvTranspose2d>,
     out: Conv2d,
     span: tracing::Span,
 }
@@ -133,16 +134,10 @@ impl Decoder {
             output_padding: 0,
             dilation: 1,
         };
-        let mut up = vec![Up4s2::new(candle_nn::conv_transpose2d(dim, dim, 4, s2, vb.pp(idx))?)?];
+        let mut up = vec![candle_nn::conv_transpose2d(dim, dim, 4, s2, vb.pp(idx))?];
         idx += 2;
         for _ in 0..cfg.layer_num() {
-            up.push(Up4s2::new(candle_nn::conv_transpose2d(
-                dim,
-                dim / 2,
-                4,
-                s2,
-                vb.pp(idx),
-            )?)?);
+            up.push(candle_nn::conv_transpose2d(dim, dim / 2, 4, s2, vb.pp(idx))?);
             dim /= 2;
             idx += 2;
         }
@@ -160,86 +155,14 @@ impl Decoder {
 impl Module for Decoder {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        let mut h = self.inp.forward(x)?.relu()?;
+        let mut h = conv2d(&self.inp, x)?.relu()?;
         for r in &self.res {
             h = r.forward(&h)?;
         }
         for c in &self.up {
-            h = c.forward(&h)?.relu()?;
+            h = conv_transpose2d(c, &h)?.relu()?;
         }
-        self.out.forward(&h)
-    }
-}
-
-/// `ConvTranspose2d(k=4, stride=2, padding=1)` as one GEMM plus a sub-pixel gather: every input
-/// pixel's 4×4 footprint is computed at once (W^T·x), then each of the four output phases
-/// (even/odd row × column) sums the two × two taps that land on it. Same result as candle's
-/// `conv_transpose2d`, which on CPU is several times slower.
-#[derive(Debug, Clone)]
-pub struct Up4s2 {
-    wt: Tensor, // (Cout·16, Cin), row = o·16 + ky·4 + kx
-    bias: Option<Tensor>,
-    cout: usize,
-}
-
-impl Up4s2 {
-    fn new(c: ConvTranspose2d) -> Result<Self> {
-        let (cin, cout, kh, kw) = c.weight().dims4()?;
-        if (kh, kw) != (4, 4) {
-            candle_core::bail!("Up4s2 needs a 4x4 kernel, got {kh}x{kw}")
-        }
-        let wt = c
-            .weight()
-            .permute((1, 2, 3, 0))?
-            .reshape((cout * 16, cin))?
-            .contiguous()?;
-        Ok(Self {
-            wt,
-            bias: c.bias().cloned(),
-            cout,
-        })
-    }
-}
-
-impl Module for Up4s2 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, cin, h, w) = x.dims4()?;
-        let z = self.wt.broadcast_matmul(&x.reshape((b, cin, h * w))?)?; // (b, Cout·16, h·w)
-        let z = z
-            .reshape((b, self.cout, 4, 4, h, w))?
-            .pad_with_zeros(4, 1, 1)?
-            .pad_with_zeros(5, 1, 1)?;
-        // Output row 2y'+p takes (ky, input row y'+dy): p=0 → (1, 0), (3, −1); p=1 → (2, 0), (0, +1).
-        let taps: [[(usize, isize); 2]; 2] = [[(1, 0), (3, -1)], [(2, 0), (0, 1)]];
-        let mut phases = Vec::with_capacity(4);
-        for ty in taps {
-            for tx in taps {
-                let mut acc: Option<Tensor> = None;
-                for (ky, dy) in ty {
-                    for (kx, dx) in tx {
-                        let t = z
-                            .narrow(2, ky, 1)?
-                            .narrow(3, kx, 1)?
-                            .narrow(4, (1 + dy) as usize, h)?
-                            .narrow(5, (1 + dx) as usize, w)?;
-                        acc = Some(match acc {
-                            None => t,
-                            Some(a) => (a + t)?,
-                        });
-                    }
-                }
-                phases.push(acc.expect("four taps").reshape((b, self.cout, h, w))?);
-            }
-        }
-        // (b, Cout, py, px, h, w) → (b, Cout, h, py, w, px) → (b, Cout, 2h, 2w)
-        let y = Tensor::stack(&phases, 2)?
-            .reshape((b, self.cout, 2, 2, h, w))?
-            .permute((0, 1, 4, 2, 5, 3))?
-            .reshape((b, self.cout, 2 * h, 2 * w))?;
-        match &self.bias {
-            Some(bias) => y.broadcast_add(&bias.reshape((1, self.cout, 1, 1))?),
-            None => Ok(y),
-        }
+        conv2d(&self.out, &h)
     }
 }
 
@@ -445,30 +368,6 @@ mod tests {
         assert_eq!(argmin_first(&[3.0, 1.0, 1.0, 2.0]), 1);
         assert_eq!(argmin_first(&[0.0, 0.0]), 0);
         assert_eq!(argmin_first(&[f32::NAN, 1.0]), 1);
-    }
-
-    #[test]
-    fn up4s2_matches_candle_conv_transpose() {
-        let dev = Device::Cpu;
-        let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
-        let cfg = ConvTranspose2dConfig {
-            padding: 1,
-            stride: 2,
-            output_padding: 0,
-            dilation: 1,
-        };
-        let c = candle_nn::conv_transpose2d(5, 3, 4, cfg, vb).unwrap();
-        for v in vm.all_vars() {
-            v.set(&Tensor::randn(0f32, 1.0, v.shape(), &dev).unwrap()).unwrap();
-        }
-        let u = Up4s2::new(c.clone()).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (2, 5, 6, 7), &dev).unwrap();
-        let a = u.forward(&x).unwrap();
-        let b = c.forward(&x).unwrap();
-        assert_eq!(a.dims(), b.dims());
-        let d: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        assert!(d < 1e-4, "{d}");
     }
 
     #[test]
