@@ -94,8 +94,62 @@ fn linear_case(name: &str, m: usize, k: usize, n: usize) {
     );
 }
 
+/// A conv2d (or, with `transposed`, a conv_transpose2d) through candle's kernel and perceptio's.
+fn conv_case(
+    name: &str,
+    (b, cin, h, w): (usize, usize, usize, usize),
+    cout: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    transposed: bool,
+) {
+    let x = rand(&[b, cin, h, w]);
+    let bias = Some(rand(&[cout]));
+    type Run = Box<dyn FnMut()>;
+    let (mut fast, mut slow): (Run, Run) = if transposed {
+        let cfg = candle_nn::ConvTranspose2dConfig {
+            padding: p,
+            stride: s,
+            ..Default::default()
+        };
+        let c = candle_nn::ConvTranspose2d::new(rand(&[cin, cout, k, k]), bias, cfg);
+        let c2 = c.clone();
+        let x2 = x.clone();
+        (
+            Box::new(move || {
+                perceptio::models::conv::conv_transpose2d(&c, &x).unwrap();
+            }),
+            Box::new(move || {
+                candle_nn::Module::forward(&c2, &x2).unwrap();
+            }),
+        )
+    } else {
+        let cfg = candle_nn::Conv2dConfig {
+            padding: p,
+            stride: s,
+            ..Default::default()
+        };
+        let c = candle_nn::Conv2d::new(rand(&[cout, cin, k, k]), bias, cfg);
+        let c2 = c.clone();
+        let x2 = x.clone();
+        (
+            Box::new(move || {
+                perceptio::models::conv::conv2d(&c, &x).unwrap();
+            }),
+            Box::new(move || {
+                candle_nn::Module::forward(&c2, &x2).unwrap();
+            }),
+        )
+    };
+    ab(name, "candle", &mut *slow, "perceptio", &mut *fast);
+}
+
 fn main() {
     println!("threads: {}", rayon::current_num_threads());
+    if std::env::var("PERCEPTIO_BENCH_ONLY").as_deref() == Ok("conv") {
+        return conv_cases();
+    }
     attention_case(
         "attention InternViT layer, 7 tiles x 1025",
         (7, 1025, 1025, 16, 16, 64),
@@ -125,4 +179,117 @@ fn main() {
     gemv_case("gemv Qwen2 gate/up 1x896 -> 4864", 4864, 896);
     gemv_case("gemv Qwen2 down 1x4864 -> 896", 896, 4864);
     gemv_case("gemv Qwen2 lm_head 1x896 -> 151679", 151679, 896);
+}
+
+/// The convolutions of the depth chain at real size (Depth Anything V2-Small at 518², AURORA's
+/// VQ-VAE at 320²) and the patch embeddings.
+fn conv_cases() {
+    conv_case(
+        "conv DA head conv2 32->32 3x3 at 518x518",
+        (1, 32, 518, 518),
+        32,
+        3,
+        1,
+        1,
+        false,
+    );
+    conv_case(
+        "conv DA head conv1 64->32 3x3 at 296x296",
+        (1, 64, 296, 296),
+        32,
+        3,
+        1,
+        1,
+        false,
+    );
+    conv_case(
+        "conv DA fusion 64->64 3x3 at 148x148",
+        (1, 64, 148, 148),
+        64,
+        3,
+        1,
+        1,
+        false,
+    );
+    conv_case(
+        "conv DA reassemble down 384 3x3 s2 at 37x37",
+        (1, 384, 37, 37),
+        384,
+        3,
+        2,
+        1,
+        false,
+    );
+    conv_case(
+        "conv DINOv2 patch 3->384 14x14 s14 at 518",
+        (1, 3, 518, 518),
+        384,
+        14,
+        14,
+        0,
+        false,
+    );
+    conv_case(
+        "conv Hiera patch 3->144 7x7 s4 at 1024",
+        (1, 3, 1024, 1024),
+        144,
+        7,
+        4,
+        3,
+        false,
+    );
+    conv_case(
+        "conv VQ-VAE enc 1->16 4x4 s2 at 320",
+        (1, 1, 320, 320),
+        16,
+        4,
+        2,
+        1,
+        false,
+    );
+    conv_case(
+        "conv VQ-VAE enc 16->32 4x4 s2 at 160",
+        (1, 16, 160, 160),
+        32,
+        4,
+        2,
+        1,
+        false,
+    );
+    conv_case(
+        "conv VQ-VAE enc 64->128 4x4 s2 at 40",
+        (1, 64, 40, 40),
+        128,
+        4,
+        2,
+        1,
+        false,
+    );
+    conv_case(
+        "conv VQ-VAE res 256->256 3x3 at 10",
+        (1, 256, 10, 10),
+        256,
+        3,
+        1,
+        1,
+        false,
+    );
+    conv_case(
+        "convT VQ-VAE dec 256->128 4x4 s2 at 20",
+        (1, 256, 20, 20),
+        128,
+        4,
+        2,
+        1,
+        true,
+    );
+    conv_case(
+        "convT VQ-VAE dec 32->16 4x4 s2 at 160",
+        (1, 32, 160, 160),
+        16,
+        4,
+        2,
+        1,
+        true,
+    );
 }
