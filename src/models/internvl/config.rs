@@ -39,9 +39,6 @@ pub struct VisionConfig {
     pub qk_normalization: bool,
 }
 
-fn default_template() -> String {
-    "qwen_chat".into()
-}
 fn default_ratio() -> f64 {
     0.5
 }
@@ -49,23 +46,25 @@ fn default_select() -> i64 {
     -1
 }
 fn default_ps() -> String {
-    "v2".into()
+    "v1".into()
 }
 fn default_max_patch() -> usize {
-    12
+    6
 }
 fn default_min_patch() -> usize {
     1
 }
 
-/// The top-level checkpoint config; `llm_config` is kept raw and parsed per architecture.
+/// The top-level checkpoint config; `llm_config` is kept raw and parsed per architecture. A
+/// missing key takes the default of `Sa2VAChatConfig` / `InternVLChatConfig` (the same in both:
+/// `ps_version` v1, no dynamic tiling, no thumbnail, at most 6 tiles), as the reference reads it;
+/// `template` has no usable default there (both call `.replace`/a lookup on it), so it is required.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
     #[serde(default)]
     pub model_type: String,
     pub vision_config: VisionConfig,
     pub llm_config: serde_json::Value,
-    #[serde(default = "default_template")]
     pub template: String,
     #[serde(default = "default_ratio")]
     pub downsample_ratio: f64,
@@ -79,9 +78,9 @@ pub struct Config {
     pub max_dynamic_patch: usize,
     #[serde(default = "default_min_patch")]
     pub min_dynamic_patch: usize,
-    #[serde(default = "default_true")]
+    #[serde(default)]
     pub use_thumbnail: bool,
-    #[serde(default = "default_true")]
+    #[serde(default)]
     pub dynamic_image_size: bool,
 }
 
@@ -111,6 +110,17 @@ impl Config {
             12
         } else {
             self.max_dynamic_patch
+        }
+    }
+
+    /// Tiling switches `(dynamic, min tiles, thumbnail)`: Sa2VA's `preparing_for_generation`
+    /// fixes dynamic tiling from 1 tile with a thumbnail whatever its config says; InternVL
+    /// checkpoints use their config.
+    pub fn tiling(&self) -> (bool, usize, bool) {
+        if self.model_type == "sa2va_chat" {
+            (true, 1, true)
+        } else {
+            (self.dynamic_image_size, self.min_dynamic_patch, self.use_thumbnail)
         }
     }
 
@@ -186,5 +196,44 @@ mod family_tests {
         assert!(check_family(&internvl).is_ok() && superseded_note(&internvl).is_none());
         let old = serde_json::json!({"llm_config": {"_name_or_path": "/ckpt/Qwen2-0.5B-Instruct"}});
         assert!(superseded_note(&old).unwrap().contains("pre-September-2025"));
+    }
+}
+
+#[cfg(test)]
+mod default_tests {
+    use super::*;
+
+    fn minimal(extra: serde_json::Value) -> serde_json::Value {
+        let mut c = serde_json::json!({
+            "vision_config": {"hidden_size": 8, "num_attention_heads": 2, "intermediate_size": 16,
+                              "num_hidden_layers": 1, "image_size": 28, "patch_size": 14},
+            "llm_config": {"architectures": ["Qwen2ForCausalLM"]},
+        });
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    }
+
+    #[test]
+    fn missing_keys_take_the_reference_config_defaults() {
+        let c: Config = serde_json::from_value(minimal(serde_json::json!({"template": "qwen_chat"}))).unwrap();
+        // InternVLChatConfig / Sa2VAChatConfig defaults
+        assert_eq!(c.ps_version, "v1");
+        assert_eq!(
+            (c.dynamic_image_size, c.use_thumbnail, c.max_dynamic_patch),
+            (false, false, 6)
+        );
+        assert_eq!(c.tiling(), (false, 1, false));
+        assert_eq!(c.default_max_tiles(), 6);
+        // Sa2VA's predict_forward tiles dynamically with a thumbnail whatever the config says
+        let s: Config = serde_json::from_value(minimal(
+            serde_json::json!({"template": "qwen_chat", "model_type": "sa2va_chat"}),
+        ))
+        .unwrap();
+        assert_eq!((s.tiling(), s.default_max_tiles()), ((true, 1, true), 12));
+        // no template: the reference cannot run it either, so it is an error naming the field
+        let e = serde_json::from_value::<Config>(minimal(serde_json::json!({})))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("template"), "{e}");
     }
 }
