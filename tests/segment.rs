@@ -306,6 +306,38 @@ fn no_seg_token_gives_an_empty_mask_and_exit_3() {
     assert!(png.pixels().all(|p| p.0[0] == 0));
 }
 
+/// A checkpoint converted from InternVL2-1B (the Sa2VA-1B the hub repo held before Sept 2025)
+/// still runs (same architecture), with a warning naming what perceptio targets.
+#[test]
+fn the_pre_september_2025_sa2va_1b_runs_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    assemble(dir.path());
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["_name_or_path"] = serde_json::json!("./pretrained/InternVL2-1B/");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let img = fixture("images/chelsea.png");
+    let model = dir.path().to_str().unwrap();
+    let args = [
+        "segment",
+        img.to_str().unwrap(),
+        "the cat",
+        "--model",
+        model,
+        "--force-seg",
+        "--max-tiles",
+        "6",
+        "--json",
+    ];
+    let r = run(&args, None);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let e = stderr(&r);
+    assert!(
+        e.contains("warning") && e.contains("pre-September-2025") && e.contains("Qwen2.5-0.5B"),
+        "{e}"
+    );
+}
+
 fn tiny_sam2_block(dir: &Path) -> String {
     let p = dir.join("sam2.json");
     std::fs::write(&p, r#"{"sam2": {"trunk": {"num_heads": 1, "global_att_blocks": [3], "window_spec": [8, 4, 4, 2]}, "decoder": {"num_heads": 2}}}"#).unwrap();

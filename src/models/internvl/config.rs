@@ -167,17 +167,27 @@ pub fn check_family(config: &serde_json::Value) -> Result<(), String> {
 
 /// A note when the config looks like the Sa2VA-1B that `ByteDance/Sa2VA-1B` held before
 /// September 2025 (InternVL2.0-1B + Qwen2-0.5B; the repo was replaced in place by the
-/// InternVL2.5-1B + Qwen2.5-0.5B model perceptio targets). Same architecture, so it runs, but
-/// its numbers are not the model card's. Read from `llm_config._name_or_path`.
+/// InternVL2.5-1B + Qwen2.5-0.5B model perceptio targets). Same architecture and the same
+/// predict_forward, so it runs, but its numbers are not the model card's. Sa2VA's converter
+/// keeps the base model's names: `llm_config._name_or_path` (the LLM, `Qwen2-0.5B*`) or the
+/// top-level `_name_or_path` (the InternVL it loaded, `InternVL2-1B`); the last path part counts.
 pub fn superseded_note(config: &serde_json::Value) -> Option<String> {
-    let name = config.get("llm_config")?.get("_name_or_path")?.as_str()?;
-    let short = name.rsplit('/').next().unwrap_or(name);
-    (short.starts_with("Qwen2-0.5B")).then(|| {
-        format!(
-            "this checkpoint's LLM is {short}: it looks like the pre-September-2025 Sa2VA-1B (InternVL2.0 + Qwen2-0.5B); \
-             perceptio targets the current ByteDance/Sa2VA-1B (InternVL2.5 + Qwen2.5-0.5B), whose model-card numbers this one will not reproduce"
-        )
-    })
+    let last = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v.as_str())
+            .and_then(|n| n.trim_end_matches('/').rsplit('/').next())
+            .map(str::to_string)
+    };
+    let llm = last(config.get("llm_config").and_then(|l| l.get("_name_or_path")));
+    let base = last(config.get("_name_or_path"));
+    let what = match (llm, base) {
+        (Some(l), _) if l.starts_with("Qwen2-0.5B") => format!("its LLM is {l}"),
+        (_, Some(b)) if b.starts_with("InternVL2-1B") => format!("it was converted from {b}"),
+        _ => return None,
+    };
+    Some(format!(
+        "{what}: it looks like the pre-September-2025 Sa2VA-1B (InternVL2.0 + Qwen2-0.5B); perceptio targets the current \
+         ByteDance/Sa2VA-1B (InternVL2.5 + Qwen2.5-0.5B), whose model-card numbers this one will not reproduce"
+    ))
 }
 
 #[cfg(test)]
@@ -196,6 +206,13 @@ mod family_tests {
         assert!(check_family(&internvl).is_ok() && superseded_note(&internvl).is_none());
         let old = serde_json::json!({"llm_config": {"_name_or_path": "/ckpt/Qwen2-0.5B-Instruct"}});
         assert!(superseded_note(&old).unwrap().contains("pre-September-2025"));
+        let old = serde_json::json!({"_name_or_path": "./pretrained/InternVL2-1B/", "llm_config": {}});
+        assert!(superseded_note(&old).unwrap().contains("converted from InternVL2-1B"));
+        // the current 1B and the InternVL3 members are not flagged
+        for name in ["./pretrained/InternVL2_5-1B/", "OpenGVLab/InternVL3-2B"] {
+            let c = serde_json::json!({"_name_or_path": name, "llm_config": {"_name_or_path": "Qwen/Qwen2.5-1.5B-Instruct"}});
+            assert!(superseded_note(&c).is_none(), "{name}");
+        }
     }
 }
 
