@@ -120,6 +120,91 @@ fn sa2va_grounding_matches_the_reference_on_two_photos() {
     }
 }
 
+/// The Sa2VA-InternVL3 layout (fixtures/sa2va_internvl3: Qwen2.5 with its own lm_head, other
+/// head counts than the 1B's, a sliding_window shorter than the prompt that is switched off)
+/// against Sa2VA's own classes: greedy tokens with a generated `[SEG]`, teacher-forced masks.
+/// Every object score there is negative, so these masks also pin down that Sa2VA does not gate
+/// by the object score (Meta's gating would empty all three).
+#[test]
+fn sa2va_internvl3_layout_matches_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    sa2va::assemble_internvl3(dir.path());
+    let g = candle_core::safetensors::load(fixture("sa2va_internvl3/goldens.safetensors"), &Device::Cpu).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("sa2va_internvl3/goldens.json")).unwrap()).unwrap();
+    let stops: Vec<i64> = serde_json::from_value(meta["summary"]["stop_token_ids"].clone()).unwrap();
+    let ck = Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(ck.config["llm_config"]["tie_word_embeddings"], false);
+    assert!(ck.shapes.contains_key("language_model.lm_head.weight"));
+    let mut m = Grounder::load(
+        &ck,
+        &LoadOptions {
+            require_grounding: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut generated_segs = 0;
+    for (name, file, expr) in [
+        ("chelsea", "images/chelsea.png", "the cat"),
+        ("portrait", "images/coffee_portrait.png", "the cup"),
+    ] {
+        let img = perceptio::preprocess::load_rgb(&fixture(file)).unwrap();
+        let n = (img.width() * img.height()) as usize;
+        let vision = m.vision(&img, 6).unwrap();
+        let check = |r: &perceptio::models::perceptio::SegmentResult, p: &str| {
+            let iou = f32s(&g[&format!("{p}.iou")]);
+            let best = i64s(&g[&format!("{p}.best_idx")])[0] as usize;
+            assert!(
+                (r.scores[0] - iou[best]).abs() < 1e-4,
+                "{p}: score {} vs {}",
+                r.scores[0],
+                iou[best]
+            );
+            let obj = f32s(&g[&format!("{p}.obj_score")])[0];
+            assert!(
+                (r.object_scores[0] - obj).abs() < 1e-4,
+                "{p}: object score {} vs {obj}",
+                r.object_scores[0]
+            );
+            let want = unpack(&g[&format!("{p}.final_mask_bits")], n);
+            // the golden must be one where gating would have emptied the mask
+            assert!(obj < 0.0 && want.contains(&1), "{p}: golden does not test the gating");
+            assert_mask(&r.mask.data, &want, p);
+        };
+        let r = m.segment(&img, &vision, expr, &opts(true)).unwrap();
+        let ids = i64s(&g[&format!("{name}.force.input_ids")]);
+        let forced: Vec<i64> = r.token_ids.iter().map(|&x| x as i64).collect();
+        assert_eq!(
+            &ids[ids.len() - forced.len()..],
+            forced.as_slice(),
+            "{name}: forced reply tokens"
+        );
+        assert_eq!(r.seg_count, 1);
+        check(&r, &format!("{name}.force"));
+        // Greedy: the reference's tokens (the stop token, if any, is not part of the reply).
+        let r = m.segment(&img, &vision, expr, &opts(false)).unwrap();
+        let mut want_ids = i64s(&g[&format!("{name}.gen.generated_ids")]);
+        if want_ids.last().is_some_and(|t| stops.contains(t)) {
+            want_ids.pop();
+        }
+        let got: Vec<i64> = r.token_ids.iter().map(|&x| x as i64).collect();
+        assert_eq!(got, want_ids, "{name}: greedy tokens");
+        let segs = meta["summary"]["per_image"][name]["gen"]["seg_positions_in_generated"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(r.seg_count, segs, "{name}: [SEG]s in the greedy reply");
+        if segs == 1 {
+            check(&r, &format!("{name}.gen.seg0"));
+        } else {
+            assert_eq!((segs, r.mask.area()), (0, 0));
+        }
+        generated_segs += segs;
+    }
+    assert!(generated_segs > 0, "no greedy reply of the golden holds a [SEG]");
+}
+
 #[test]
 fn segment_cli_writes_mask_rle_overlay_and_json() {
     let dir = tempfile::tempdir().unwrap();
@@ -219,6 +304,38 @@ fn no_seg_token_gives_an_empty_mask_and_exit_3() {
     assert!(v["bbox"].is_null());
     let png = image::open(&m).unwrap().to_luma8();
     assert!(png.pixels().all(|p| p.0[0] == 0));
+}
+
+/// A checkpoint converted from InternVL2-1B (the Sa2VA-1B the hub repo held before Sept 2025)
+/// still runs (same architecture), with a warning naming what perceptio targets.
+#[test]
+fn the_pre_september_2025_sa2va_1b_runs_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    assemble(dir.path());
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["_name_or_path"] = serde_json::json!("./pretrained/InternVL2-1B/");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let img = fixture("images/chelsea.png");
+    let model = dir.path().to_str().unwrap();
+    let args = [
+        "segment",
+        img.to_str().unwrap(),
+        "the cat",
+        "--model",
+        model,
+        "--force-seg",
+        "--max-tiles",
+        "6",
+        "--json",
+    ];
+    let r = run(&args, None);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let e = stderr(&r);
+    assert!(
+        e.contains("warning") && e.contains("pre-September-2025") && e.contains("Qwen2.5-0.5B"),
+        "{e}"
+    );
 }
 
 fn tiny_sam2_block(dir: &Path) -> String {

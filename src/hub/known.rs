@@ -5,9 +5,10 @@ pub const KNOWN_REPOS: &[(&str, &str, &str)] = &[
     (
         "ByteDance/Sa2VA-1B",
         "full model",
-        "InternVL2.5-1B (InternViT-300M + Qwen2.5-0.5B) + SAM2-L; default --model. The repo was replaced in \
-         place in Sept 2025 (before: InternVL2.0-1B + Qwen2-0.5B, 3.5 GB); perceptio targets the current one and \
-         warns on the old one: pin a revision with @REV for reproducible runs",
+        "targets the model the repo holds since Sept 2025: InternVL2.5-1B (InternViT-300M + Qwen2.5-0.5B) + SAM2-L; \
+         default --model. The repo was replaced in place (before: InternVL2.0-1B + Qwen2-0.5B); that one runs with a \
+         warning (told from the base names in config.json). No revision hash is pinned (none known from a source): \
+         pass @REV or --revision for reproducible runs",
     ),
     (
         "ByteDance/Sa2VA-4B",
@@ -27,17 +28,17 @@ pub const KNOWN_REPOS: &[(&str, &str, &str)] = &[
     (
         "ByteDance/Sa2VA-InternVL3-2B",
         "full model",
-        "InternVL3-2B (Qwen2.5-1.5B) + SAM2-L; same code path as the 1B",
+        "InternVL3-2B (InternViT-300M + Qwen2.5-1.5B, untied lm_head) + SAM2-L; the 1B's code path, checked on a tiny InternVL3 layout",
     ),
     (
         "ByteDance/Sa2VA-InternVL3-8B",
         "full model",
-        "InternVL3-8B (Qwen2.5-7B) + SAM2-L; same code path as the 1B",
+        "InternVL3-8B (InternViT-300M + Qwen2.5-7B, untied lm_head) + SAM2-L; the 1B's code path, checked on a tiny InternVL3 layout",
     ),
     (
         "ByteDance/Sa2VA-InternVL3-14B",
         "full model",
-        "InternVL3-14B (Qwen2.5-14B) + SAM2-L; same code path as the 1B",
+        "InternVL3-14B (InternViT-300M + Qwen2.5-14B, untied lm_head) + SAM2-L; the 1B's code path, checked on a tiny InternVL3 layout",
     ),
     (
         "ByteDance/Sa2VA-Qwen2_5-VL-3B",
@@ -98,3 +99,29 @@ pub const KNOWN_REPOS: &[(&str, &str, &str)] = &[
         "transformers layout, safetensors",
     ),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::KNOWN_REPOS;
+
+    #[test]
+    fn every_sa2va_zoo_checkpoint_is_listed_once() {
+        for size in ["1B", "4B", "8B", "26B", "InternVL3-2B", "InternVL3-8B", "InternVL3-14B"] {
+            let repo = format!("ByteDance/Sa2VA-{size}");
+            assert_eq!(KNOWN_REPOS.iter().filter(|r| r.0 == repo).count(), 1, "{repo}");
+        }
+        for repo in [
+            "ByteDance/Sa2VA-Qwen2_5-VL-3B",
+            "ByteDance/Sa2VA-Qwen2_5-VL-7B",
+            "ByteDance/Sa2VA-Qwen3-VL-4B",
+        ] {
+            assert_eq!(KNOWN_REPOS.iter().filter(|r| r.0 == repo).count(), 1, "{repo}");
+        }
+        // the 1B note says which of the two models under that name perceptio targets
+        let one_b = KNOWN_REPOS.iter().find(|r| r.0 == "ByteDance/Sa2VA-1B").unwrap().2;
+        assert!(
+            one_b.contains("Qwen2.5-0.5B") && one_b.contains("--revision"),
+            "{one_b}"
+        );
+    }
+}

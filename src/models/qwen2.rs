@@ -35,6 +35,10 @@ pub struct Config {
     /// types are refused by name rather than ignored.
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// Sliding-window attention (transformers' Qwen2 windows the layers from `max_window_layers`
+    /// on only when this is set; Qwen2/2.5 ship it false). Not implemented, so refused when true.
+    #[serde(default)]
+    pub use_sliding_window: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +163,11 @@ pub type Model = Decoder<Layer>;
 
 impl Decoder<Layer> {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        if cfg.use_sliding_window {
+            candle_core::bail!(
+                "llm_config.use_sliding_window is true: sliding-window attention is not implemented (Qwen2/2.5 checkpoints set it false)"
+            );
+        }
         let m = vb.pp("model");
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let head_dim = cfg.hidden_size / cfg.num_attention_heads;
@@ -222,5 +231,25 @@ mod rope_config_tests {
             .unwrap()
             .to_string();
         assert!(e.contains("yarn") && e.contains("rope_scaling"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod sliding_window_tests {
+    use super::*;
+
+    #[test]
+    fn sliding_window_is_ignored_when_off_and_refused_when_on() {
+        let vb = VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu);
+        let mut c: Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1,
+            "use_sliding_window": false, "sliding_window": 2, "max_window_layers": 0,
+        }))
+        .unwrap();
+        assert!(Model::new(&c, vb.clone()).is_ok());
+        c.use_sliding_window = true;
+        let e = Model::new(&c, vb).err().unwrap().to_string();
+        assert!(e.contains("use_sliding_window"), "{e}");
     }
 }

@@ -12,7 +12,19 @@ fn fixture(rel: &str) -> PathBuf {
 
 /// Build the sharded Sa2VA-layout checkpoint in `dir`.
 pub fn assemble(dir: &Path) {
-    let base = candle_core::safetensors::load(fixture("internvl/tiny-qwen2/model.safetensors"), &Device::Cpu).unwrap();
+    assemble_from(dir, "internvl/tiny-qwen2/model.safetensors", "sa2va");
+}
+
+/// Build the sharded Sa2VA-InternVL3-layout checkpoint of fixtures/sa2va_internvl3 in `dir`
+/// (its own InternVL part with an untied lm_head; see fixtures/sa2va_internvl3/README.md).
+pub fn assemble_internvl3(dir: &Path) {
+    assemble_from(dir, "sa2va_internvl3/internvl.safetensors", "sa2va_internvl3");
+}
+
+/// Shards: the InternVL part `ivl` (minus `text_hidden_fcs.*` and `grounding_encoder.*`), the
+/// tiny SAM2, and `text_hidden_fcs` + `config.json` of fixtures/`layout`; tiny-qwen2's tokenizer.
+fn assemble_from(dir: &Path, ivl: &str, layout: &str) {
+    let base = candle_core::safetensors::load(fixture(ivl), &Device::Cpu).unwrap();
     let shard1: HashMap<String, Tensor> = base
         .into_iter()
         .filter(|(k, _)| !k.starts_with("text_hidden_fcs.") && !k.starts_with("grounding_encoder."))
@@ -24,7 +36,7 @@ pub fn assemble(dir: &Path) {
     )
     .unwrap();
     std::fs::copy(
-        fixture("sa2va/text_hidden_fcs.safetensors"),
+        fixture(&format!("{layout}/text_hidden_fcs.safetensors")),
         dir.join("model-00003-of-00003.safetensors"),
     )
     .unwrap();
@@ -49,7 +61,7 @@ pub fn assemble(dir: &Path) {
     }
     let idx = serde_json::json!({"metadata": {}, "weight_map": map});
     std::fs::write(dir.join("model.safetensors.index.json"), idx.to_string()).unwrap();
-    std::fs::copy(fixture("sa2va/config.json"), dir.join("config.json")).unwrap();
+    std::fs::copy(fixture(&format!("{layout}/config.json")), dir.join("config.json")).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
         std::fs::copy(fixture(&format!("internvl/tiny-qwen2/{f}")), dir.join(f)).unwrap();
     }

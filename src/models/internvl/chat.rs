@@ -122,8 +122,9 @@ impl ChatModel {
     pub fn pixel_values(&self, img: &image::RgbImage, max_tiles: usize) -> Result<(Tensor, TileGrid, usize)> {
         let cfg = self.config();
         let s = cfg.image_size();
-        let max = if cfg.dynamic_image_size { max_tiles.max(1) } else { 1 };
-        let (tiles, grid) = dynamic_tiles(img, s, cfg.min_dynamic_patch.min(max), max, cfg.use_thumbnail);
+        let (dynamic, min_tiles, thumbnail) = cfg.tiling();
+        let max = if dynamic { max_tiles.max(1) } else { 1 };
+        let (tiles, grid) = dynamic_tiles(img, s, min_tiles.min(max), max, thumbnail);
         let n = tiles.len();
         let data = normalize_tiles(&tiles);
         let t = Tensor::from_vec(data, (n, 3, s, s), &self.device).and_then(|t| t.to_dtype(self.dtype))?;

@@ -39,9 +39,6 @@ pub struct VisionConfig {
     pub qk_normalization: bool,
 }
 
-fn default_template() -> String {
-    "qwen_chat".into()
-}
 fn default_ratio() -> f64 {
     0.5
 }
@@ -49,23 +46,25 @@ fn default_select() -> i64 {
     -1
 }
 fn default_ps() -> String {
-    "v2".into()
+    "v1".into()
 }
 fn default_max_patch() -> usize {
-    12
+    6
 }
 fn default_min_patch() -> usize {
     1
 }
 
-/// The top-level checkpoint config; `llm_config` is kept raw and parsed per architecture.
+/// The top-level checkpoint config; `llm_config` is kept raw and parsed per architecture. A
+/// missing key takes the default of `Sa2VAChatConfig` / `InternVLChatConfig` (the same in both:
+/// `ps_version` v1, no dynamic tiling, no thumbnail, at most 6 tiles), as the reference reads it;
+/// `template` has no usable default there (both call `.replace`/a lookup on it), so it is required.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
     #[serde(default)]
     pub model_type: String,
     pub vision_config: VisionConfig,
     pub llm_config: serde_json::Value,
-    #[serde(default = "default_template")]
     pub template: String,
     #[serde(default = "default_ratio")]
     pub downsample_ratio: f64,
@@ -79,9 +78,9 @@ pub struct Config {
     pub max_dynamic_patch: usize,
     #[serde(default = "default_min_patch")]
     pub min_dynamic_patch: usize,
-    #[serde(default = "default_true")]
+    #[serde(default)]
     pub use_thumbnail: bool,
-    #[serde(default = "default_true")]
+    #[serde(default)]
     pub dynamic_image_size: bool,
 }
 
@@ -111,6 +110,17 @@ impl Config {
             12
         } else {
             self.max_dynamic_patch
+        }
+    }
+
+    /// Tiling switches `(dynamic, min tiles, thumbnail)`: Sa2VA's `preparing_for_generation`
+    /// fixes dynamic tiling from 1 tile with a thumbnail whatever its config says; InternVL
+    /// checkpoints use their config.
+    pub fn tiling(&self) -> (bool, usize, bool) {
+        if self.model_type == "sa2va_chat" {
+            (true, 1, true)
+        } else {
+            (self.dynamic_image_size, self.min_dynamic_patch, self.use_thumbnail)
         }
     }
 
@@ -157,17 +167,27 @@ pub fn check_family(config: &serde_json::Value) -> Result<(), String> {
 
 /// A note when the config looks like the Sa2VA-1B that `ByteDance/Sa2VA-1B` held before
 /// September 2025 (InternVL2.0-1B + Qwen2-0.5B; the repo was replaced in place by the
-/// InternVL2.5-1B + Qwen2.5-0.5B model perceptio targets). Same architecture, so it runs, but
-/// its numbers are not the model card's. Read from `llm_config._name_or_path`.
+/// InternVL2.5-1B + Qwen2.5-0.5B model perceptio targets). Same architecture and the same
+/// predict_forward, so it runs, but its numbers are not the model card's. Sa2VA's converter
+/// keeps the base model's names: `llm_config._name_or_path` (the LLM, `Qwen2-0.5B*`) or the
+/// top-level `_name_or_path` (the InternVL it loaded, `InternVL2-1B`); the last path part counts.
 pub fn superseded_note(config: &serde_json::Value) -> Option<String> {
-    let name = config.get("llm_config")?.get("_name_or_path")?.as_str()?;
-    let short = name.rsplit('/').next().unwrap_or(name);
-    (short.starts_with("Qwen2-0.5B")).then(|| {
-        format!(
-            "this checkpoint's LLM is {short}: it looks like the pre-September-2025 Sa2VA-1B (InternVL2.0 + Qwen2-0.5B); \
-             perceptio targets the current ByteDance/Sa2VA-1B (InternVL2.5 + Qwen2.5-0.5B), whose model-card numbers this one will not reproduce"
-        )
-    })
+    let last = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v.as_str())
+            .and_then(|n| n.trim_end_matches('/').rsplit('/').next())
+            .map(str::to_string)
+    };
+    let llm = last(config.get("llm_config").and_then(|l| l.get("_name_or_path")));
+    let base = last(config.get("_name_or_path"));
+    let what = match (llm, base) {
+        (Some(l), _) if l.starts_with("Qwen2-0.5B") => format!("its LLM is {l}"),
+        (_, Some(b)) if b.starts_with("InternVL2-1B") => format!("it was converted from {b}"),
+        _ => return None,
+    };
+    Some(format!(
+        "{what}: it looks like the pre-September-2025 Sa2VA-1B (InternVL2.0 + Qwen2-0.5B); perceptio targets the current \
+         ByteDance/Sa2VA-1B (InternVL2.5 + Qwen2.5-0.5B), whose model-card numbers this one will not reproduce"
+    ))
 }
 
 #[cfg(test)]
@@ -186,5 +206,51 @@ mod family_tests {
         assert!(check_family(&internvl).is_ok() && superseded_note(&internvl).is_none());
         let old = serde_json::json!({"llm_config": {"_name_or_path": "/ckpt/Qwen2-0.5B-Instruct"}});
         assert!(superseded_note(&old).unwrap().contains("pre-September-2025"));
+        let old = serde_json::json!({"_name_or_path": "./pretrained/InternVL2-1B/", "llm_config": {}});
+        assert!(superseded_note(&old).unwrap().contains("converted from InternVL2-1B"));
+        // the current 1B and the InternVL3 members are not flagged
+        for name in ["./pretrained/InternVL2_5-1B/", "OpenGVLab/InternVL3-2B"] {
+            let c = serde_json::json!({"_name_or_path": name, "llm_config": {"_name_or_path": "Qwen/Qwen2.5-1.5B-Instruct"}});
+            assert!(superseded_note(&c).is_none(), "{name}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod default_tests {
+    use super::*;
+
+    fn minimal(extra: serde_json::Value) -> serde_json::Value {
+        let mut c = serde_json::json!({
+            "vision_config": {"hidden_size": 8, "num_attention_heads": 2, "intermediate_size": 16,
+                              "num_hidden_layers": 1, "image_size": 28, "patch_size": 14},
+            "llm_config": {"architectures": ["Qwen2ForCausalLM"]},
+        });
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    }
+
+    #[test]
+    fn missing_keys_take_the_reference_config_defaults() {
+        let c: Config = serde_json::from_value(minimal(serde_json::json!({"template": "qwen_chat"}))).unwrap();
+        // InternVLChatConfig / Sa2VAChatConfig defaults
+        assert_eq!(c.ps_version, "v1");
+        assert_eq!(
+            (c.dynamic_image_size, c.use_thumbnail, c.max_dynamic_patch),
+            (false, false, 6)
+        );
+        assert_eq!(c.tiling(), (false, 1, false));
+        assert_eq!(c.default_max_tiles(), 6);
+        // Sa2VA's predict_forward tiles dynamically with a thumbnail whatever the config says
+        let s: Config = serde_json::from_value(minimal(
+            serde_json::json!({"template": "qwen_chat", "model_type": "sa2va_chat"}),
+        ))
+        .unwrap();
+        assert_eq!((s.tiling(), s.default_max_tiles()), ((true, 1, true), 12));
+        // no template: the reference cannot run it either, so it is an error naming the field
+        let e = serde_json::from_value::<Config>(minimal(serde_json::json!({})))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("template"), "{e}");
     }
 }
