@@ -15,11 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Benchmarks set this to time candle's kernels against these in one process.
 static CANDLE_ONLY: AtomicBool = AtomicBool::new(false);
 
-/// Route every convolution through candle's own kernels (`true`) or these (`false`, the
-/// default); for A/B benchmarks of whole passes.
+/// Route every convolution and bilinear resize through candle's own kernels (`true`) or
+/// perceptio's (`false`, the default); for A/B benchmarks of whole passes.
 #[doc(hidden)]
 pub fn use_candle_kernels(on: bool) {
     CANDLE_ONLY.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`use_candle_kernels`] asked for candle's kernels.
+pub(crate) fn candle_only() -> bool {
+    CANDLE_ONLY.load(Ordering::Relaxed)
 }
 
 /// Bytes of im2col buffer a band may use (per thread).
@@ -438,7 +443,7 @@ impl CustomOp3 for ConvTranspose2dOp {
 }
 
 fn fast_applies(x: &Tensor, w: &Tensor) -> bool {
-    !CANDLE_ONLY.load(Ordering::Relaxed)
+    !candle_only()
         && x.device().is_cpu()
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32

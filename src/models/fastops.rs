@@ -465,6 +465,86 @@ pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>>
     x.apply_op3_no_bwd(w, b, &LinearBias).map(Some)
 }
 
+/// Source rows/columns and weights of one axis of `F.interpolate(mode="bilinear")` given the
+/// sizes (ATen's `compute_source_index_and_lambda` in f32, the opmath of a float tensor):
+/// (i0, i1, λ0, λ1) per output index.
+fn bilinear_taps(n_in: usize, n_out: usize, align_corners: bool) -> Vec<(usize, usize, f32, f32)> {
+    if n_in == n_out {
+        return (0..n_out).map(|i| (i, i, 1.0, 0.0)).collect();
+    }
+    let scale = if align_corners {
+        if n_out > 1 {
+            (n_in as f32 - 1.0) / (n_out as f32 - 1.0)
+        } else {
+            0.0
+        }
+    } else {
+        n_in as f32 / n_out as f32
+    };
+    (0..n_out)
+        .map(|o| {
+            let src = if align_corners {
+                scale * o as f32
+            } else {
+                (scale * (o as f32 + 0.5) - 0.5).max(0.0)
+            };
+            let i0 = (src as usize).min(n_in - 1);
+            let i1 = if i0 < n_in - 1 { i0 + 1 } else { i0 };
+            let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+            (i0, i1, 1.0 - l1, l1)
+        })
+        .collect()
+}
+
+/// `F.interpolate(size=(h, w), mode="bilinear")` for a contiguous f32 (b, c, H, W) CPU tensor,
+/// planes in parallel: out = λ0ʰ(λ0ʷ·x00 + λ1ʷ·x01) + λ1ʰ(λ0ʷ·x10 + λ1ʷ·x11), ATen's order and
+/// f32 arithmetic. candle's CPU kernel computes each output in f64 on one thread (116 ms for
+/// Depth Anything's 32×296² → 518² head upsample).
+struct Bilinear {
+    h: usize,
+    w: usize,
+    align_corners: bool,
+}
+
+impl CustomOp1 for Bilinear {
+    fn name(&self) -> &'static str {
+        "fast-upsample-bilinear2d"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let (b, c, hi, wi) = l.shape().dims4()?;
+        let (ho, wo) = (self.h, self.w);
+        if hi == 0 || wi == 0 {
+            candle_core::bail!("upsample_bilinear2d: empty input {:?}", l.shape());
+        }
+        let th = bilinear_taps(hi, ho, self.align_corners);
+        let tw = bilinear_taps(wi, wo, self.align_corners);
+        let mut y = vec![0f32; b * c * ho * wo];
+        if ho * wo > 0 {
+            // Work items are output rows of every plane, so one large plane still uses all threads.
+            y.par_chunks_mut(wo).enumerate().for_each(|(r, out)| {
+                let (plane, oy) = (r / ho, r % ho);
+                let (h0, h1, a0, a1) = th[oy];
+                let src = &x[plane * hi * wi..(plane + 1) * hi * wi];
+                let (r0, r1) = (&src[h0 * wi..(h0 + 1) * wi], &src[h1 * wi..(h1 + 1) * wi]);
+                for (o, &(w0, w1, b0, b1)) in out.iter_mut().zip(&tw) {
+                    *o = a0 * (b0 * r0[w0] + b1 * r0[w1]) + a1 * (b0 * r1[w0] + b1 * r1[w1]);
+                }
+            });
+        }
+        Ok((CpuStorage::F32(y), Shape::from((b, c, ho, wo))))
+    }
+}
+
+/// Bilinear resize of a (b, c, H, W) tensor to (h, w), as `F.interpolate(size=..., mode="bilinear",
+/// align_corners=...)`: [`Bilinear`] for f32 CPU tensors, candle's op otherwise.
+pub fn upsample_bilinear2d(x: &Tensor, h: usize, w: usize, align_corners: bool) -> Result<Tensor> {
+    if crate::models::conv::candle_only() || !(x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4) {
+        return x.upsample_bilinear2d(h, w, align_corners);
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Bilinear { h, w, align_corners })
+}
+
 /// Whether `x` is a reduced-precision float tensor on the CPU (computed in f32, then rounded).
 fn cpu_low_precision(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F16 | DType::BF16)
@@ -539,6 +619,33 @@ mod tests {
         let m = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &dev).unwrap();
         let p: Vec<f32> = softmax_last_dim(&m).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(p[1], 0.0);
+    }
+
+    #[test]
+    fn bilinear_matches_candle() {
+        let dev = candle_core::Device::Cpu;
+        for (b, c, h, w, oh, ow, ac) in [
+            (1, 3, 5, 7, 11, 13, true),
+            (2, 2, 5, 7, 11, 13, false),
+            (1, 1, 9, 9, 4, 3, false),
+            (1, 2, 6, 6, 6, 6, true),
+            (1, 1, 1, 4, 3, 8, true),
+            (1, 2, 19, 19, 37, 37, false),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap();
+            let want = x.upsample_bilinear2d(oh, ow, ac).unwrap();
+            let got = upsample_bilinear2d(&x, oh, ow, ac).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let d: f32 = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d < 1e-5, "{b} {c} {h} {w} -> {oh} {ow} ac={ac}: {d}");
+        }
     }
 
     #[test]

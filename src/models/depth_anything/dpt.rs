@@ -149,7 +149,7 @@ impl FusionLayer {
         if let Some(r) = residual {
             let (_, _, rh, rw) = r.dims4()?;
             let r = if (rh, rw) != (h, w) {
-                r.upsample_bilinear2d(h, w, false)?
+                crate::models::fastops::upsample_bilinear2d(r, h, w, false)?
             } else {
                 r.clone()
             };
@@ -158,7 +158,7 @@ impl FusionLayer {
         let x = self.residual2.forward(&x)?;
         // scale_factor=2 with align_corners=True: output floor(2·h), scale (h−1)/(2h−1)
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        let x = x.upsample_bilinear2d(th, tw, true)?;
+        let x = crate::models::fastops::upsample_bilinear2d(&x, th, tw, true)?;
         conv2d(&self.projection, &x)
     }
 }
@@ -277,7 +277,7 @@ impl Head {
             candle_core::bail!("head_in_index {} is out of range for {n} fused maps", self.in_index)
         };
         let x = conv2d(&self.conv1, x)?;
-        let x = x.upsample_bilinear2d(ph * self.patch_size, pw * self.patch_size, true)?;
+        let x = crate::models::fastops::upsample_bilinear2d(&x, ph * self.patch_size, pw * self.patch_size, true)?;
         let x = conv2d(&self.conv2, &x)?.relu()?;
         let x = conv2d(&self.conv3, &x)?;
         let x = if self.metric {

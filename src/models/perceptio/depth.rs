@@ -152,9 +152,7 @@ impl DepthHead {
         let dev = self.vqvae.codebook().device();
         let codes = block.to_tensor(dev)?;
         let x = vqvae::preprocess::denormalize(&self.vqvae.decode(&codes)?.to_dtype(DType::F32)?)?;
-        let x = x
-            .upsample_bilinear2d(h as usize, w as usize, false)?
-            .clamp(0f32, 1f32)?;
+        let x = crate::models::fastops::upsample_bilinear2d(&x, h as usize, w as usize, false)?.clamp(0f32, 1f32)?;
         let data: Vec<f32> = x.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
         Ok(DepthMap::new(w as usize, h as usize, data, DepthScale::Unit))
     }

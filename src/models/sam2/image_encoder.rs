@@ -91,8 +91,7 @@ impl FpnNeck {
                             .expand((b, h, 2, w, 2, c))?
                             .reshape((b, 2 * h, 2 * w, c))?
                     } else {
-                        p.permute((0, 3, 1, 2))?
-                            .upsample_bilinear2d(2 * h, 2 * w, false)?
+                        crate::models::fastops::upsample_bilinear2d(&p.permute((0, 3, 1, 2))?, 2 * h, 2 * w, false)?
                             .permute((0, 2, 3, 1))?
                     };
                     let s = (lateral + up)?;

@@ -398,9 +398,9 @@ impl Sam2 {
 pub fn upscale_logits(low: &Tensor, (h, w): (u32, u32), via: Option<usize>) -> candle_core::Result<Tensor> {
     let mut x = low.to_dtype(DType::F32)?;
     if let Some(s) = via {
-        x = x.upsample_bilinear2d(s, s, false)?;
+        x = crate::models::fastops::upsample_bilinear2d(&x, s, s, false)?;
     }
-    x.upsample_bilinear2d(h as usize, w as usize, false)
+    crate::models::fastops::upsample_bilinear2d(&x, h as usize, w as usize, false)
 }
 
 /// Threshold (1, 1, h, w) logits at 0 on their device, then copy the bits to the host.
