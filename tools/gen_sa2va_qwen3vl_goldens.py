@@ -234,6 +234,14 @@ def main():
                     'AutoModelForCausalLM': 'modeling_sa2va_qwen.Sa2VAChatModelQwen'}
     cfg.text_config.tie_word_embeddings = False
     cfg.save_pretrained(OUT)
+    # perceptio's `sam2` geometry block (docs/formats.md): the tiny SAM2 is not Sa2VA's hiera-L
+    import gen_sa2va_e2e_goldens as e2e
+    with open(os.path.join(OUT, 'config.json')) as f:
+        cj = json.load(f)
+    cj['sam2'] = e2e.sam2_block()
+    with open(os.path.join(OUT, 'config.json'), 'w') as f:
+        json.dump(cj, f, indent=2, sort_keys=True)
+        f.write('\n')
 
     Model = mods['modeling_sa2va_qwen'].Sa2VAChatModelQwen
     model = Model(Cfg.from_pretrained(OUT))
