@@ -5,7 +5,7 @@
 
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::fixture;
+use common::{coco_images, fixture, run, stderr};
 use perceptio::models::chat::Chat;
 use perceptio::models::checkpoint::Checkpoint;
 use perceptio::models::generate::GenerateOptions;
@@ -251,4 +251,74 @@ fn seg_hidden_states_and_projection_match() {
     assert_close(&got, &g[&format!("{name}.gen.seg_hidden")], "seg hidden");
     let e = chat.seg_projection(&got).unwrap().unwrap();
     assert_close(&e, &g[&format!("{name}.gen.seg_embedding")], "seg embedding");
+    // predict_forward's `prediction`: batch_decode(skip_special_tokens=False)[0].strip()
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("sa2va-qwen3vl/goldens.json")).unwrap()).unwrap();
+    assert_eq!(
+        a.text,
+        meta["summary"]["per_image"][name]["prediction"].as_str().unwrap()
+    );
+}
+
+/// `segment` and `eval refcoco --model` run the Qwen3-VL checkpoint as they run InternVL's.
+#[test]
+fn cli_segment_and_eval_run_the_qwen3_vl_checkpoint() {
+    let model = fixture("sa2va-qwen3vl");
+    let m = model.to_str().unwrap();
+    let img = fixture("images/chelsea.png");
+    let o = run(
+        &[
+            "segment",
+            "--model",
+            m,
+            "--json",
+            "--max-new-tokens",
+            "24",
+            img.to_str().unwrap(),
+            "the cat",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let g = goldens();
+    let packed: Vec<u8> = g["chelsea.mask_bits"].to_vec1().unwrap();
+    let want: u64 = (0..451 * 300)
+        .map(|i| ((packed[i / 8] >> (7 - i % 8)) & 1) as u64)
+        .sum();
+    let area = j["area"].as_u64().unwrap();
+    assert!(
+        area.abs_diff(want) <= want / 1000,
+        "area {area} vs the reference's {want}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let images = coco_images(tmp.path());
+    let pred = tmp.path().join("pred.jsonl");
+    let refer = fixture("refcoco");
+    let o = run(
+        &[
+            "eval",
+            "refcoco",
+            "--refer-root",
+            refer.to_str().unwrap(),
+            "--dataset",
+            "refcoco",
+            "--split",
+            "val",
+            "--model",
+            m,
+            "--images",
+            images.to_str().unwrap(),
+            "--predictions",
+            pred.to_str().unwrap(),
+            "--force-seg",
+            "--json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report["samples"].as_u64().unwrap() >= 4, "{report}");
+    assert_eq!(report["missing_predictions"], 0);
 }
