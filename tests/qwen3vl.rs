@@ -50,6 +50,7 @@ fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
     let (g, w) = (f32s(got), f32s(want));
     let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
     let err = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("{what}: max abs diff {err:.2e}, max |ref| {scale:.3}");
     assert!(
         err <= 1e-4 * scale,
         "{what}: max abs diff {err} against max |ref| {scale}"
@@ -215,6 +216,7 @@ fn predict_forward_greedy_ids_seg_states_and_masks_match_sa2va() {
             .filter(|(a, b)| **a != 0 || **b != 0)
             .count();
         let iou = inter as f64 / union.max(1) as f64;
+        eprintln!("{name}: {} [SEG], mask IoU {iou} ({inter}/{union})", r.seg_count);
         assert!(union > 0 && iou >= 0.999, "{name}: mask IoU {iou} ({inter}/{union})");
     }
 }

@@ -3,6 +3,70 @@
 
 use candle_nn::Activation;
 
+// transformers 4.57's Qwen3VL*Config defaults, for keys a config leaves out.
+fn d_visionconfig_depth() -> usize {
+    27
+}
+fn d_visionconfig_hidden_size() -> usize {
+    1152
+}
+fn d_visionconfig_intermediate_size() -> usize {
+    4304
+}
+fn d_visionconfig_num_heads() -> usize {
+    16
+}
+fn d_visionconfig_patch_size() -> usize {
+    16
+}
+fn d_visionconfig_spatial_merge_size() -> usize {
+    2
+}
+fn d_visionconfig_temporal_patch_size() -> usize {
+    2
+}
+fn d_visionconfig_out_hidden_size() -> usize {
+    3584
+}
+fn d_visionconfig_num_position_embeddings() -> usize {
+    2304
+}
+fn d_textconfig_vocab_size() -> usize {
+    151936
+}
+fn d_textconfig_hidden_size() -> usize {
+    4096
+}
+fn d_textconfig_intermediate_size() -> usize {
+    22016
+}
+fn d_textconfig_num_hidden_layers() -> usize {
+    32
+}
+fn d_textconfig_num_attention_heads() -> usize {
+    32
+}
+fn d_textconfig_num_key_value_heads() -> usize {
+    32
+}
+fn d_textconfig_head_dim() -> usize {
+    128
+}
+fn d_config_image_token_id() -> u32 {
+    151655
+}
+fn d_config_vision_start_token_id() -> u32 {
+    151652
+}
+fn d_config_vision_end_token_id() -> u32 {
+    151653
+}
+fn d_deepstack() -> Vec<usize> {
+    vec![8, 16, 24]
+}
+fn d_theta() -> f64 {
+    5_000_000.0
+}
 fn three() -> usize {
     3
 }
@@ -15,20 +79,29 @@ fn silu() -> Activation {
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct VisionConfig {
+    #[serde(default = "d_visionconfig_depth")]
     pub depth: usize,
+    #[serde(default = "d_visionconfig_hidden_size")]
     pub hidden_size: usize,
     #[serde(default = "gelu_tanh")]
     pub hidden_act: Activation,
+    #[serde(default = "d_visionconfig_intermediate_size")]
     pub intermediate_size: usize,
+    #[serde(default = "d_visionconfig_num_heads")]
     pub num_heads: usize,
     #[serde(default = "three")]
     pub in_channels: usize,
+    #[serde(default = "d_visionconfig_patch_size")]
     pub patch_size: usize,
+    #[serde(default = "d_visionconfig_spatial_merge_size")]
     pub spatial_merge_size: usize,
+    #[serde(default = "d_visionconfig_temporal_patch_size")]
     pub temporal_patch_size: usize,
+    #[serde(default = "d_visionconfig_out_hidden_size")]
     pub out_hidden_size: usize,
+    #[serde(default = "d_visionconfig_num_position_embeddings")]
     pub num_position_embeddings: usize,
-    #[serde(default)]
+    #[serde(default = "d_deepstack")]
     pub deepstack_visual_indexes: Vec<usize>,
 }
 
@@ -43,17 +116,25 @@ pub struct RopeScaling {
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct TextConfig {
+    #[serde(default = "d_textconfig_vocab_size")]
     pub vocab_size: usize,
+    #[serde(default = "d_textconfig_hidden_size")]
     pub hidden_size: usize,
+    #[serde(default = "d_textconfig_intermediate_size")]
     pub intermediate_size: usize,
+    #[serde(default = "d_textconfig_num_hidden_layers")]
     pub num_hidden_layers: usize,
+    #[serde(default = "d_textconfig_num_attention_heads")]
     pub num_attention_heads: usize,
+    #[serde(default = "d_textconfig_num_key_value_heads")]
     pub num_key_value_heads: usize,
+    #[serde(default = "d_textconfig_head_dim")]
     pub head_dim: usize,
     #[serde(default = "silu")]
     pub hidden_act: Activation,
     #[serde(default = "crate::models::nn::default_rms_eps")]
     pub rms_norm_eps: f64,
+    #[serde(default = "d_theta")]
     pub rope_theta: f64,
     #[serde(default)]
     pub rope_scaling: Option<RopeScaling>,
@@ -101,8 +182,11 @@ impl TextConfig {
 pub struct Config {
     pub text_config: TextConfig,
     pub vision_config: VisionConfig,
+    #[serde(default = "d_config_image_token_id")]
     pub image_token_id: u32,
+    #[serde(default = "d_config_vision_start_token_id")]
     pub vision_start_token_id: u32,
+    #[serde(default = "d_config_vision_end_token_id")]
     pub vision_end_token_id: u32,
     #[serde(default)]
     pub template: Option<String>,

@@ -184,7 +184,7 @@ pub fn rope_index(
             }
         }
         st = ed + t * h * w;
-        if st > ids.len() || ids[ed..st].iter().any(|&x| x != image_token) {
+        if st > ids.len() || ids[ed..st].iter().any(|&x| x != image_token) || ids.get(st) == Some(&image_token) {
             return Err(format!("the image at token {ed} needs {} image tokens", t * h * w));
         }
     }
@@ -194,4 +194,28 @@ pub fn rope_index(
     }
     let delta = next(&out) - ids.len() as i64;
     Ok((out, delta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rope_index;
+
+    #[test]
+    fn rope_index_places_the_image_as_a_grid_and_counts_on_after_it() {
+        // text(2) <vs> img(2x3 merged from a 4x6 patch grid) <ve> text(1)
+        let (vs, img, ve) = (7, 9, 8);
+        let mut ids = vec![1, vs];
+        ids.extend([img; 6]);
+        ids.extend([ve, 3]);
+        let (pos, delta) = rope_index(&ids, img, vs, &[[1, 4, 6]], 2).unwrap();
+        assert_eq!(pos[..2], [[0; 3], [1; 3]]);
+        assert_eq!(pos[2], [2, 2, 2]);
+        assert_eq!(pos[7], [2, 3, 4]); // last image token: row 1, col 2
+        assert_eq!(pos[8], [5; 3]); // max (4) + 1
+        assert_eq!(pos[9], [6; 3]);
+        assert_eq!(delta, 7 - 10);
+        // the grid must match the image tokens, one grid per image
+        assert!(rope_index(&ids, img, vs, &[[1, 4, 4]], 2).is_err());
+        assert!(rope_index(&ids, img, vs, &[], 2).is_err());
+    }
 }
