@@ -218,6 +218,46 @@ fn predict_forward_greedy_ids_seg_states_and_masks_match_sa2va() {
         let iou = inter as f64 / union.max(1) as f64;
         eprintln!("{name}: {} [SEG], mask IoU {iou} ({inter}/{union})", r.seg_count);
         assert!(union > 0 && iou >= 0.999, "{name}: mask IoU {iou} ({inter}/{union})");
+        // --force-seg: "Sure, [SEG]." teacher-forced in one forward after the prompt.
+        let f = gr
+            .segment_prompt(
+                &img,
+                &v,
+                name,
+                text,
+                &SegmentOptions {
+                    force_seg: true,
+                    ..opts.clone()
+                },
+            )
+            .unwrap();
+        let want_ids: Vec<u32> = i64s(&g[&format!("{name}.force.input_ids")])
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
+        assert!(want_ids.ends_with(&f.token_ids), "{name}: forced reply ids");
+        let packed: Vec<u8> = g[&format!("{name}.force.mask_bits")].to_vec1().unwrap();
+        let want_mask: Vec<u8> = (0..w * h).map(|i| (packed[i / 8] >> (7 - i % 8)) & 1).collect();
+        let inter = f
+            .mask
+            .data
+            .iter()
+            .zip(&want_mask)
+            .filter(|(a, b)| **a != 0 && **b != 0)
+            .count();
+        let union = f
+            .mask
+            .data
+            .iter()
+            .zip(&want_mask)
+            .filter(|(a, b)| **a != 0 || **b != 0)
+            .count();
+        let iou = inter as f64 / union.max(1) as f64;
+        eprintln!("{name}: forced [SEG] mask IoU {iou} ({inter}/{union})");
+        assert!(
+            union > 0 && iou >= 0.999,
+            "{name}: forced mask IoU {iou} ({inter}/{union})"
+        );
     }
 }
 

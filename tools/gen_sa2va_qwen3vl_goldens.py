@@ -40,6 +40,7 @@ IMAGES = {'chelsea': 'fixtures/images/chelsea.png', 'portrait': 'fixtures/images
 TEXTS = {'chelsea': '<image>\n Please segment the cat in this image.',
          'portrait': '<image>\nWhat is in the cup?'}
 MAX_NEW = 24
+FORCED_REPLY = 'Sure, [SEG].'
 SEED = 7
 MIRROR = os.environ.get('SA2VA_MIRROR', '/work/.mirror/bytedance+Sa2VA/repo')
 
@@ -356,11 +357,34 @@ def main():
         if masks:
             m = np.stack([mm[0] for mm in masks]).any(0)
             st.put(f'{p}.mask_bits', torch.from_numpy(np.packbits(m.reshape(-1))), f'OR of the [SEG] masks [{H},{W}] packbits')
+        # LISA-style teacher forcing (perceptio's --force-seg): prompt + tokenizer("Sure, [SEG].") in ONE
+        # forward, hidden_states[-1] at the [SEG] input position, then the same SAM2 path as predict_forward.
+        sam_log = list(LOG['sam'])
+        reply = processor.tokenizer.encode(FORCED_REPLY, add_special_tokens=False)
+        full = torch.cat([inp['input_ids'][0], torch.tensor(reply)])[None]
+        with torch.no_grad():
+            fo = qwen(input_ids=full, attention_mask=torch.ones_like(full), pixel_values=pv,
+                      image_grid_thw=inp['image_grid_thw'], output_hidden_states=True)
+            fpos = L + reply.index(seg_id)
+            fh = fo.hidden_states[-1][0, fpos][None]
+            fe = model.text_hidden_fcs(fh)
+            g_img = torch.from_numpy(np.array(pil.resize((1024, 1024)))).permute(2, 0, 1).contiguous()
+            sam = model.grounding_encoder
+            feats = sam.get_sam2_embeddings(sam.preprocess_image(g_img)[None])
+            fm = sam.language_embd_inference(feats, [fe])
+            fm = torch.nn.functional.interpolate(fm, size=(H, W), mode='bilinear', align_corners=False)[:, 0]
+            fmask = (fm.sigmoid() > 0.5)[0].numpy()
+        st.put(f'{p}.force.input_ids', full[0], 'prompt ids + tokenizer("Sure, [SEG].", add_special_tokens=False)')
+        st.put(f'{p}.force.seg_hidden', fh, 'hidden_states[-1] (4.57: pre-norm) at the [SEG] input position')
+        st.put(f'{p}.force.seg_embedding', fe, 'text_hidden_fcs(force.seg_hidden)')
+        st.put(f'{p}.force.mask_bits', torch.from_numpy(np.packbits(fmask.reshape(-1))),
+               f'teacher-forced mask [{H},{W}] packbits')
         summary['per_image'][name] = {
             'image': rel, 'size_wh': [W, H], 'text': TEXTS[name], 'prediction': res['prediction'],
             'generated_ids': gen, 'prompt_len': L, 'grid_thw': [t, gh, gw], 'resize1_hw': list(a1.shape[:2]),
             'torchvision_vs_pil_bicubic_max_diff': diff_tv_pil, 'n_seg': int(seg_mask.sum()),
-            'mask_frac': float(m.mean()) if masks else None, 'sam': LOG['sam'],
+            'mask_frac': float(m.mean()) if masks else None, 'sam': sam_log,
+            'force_mask_frac': float(fmask.mean()), 'force_seg_pos': fpos,
             'prompt_text': processor.tokenizer.decode(inp['input_ids'][0][:8].tolist() + inp['input_ids'][0][-24:].tolist()),
         }
         print(name, json.dumps(summary['per_image'][name])[:900], flush=True)
