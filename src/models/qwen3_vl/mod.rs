@@ -200,6 +200,45 @@ pub fn rope_index(
 mod tests {
     use super::rope_index;
 
+    /// Sa2VA-Qwen3-VL-4B's head geometry (vision head_dim 64 over the 48² learned positions, text
+    /// head_dim 128 with MRoPE [24, 20, 20] and grouped KV heads) at small widths: it builds and runs.
+    #[test]
+    fn the_4b_head_geometry_builds_and_runs_a_prefill() {
+        let cfg: super::Config = serde_json::from_value(serde_json::json!({
+            "image_token_id": 5, "vision_start_token_id": 3, "vision_end_token_id": 4,
+            "vision_config": {"depth": 2, "hidden_size": 256, "intermediate_size": 64, "num_heads": 4,
+                "out_hidden_size": 512, "deepstack_visual_indexes": [0, 1], "model_type": "qwen3_vl"},
+            "text_config": {"vocab_size": 64, "hidden_size": 512, "intermediate_size": 64,
+                "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 128,
+                "rope_scaling": {"mrope_interleaved": true, "mrope_section": [24, 20, 20], "rope_type": "default"}}
+        }))
+        .unwrap();
+        assert_eq!(cfg.vision_config.num_position_embeddings, 2304);
+        let dev = candle_core::Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+        let mut m = super::Qwen3Vl::new(cfg, vb).unwrap();
+        assert!(m.text_hidden_fcs.is_none());
+        let px = candle_core::Tensor::zeros((64, 3 * 2 * 16 * 16), candle_core::DType::F32, &dev).unwrap();
+        let f = m.image_features(&px, [1, 8, 8]).unwrap();
+        assert_eq!(f.embeds.dims(), &[16, 512]);
+        assert_eq!(f.deepstack.len(), 2);
+        let mut ids = vec![1, 3];
+        ids.extend([5; 16]);
+        ids.extend([4, 2]);
+        let (e, state) = m.embed_prompt(&ids, Some(&f)).unwrap();
+        m.text.set_prompt(state);
+        let h = m.text.forward_embeds(&e, 0).unwrap();
+        assert_eq!(h.dims(), &[1, 20, 512]);
+        assert_eq!(m.text.logits(&h).unwrap().dims(), &[1, 20, 64]);
+        // a decode step after the prompt
+        let x = m
+            .text
+            .embed(&candle_core::Tensor::new(&[[2u32]], &dev).unwrap())
+            .unwrap();
+        assert_eq!(m.text.forward_embeds(&x, 20).unwrap().dims(), &[1, 1, 512]);
+    }
+
     #[test]
     fn rope_index_places_the_image_as_a_grid_and_counts_on_after_it() {
         // text(2) <vs> img(2x3 merged from a 4x6 patch grid) <ve> text(1)
