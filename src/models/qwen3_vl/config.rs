@@ -140,6 +140,9 @@ pub struct TextConfig {
     pub rope_scaling: Option<RopeScaling>,
     #[serde(default)]
     pub attention_bias: bool,
+    /// Tied embeddings store no `lm_head` (Sa2VA's converter unties and stores it).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
     /// One id or a list (generation stops on any).
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,

@@ -141,13 +141,19 @@ impl TextModel {
             .step_by(2)
             .map(|i| 1.0 / (c.rope_theta as f32).powf(i as f32 / d as f32))
             .collect();
+        let embed_tokens = candle_nn::embedding(c.vocab_size, c.hidden_size, vb.pp("embed_tokens"))?;
+        let lm_head = if lm_head.contains_tensor("weight") || !c.tie_word_embeddings {
+            Linear::new(c.hidden_size, c.vocab_size, false, lm_head)?
+        } else {
+            Linear::from_weights(embed_tokens.embeddings().clone(), None)
+        };
         Ok(Self {
-            embed_tokens: candle_nn::embedding(c.vocab_size, c.hidden_size, vb.pp("embed_tokens"))?,
+            embed_tokens,
             layers: (0..c.num_hidden_layers)
                 .map(|i| Layer::new(c, vb.pp("layers").pp(i)))
                 .collect::<Result<_>>()?,
             norm: RmsNorm::new(c.hidden_size, c.rms_norm_eps, vb.pp("norm"))?,
-            lm_head: Linear::new(c.hidden_size, c.vocab_size, false, lm_head)?,
+            lm_head,
             inv_freq,
             section,
             prompt: Mutex::new(PromptState::default()),
