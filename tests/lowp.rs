@@ -321,7 +321,7 @@ fn sa2va_case(s: &Setup) {
             noise(&m, &key, t, "seg_hidden"),
             &format!("{key} [SEG] hidden"),
         );
-        let se = gr.chat.model.seg_projection(&h).unwrap().unwrap();
+        let se = gr.chat.seg_projection(&h).unwrap().unwrap();
         check(
             s,
             &se,

@@ -179,10 +179,10 @@ pub fn run(a: AskArgs) -> Result<()> {
         dtype,
         load_s: t_load.elapsed().as_secs_f64(),
     };
-    let max_tiles = a.rt.tiles(&device, g.chat.config().default_max_tiles());
+    let max_tiles = a.rt.tiles(&device, g.chat.default_max_tiles());
     let stream = !a.json;
-    let tokenizer = g.chat.tokenizer.clone();
-    let stops = g.chat.stop_ids.clone();
+    let tokenizer = g.chat.tokenizer().clone();
+    let stops = g.chat.stop_ids().to_vec();
     let mut out = std::io::stdout().lock();
     let mut shown = String::new();
     let mut ids: Vec<u32> = Vec::new();
@@ -272,7 +272,7 @@ fn run_batch(a: &AskArgs, batch: &std::path::Path) -> Result<()> {
     let mut g = Grounder::load(&ck, &lo)?;
     drop(ck);
     let load_s = t_load.elapsed().as_secs_f64();
-    let max_tiles = a.rt.tiles(&device, g.chat.config().default_max_tiles());
+    let max_tiles = a.rt.tiles(&device, g.chat.default_max_tiles());
     let ro = respond_options(a);
     let mut visions = super::batch::VisionCache::default();
     let failed = super::batch::for_each(batch, &lines, "ask", |k, req: BatchRequest| {

@@ -317,7 +317,7 @@ impl ModelSession {
         let g = Grounder::load(&ck, &lo)?;
         drop(ck);
         let prompt = depth_prompt(&g, &dir)?;
-        let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
+        let max_tiles = a.rt.tiles(device, g.chat.default_max_tiles());
         let o = depth_options(a.rt.max_new_tokens, !a.no_constrain, a.force_depth);
         Ok(Self {
             g,

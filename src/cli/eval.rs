@@ -2,8 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::eval::{hardblink, mmbench, refcoco};
+use crate::models::chat::Chat;
 use crate::models::checkpoint::Checkpoint;
-use crate::models::internvl::chat::ChatModel;
 use crate::models::perceptio::{Grounder, LoadOptions};
 use crate::report;
 use crate::run;
@@ -485,7 +485,7 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
             },
         )?;
         drop(ck);
-        o.max_tiles = a.run.rt.tiles(&device, g.chat.config().default_max_tiles());
+        o.max_tiles = a.run.rt.tiles(&device, g.chat.default_max_tiles());
         o.force_seg = a.force_seg;
         let mut run = meta.clone();
         run["model"] = json!(o.model_id);
@@ -587,9 +587,9 @@ fn run_mmbench(a: MmbenchArgs) -> Result<()> {
     }
     if a.run.model.is_some() {
         let (ck, _, device, mut o) = model_setup(&a.run, &a.predictions)?;
-        let mut chat = ChatModel::from_checkpoint(&ck)?;
+        let mut chat = Chat::from_checkpoint(&ck)?;
         drop(ck);
-        o.max_tiles = a.run.rt.tiles(&device, chat.config().default_max_tiles());
+        o.max_tiles = a.run.rt.tiles(&device, chat.default_max_tiles());
         let run = json!({"annotations": crate::util::sha256_file(&a.annotations)?, "model": o.model_id, "max_tiles": o.max_tiles, "max_new_tokens": a.run.rt.max_new_tokens});
         let s = run::benchmarks::mmbench(&mut chat, &a.annotations, &a.predictions, &run, &o)?;
         report_run(&s, &o, &a.predictions);
@@ -662,9 +662,9 @@ fn run_hardblink(a: HardblinkArgs) -> Result<()> {
     }
     if a.run.model.is_some() {
         let (ck, _, device, mut o) = model_setup(&a.run, &a.predictions)?;
-        let mut chat = ChatModel::from_checkpoint(&ck)?;
+        let mut chat = Chat::from_checkpoint(&ck)?;
         drop(ck);
-        o.max_tiles = a.run.rt.tiles(&device, chat.config().default_max_tiles());
+        o.max_tiles = a.run.rt.tiles(&device, chat.default_max_tiles());
         let images = a.images.clone().unwrap_or_else(|| a.annotations.join("images"));
         let run = json!({"model": o.model_id, "max_tiles": o.max_tiles, "max_new_tokens": a.run.rt.max_new_tokens});
         let s = run::benchmarks::hardblink(&mut chat, &a.annotations, &images, &a.predictions, &run, &o)?;

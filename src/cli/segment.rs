@@ -310,7 +310,7 @@ impl Session {
             },
         )?;
         drop(ck);
-        let max_tiles = a.rt.tiles(device, g.chat.config().default_max_tiles());
+        let max_tiles = a.rt.tiles(device, g.chat.default_max_tiles());
         let opts = segment_options(max_tiles, a.force_seg, a.rt.max_new_tokens);
         Ok(Self {
             g,

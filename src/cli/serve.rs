@@ -208,7 +208,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     )?;
     drop(ck);
     let load_s = t.elapsed().as_secs_f64();
-    let max_tiles = a.rt.tiles(&device, g.chat.config().default_max_tiles());
+    let max_tiles = a.rt.tiles(&device, g.chat.default_max_tiles());
     let depth = depth_prompt(&g, &dir);
     let can_segment = g.sam2.is_some();
     let dtype_name = format!("{dtype:?}").to_lowercase();

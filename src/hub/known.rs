@@ -53,7 +53,7 @@ pub const KNOWN_REPOS: &[(&str, &str, &str)] = &[
     (
         "ByteDance/Sa2VA-Qwen3-VL-4B",
         "full model",
-        "Qwen3-VL-4B + SAM2-L; not supported yet (refused by name)",
+        "Qwen3-VL-4B (DeepStack, MRoPE) + SAM2-L; checked on a tiny layout against Sa2VA's predict_forward (transformers 4.57)",
     ),
     (
         "OpenGVLab/InternVL2_5-1B",

@@ -74,9 +74,36 @@ pub trait LogitsConstraint {
     fn advance(&mut self, id: u32);
 }
 
+/// A decoder that generation drives: token embeddings, a cached forward over embeddings at
+/// positions offset.., logits of last-layer hidden states.
+pub trait CausalLm {
+    fn embed(&self, ids: &Tensor) -> Result<Tensor>;
+    /// Last-layer hidden states (1, s, h) of embeddings at positions offset..offset+s: what the
+    /// reference reports as `hidden_states[-1]` (final-normed for InternVL's LLMs, pre-norm for
+    /// Qwen3-VL on transformers 4.57).
+    fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor>;
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
+    fn clear_kv_cache(&mut self);
+}
+
+impl CausalLm for InternVl {
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.llm.embed(ids)
+    }
+    fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        self.llm.forward_embeds(xs, offset)
+    }
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.llm.logits(hidden)
+    }
+    fn clear_kv_cache(&mut self) {
+        self.llm.clear_kv_cache()
+    }
+}
+
 /// Generate from prompt embeddings (1, L, h). `on_token` sees each id as it is produced.
-pub fn generate(
-    model: &mut InternVl,
+pub fn generate<M: CausalLm + ?Sized>(
+    model: &mut M,
     embeds: &Tensor,
     opts: &GenerateOptions,
     on_token: impl FnMut(u32),
@@ -85,8 +112,8 @@ pub fn generate(
 }
 
 /// [`generate`] with an optional constraint on every step.
-pub fn generate_constrained(
-    model: &mut InternVl,
+pub fn generate_constrained<M: CausalLm + ?Sized>(
+    model: &mut M,
     embeds: &Tensor,
     opts: &GenerateOptions,
     mut constraint: Option<&mut dyn LogitsConstraint>,
@@ -99,10 +126,10 @@ pub fn generate_constrained(
     };
     let greedy = matches!(sampling, Sampling::ArgMax);
     let mut proc = LogitsProcessor::from_sampling(opts.seed, sampling);
-    model.llm.clear_kv_cache();
+    model.clear_kv_cache();
     let prompt_tokens = embeds.dim(1)?;
     let t0 = Instant::now();
-    let h = model.llm.forward_embeds(embeds, 0)?;
+    let h = model.forward_embeds(embeds, 0)?;
     let mut last = h.i((0, prompt_tokens - 1))?;
     // Stage times are the device's: wait for an asynchronous GPU before reading the clock.
     embeds.device().synchronize()?;
@@ -113,7 +140,7 @@ pub fn generate_constrained(
     let mut stopped = false;
     let mut pos = prompt_tokens;
     while ids.len() < opts.max_new_tokens {
-        let mut logits = model.llm.logits(&last.unsqueeze(0)?)?.squeeze(0)?;
+        let mut logits = model.logits(&last.unsqueeze(0)?)?.squeeze(0)?;
         if let Some(c) = constraint.as_deref() {
             logits = c.apply(&logits.to_dtype(candle_core::DType::F32)?)?;
         }
@@ -136,8 +163,8 @@ pub fn generate_constrained(
         if ids.len() == opts.max_new_tokens {
             break;
         }
-        let x = model.llm.embed(&Tensor::new(&[[next]], embeds.device())?)?;
-        let h = model.llm.forward_embeds(&x, pos)?;
+        let x = model.embed(&Tensor::new(&[[next]], embeds.device())?)?;
+        let h = model.forward_embeds(&x, pos)?;
         pos += 1;
         last = h.i((0, 0))?;
         hidden.push(last.clone());
@@ -155,11 +182,11 @@ pub fn generate_constrained(
 
 /// Run a teacher-forced continuation (e.g. "Sure, [SEG].") after the prompt and return the
 /// last-layer hidden states of those tokens (n, h).
-pub fn teacher_force(model: &mut InternVl, embeds: &Tensor, forced: &[u32]) -> Result<Tensor> {
-    model.llm.clear_kv_cache();
+pub fn teacher_force<M: CausalLm + ?Sized>(model: &mut M, embeds: &Tensor, forced: &[u32]) -> Result<Tensor> {
+    model.clear_kv_cache();
     let l = embeds.dim(1)?;
-    let f = model.llm.embed(&Tensor::new(forced, embeds.device())?.unsqueeze(0)?)?;
+    let f = model.embed(&Tensor::new(forced, embeds.device())?.unsqueeze(0)?)?;
     let all = Tensor::cat(&[embeds, &f], 1)?;
-    let h = model.llm.forward_embeds(&all, 0)?;
+    let h = model.forward_embeds(&all, 0)?;
     h.i((0, l..l + forced.len()))
 }

@@ -3,6 +3,7 @@
 //! `tracing` span per module so a profile names the slow part.
 
 pub mod attention;
+pub mod chat;
 pub mod checkpoint;
 pub mod conv;
 pub mod depth_anything;
@@ -15,6 +16,7 @@ pub mod internvl;
 pub mod nn;
 pub mod perceptio;
 pub mod qwen2;
+pub mod qwen3_vl;
 pub mod sam2;
 pub mod spm;
 pub mod template;

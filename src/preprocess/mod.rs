@@ -19,6 +19,7 @@ pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 
 pub mod image_io;
 pub mod internvl;
+pub mod qwen_vl;
 pub mod resize;
 pub mod sam2;
 

@@ -14,8 +14,9 @@ use crate::error::{Error, Result};
 use crate::eval::mmbench::matching::{can_infer, Choices, Matcher};
 use crate::eval::refcoco::refer::GroundTruth;
 use crate::eval::{hardblink, mmbench};
+use crate::models::chat::Chat;
 use crate::models::generate::GenerateOptions;
-use crate::models::internvl::chat::{ChatModel, Vision};
+use crate::models::internvl::chat::Vision;
 use crate::models::perceptio::{Grounder, SegmentOptions};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -309,7 +310,7 @@ pub fn hardblink_output(dir: &Path, n: usize) -> PathBuf {
 /// HardBLINK: LLaVA-style answers files (`{"question_id", "prompt", "text", "answer_id",
 /// "model_id", "metadata"}`) per variant in `out_dir`.
 pub fn hardblink(
-    chat: &mut ChatModel,
+    chat: &mut Chat,
     root: &Path,
     images: &Path,
     out_dir: &Path,
@@ -427,7 +428,7 @@ pub fn mmbench_prompt(question: &str, hint: Option<&str>, options: &Choices) -> 
 }
 
 /// MMBench: `{"index", "prediction"}` lines for every row of the TSV (circular copies included).
-pub fn mmbench(chat: &mut ChatModel, tsv: &Path, out: &Path, run: &Value, o: &RunOptions) -> Result<RunSummary> {
+pub fn mmbench(chat: &mut Chat, tsv: &Path, out: &Path, run: &Value, o: &RunOptions) -> Result<RunSummary> {
     use base64::Engine;
     let t = mmbench::table::read_tsv_opts(tsv, true)?;
     let idx = t.indices(tsv)?;

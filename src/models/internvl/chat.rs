@@ -163,6 +163,7 @@ impl ChatModel {
             grid,
             n_tiles,
             secs: t.elapsed().as_secs_f64(),
+            qwen: None,
         })
     }
 
@@ -254,7 +255,7 @@ impl ChatModel {
 }
 
 /// The `eos_token` of `tokenizer_config.json` (a string or `{"content": ...}`), if any.
-fn eos_token(dir: &Path) -> Result<Option<String>> {
+pub(crate) fn eos_token(dir: &Path) -> Result<Option<String>> {
     let p = dir.join("tokenizer_config.json");
     if !p.is_file() {
         return Ok(None);
@@ -268,10 +269,12 @@ fn eos_token(dir: &Path) -> Result<Option<String>> {
     })
 }
 
-/// InternVL image features of one photo (after mlp1), reusable across prompts.
+/// Image features of one photo (InternVL's after mlp1, or Qwen3-VL's), reusable across prompts.
 pub struct Vision {
     pub feats: Tensor,
     pub grid: TileGrid,
     pub n_tiles: usize,
     pub secs: f64,
+    /// Qwen3-VL's features (merged tokens, DeepStack, grid); `None` for InternVL.
+    pub qwen: Option<crate::models::qwen3_vl::ImageFeatures>,
 }

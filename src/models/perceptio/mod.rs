@@ -12,10 +12,11 @@ pub mod depth;
 use crate::depthmap::DepthMap;
 use crate::error::{Error, Result};
 use crate::mask::{Mask, Segment};
+use crate::models::chat::Chat;
 use crate::models::checkpoint::Checkpoint;
 use crate::models::depth_tokens::{DepthBlock, DepthParseError};
 use crate::models::generate::{generate_constrained, GenerateOptions, LogitsConstraint};
-use crate::models::internvl::chat::{ChatModel, Vision};
+use crate::models::internvl::chat::Vision;
 use crate::models::sam2::{Preprocess, Prompt, Sam2};
 use candle_core::{IndexOp, Tensor};
 use depth::DepthHead;
@@ -71,7 +72,7 @@ pub struct SegmentResult {
 }
 
 pub struct Grounder {
-    pub chat: ChatModel,
+    pub chat: Chat,
     pub sam2: Option<Sam2>,
     pub seg_id: Option<u32>,
     pub depth: Option<DepthHead>,
@@ -137,7 +138,7 @@ impl Grounder {
         // out of the mapped file, and two threads take the page faults twice as fast.
         let (mut chat, sam2) = std::thread::scope(|s| {
             let sam2 = Sam2::present_in(ck).then(|| s.spawn(|| Sam2::from_checkpoint(ck, None)));
-            let chat = ChatModel::from_checkpoint(ck);
+            let chat = Chat::from_checkpoint(ck);
             let sam2 = sam2.map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(Error::at("sam2", "the SAM2 loading thread panicked")))
@@ -145,10 +146,10 @@ impl Grounder {
             Ok::<_, Error>((chat?, sam2))
         })?;
         if let Some(q) = o.quantize_decode {
-            chat.model.llm.quantize_for_decode(q)?;
+            chat.quantize_for_decode(q)?;
         }
-        let seg_id = chat.tokenizer.token_to_id(SEG_TOKEN);
-        let has_fcs = chat.model.text_hidden_fcs.is_some();
+        let seg_id = chat.tokenizer().token_to_id(SEG_TOKEN);
+        let has_fcs = chat.seg_width().is_some();
         // Only a model that can ground [SEG] uses (and so must have a sound) SAM2.
         let sam2 = sam2.filter(|_| has_fcs && seg_id.is_some()).transpose()?;
         let sam2 = if let Some(m) = sam2 {
@@ -171,7 +172,7 @@ impl Grounder {
         } else {
             None
         };
-        let depth = DepthHead::from_checkpoint(ck, &chat.tokenizer, o.vqvae_dir.as_deref())?;
+        let depth = DepthHead::from_checkpoint(ck, chat.tokenizer(), o.vqvae_dir.as_deref())?;
         let seg_id = if sam2.is_some() { seg_id } else { None };
         Ok(Self {
             chat,
@@ -204,7 +205,6 @@ impl Grounder {
         for hs in seg_hidden {
             let e = self
                 .chat
-                .model
                 .seg_projection(&hs.unsqueeze(0)?)?
                 .ok_or_else(|| Error::at("model", "the checkpoint has no text_hidden_fcs"))?;
             let p = sam2.predict_mask(&feats, Prompt::Seg(&e.to_device(&sam2.device)?), (w, h))?;
@@ -241,7 +241,7 @@ impl Grounder {
                 )
             })?;
             let start = d.ids.start;
-            let e = self.chat.model.llm.embed(&Tensor::new(&[[start]], embeds.device())?)?;
+            let e = self.chat.embed(&Tensor::new(&[[start]], embeds.device())?)?;
             embeds = Tensor::cat(&[&embeds, &e], 1)?;
             if let Some(g) = guard.as_mut() {
                 g.advance(start);
@@ -253,7 +253,7 @@ impl Grounder {
         } else {
             None
         };
-        let g = generate_constrained(&mut self.chat.model, &embeds, &opts, c, on_token)?;
+        let g = generate_constrained(self.chat.lm(), &embeds, &opts, c, on_token)?;
         let llm_s = t.elapsed().as_secs_f64();
         let seg_hidden: Vec<Tensor> = match self.seg_id {
             Some(sid) => seg_rows(&g, sid),
@@ -358,7 +358,7 @@ impl Grounder {
             let gen = self.chat.with_stops(&opts.generation);
             let mut guard = self.depth.as_ref().map(|d| d.constraint());
             let c = guard.as_mut().map(|g| g as &mut dyn LogitsConstraint);
-            let g = &generate_constrained(&mut self.chat.model, &embeds, &gen, c, |_| {})?;
+            let g = &generate_constrained(self.chat.lm(), &embeds, &gen, c, |_| {})?;
             let sid = self
                 .seg_id
                 .ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
@@ -405,13 +405,8 @@ fn seg_rows(g: &crate::models::generate::Generation, sid: u32) -> Vec<Tensor> {
         .collect()
 }
 
-fn check_projection(chat: &ChatModel, sam2: &Sam2, dir: &Path) -> Result<()> {
-    let proj_out = chat
-        .model
-        .text_hidden_fcs
-        .as_ref()
-        .map(|(_, b)| b.weight().dim(0).unwrap_or(0))
-        .unwrap_or(0);
+fn check_projection(chat: &Chat, sam2: &Sam2, dir: &Path) -> Result<()> {
+    let proj_out = chat.seg_width().unwrap_or(0);
     if proj_out != sam2.config.decoder.transformer_dim {
         return Err(Error::input(
             dir,
