@@ -1,7 +1,10 @@
-//! `perceptio serve` throughput and latency with the tiny Sa2VA checkpoint (tests/common/sa2va.rs):
-//! requests/s and p50/p99 latency at 1 and 8 concurrent HTTP clients, for a short `ask` and a
-//! forced `segment` (photo features cached after a warm-up request). Run: `cargo bench --bench
-//! serve` (`--profile dev` for the debug build the tests use). Figures: docs/performance.md.
+//! `perceptio serve` throughput and latency with the tiny Sa2VA checkpoint (tests/common/sa2va.rs),
+//! or any model directory given as `PERCEPTIO_SERVE_MODEL` (e.g. the real-size random checkpoint
+//! of tools/gen_sa2va_realsize.py): requests/s and p50/p99 latency at 1 and 8 concurrent HTTP
+//! clients, for a short `ask` and a forced `segment` (photo features cached after a warm-up
+//! request). `PERCEPTIO_SERVE_TILES` (default 2) and `PERCEPTIO_SERVE_SCALE` (requests per
+//! workload divided by it, default 1) size the run. Run: `cargo bench --bench serve`.
+//! Figures: docs/performance.md.
 
 #[path = "../tests/common/sa2va.rs"]
 mod sa2va;
@@ -17,10 +20,23 @@ use std::time::{Duration, Instant};
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let tmp = tempfile::tempdir().unwrap();
-    sa2va::assemble(tmp.path());
+    let model = match std::env::var("PERCEPTIO_SERVE_MODEL") {
+        Ok(m) => std::path::PathBuf::from(m),
+        Err(_) => {
+            sa2va::assemble(tmp.path());
+            tmp.path().to_path_buf()
+        }
+    };
+    let tiles = std::env::var("PERCEPTIO_SERVE_TILES").unwrap_or_else(|_| "2".into());
+    let scale: usize = std::env::var("PERCEPTIO_SERVE_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    println!("model {}, --max-tiles {tiles}", model.display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_perceptio"))
-        .args(["serve", "--model", tmp.path().to_str().unwrap(), "--port", "0"])
-        .args(["--max-tiles", "2", "--queue", "256"])
+        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
+        .args(["--max-tiles", tiles.as_str(), "--queue", "256"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -65,6 +81,7 @@ fn main() {
     println!("| workload | clients | requests | requests/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|");
     for (name, path, bodies, n) in &workloads {
+        let n = (n / scale).max(8);
         let url = format!("{base}{path}");
         // Warm-up: every photo's features into the caches.
         for b in bodies {
