@@ -109,7 +109,14 @@ fn depth_cli_from_model_tokens() {
     assert!(ids.len() >= 10 && ids.len() <= 12, "{ids:?}");
     assert_eq!(v["tokens_generated"].as_u64(), Some(ids.len() as u64));
     assert!(v["prompt_tokens"].as_u64().unwrap() > 0);
-    for k in ["vision_s", "llm_s", "prefill_s", "decode_s", "decode_tok_per_s", "vqvae_s"] {
+    for k in [
+        "vision_s",
+        "llm_s",
+        "prefill_s",
+        "decode_s",
+        "decode_tok_per_s",
+        "vqvae_s",
+    ] {
         assert!(v["timings"][k].as_f64().is_some_and(|x| x > 0.0), "timings.{k}: {v}");
     }
     let png = image::open(o("d.png")).unwrap();
