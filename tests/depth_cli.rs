@@ -103,6 +103,22 @@ fn depth_cli_from_model_tokens() {
     assert_eq!(v["grid"], serde_json::json!([3, 3]));
     assert_eq!(v["tokens"].as_array().unwrap().len(), 9);
     assert!(v["text_with_spatial_tokens"].as_str().unwrap().contains("<DEPTH_END>"));
+    // The generated ids (the forced start marker is prompt, not among them: 9 codes + the end
+    // marker first) and the per-stage split tools/bench_e2e.sh compares with PyTorch.
+    let ids = v["token_ids"].as_array().unwrap();
+    assert!(ids.len() >= 10 && ids.len() <= 12, "{ids:?}");
+    assert_eq!(v["tokens_generated"].as_u64(), Some(ids.len() as u64));
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 0);
+    for k in [
+        "vision_s",
+        "llm_s",
+        "prefill_s",
+        "decode_s",
+        "decode_tok_per_s",
+        "vqvae_s",
+    ] {
+        assert!(v["timings"][k].as_f64().is_some_and(|x| x > 0.0), "timings.{k}: {v}");
+    }
     let png = image::open(o("d.png")).unwrap();
     assert!(matches!(png, image::DynamicImage::ImageLuma16(_)), "16-bit grayscale");
     assert_eq!((png.width(), png.height()), (451, 300));

@@ -430,7 +430,13 @@ pub(super) fn depth_json(
             "convention": "AURORA disparity scale in [0, 1] (brighter = nearer)",
             "answer": r.answer, "text_with_spatial_tokens": r.text_with_spatial_tokens,
             "constrained": job.opts.constrain, "forced_start": job.opts.force_depth,
-            "files": files, "timings": {"load_s": job.load_s, "vision_s": vision.secs, "llm_s": r.llm_s},
+            "token_ids": r.token_ids, "prompt_tokens": r.prompt_tokens, "tokens_generated": r.token_ids.len(),
+            "files": files, "timings": {
+                "load_s": job.load_s, "vision_s": vision.secs, "llm_s": r.llm_s,
+                "prefill_s": r.prefill_s, "decode_s": r.decode_s,
+                "decode_tok_per_s": r.token_ids.len() as f64 / r.decode_s.max(1e-9),
+                "vqvae_s": r.vqvae_s,
+            },
         }),
         false,
     ))

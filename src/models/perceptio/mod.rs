@@ -125,6 +125,8 @@ pub struct SpatialAnswer {
     /// The prefill forward alone, and the decode loop alone (every generated token).
     pub prefill_s: f64,
     pub decode_s: f64,
+    /// VQ-VAE decode of the depth block to the photo's size (0 without a block).
+    pub vqvae_s: f64,
     pub sam2_s: f64,
 }
 
@@ -265,13 +267,16 @@ impl Grounder {
         let (w, h) = (img.width(), img.height());
         let mut depth = None;
         let mut spatial: Vec<bool> = vec![false; ids.len()];
+        let mut vqvae_s = 0.0;
         if let Some(d) = &self.depth {
             match d.ids.parse(&ids) {
                 Ok(Some(block)) => {
                     spatial[block.start_pos..=block.end_pos]
                         .iter_mut()
                         .for_each(|x| *x = true);
+                    let t = Instant::now();
                     let map = d.decode(&block, (w, h))?;
+                    vqvae_s = t.elapsed().as_secs_f64();
                     depth = Some(DepthOutcome {
                         block: Ok(block),
                         map: Some(map),
@@ -308,6 +313,7 @@ impl Grounder {
             llm_s,
             prefill_s: g.prefill_secs,
             decode_s: g.decode_secs,
+            vqvae_s,
             sam2_s: timings.sam2_encode_s + timings.sam2_decode_s,
         })
     }
