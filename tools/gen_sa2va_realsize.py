@@ -18,8 +18,8 @@ checkpoint's), `depth_vqvae.*` = AiT's `VQVAE` state_dict at AURORA's config (32
 --dtype/--seed/--device, checked by its .complete key) is hard-linked as shard 1, only the tensors --depth changes
 or adds (the grown embedding, depth_vqvae.*: 0.57 GB f32) are written as shard 2, and model.safetensors.index.json
 maps every tensor to its shard (the embedding to shard 2; shard 1 still holds the plain 151679-row one, which a
-loader must not take: perceptio reads the shards in order, the later entry winning, and a wrong pick would fail
-on the vocab size). Same tensor values as the one-file output (each tensor's values depend only on its name,
+loader must not take: perceptio, like transformers, takes each tensor from the shard the weight_map names, and a
+wrong pick would fail on the vocab size). Same tensor values as the one-file output (each tensor's values depend only on its name,
 shape, seed and device).
 `--check-layout --depth` also compares the VQ-VAE keys/shapes with AiT's own module when /tmp/ait/vae is there.
 

@@ -75,7 +75,12 @@ impl Checkpoint {
             }
             v
         };
-        let backend = ReadBackend::open(&weights)?;
+        let map = if index.is_file() {
+            Some(crate::util::safetensors_index_map(&index)?)
+        } else {
+            None
+        };
+        let backend = ReadBackend::open(&weights, map.as_ref())?;
         let shapes: ShapeIndex = backend
             .entries
             .iter()
@@ -213,12 +218,24 @@ struct ReadBackend {
 }
 
 impl ReadBackend {
-    fn open(weights: &[PathBuf]) -> Result<Self> {
+    /// Index the tensors of `weights`. With an index's `weight_map`, a tensor it lists is taken
+    /// from the shard it names (another shard's copy is ignored, as transformers does); a tensor
+    /// it does not list, from the first shard that has it.
+    fn open(weights: &[PathBuf], map: Option<&BTreeMap<String, String>>) -> Result<Self> {
         let mut files = Vec::with_capacity(weights.len());
         let mut entries = std::collections::HashMap::new();
         for (i, w) in weights.iter().enumerate() {
+            let file = w.file_name().and_then(|f| f.to_str()).unwrap_or("");
             for (name, e) in safetensors_entries(w)? {
-                entries.insert(name, (i, e));
+                match map.and_then(|m| m.get(&name)) {
+                    Some(shard) if shard != file => {}
+                    Some(_) => {
+                        entries.insert(name, (i, e));
+                    }
+                    None => {
+                        entries.entry(name).or_insert((i, e));
+                    }
+                }
             }
             files.push((w.clone(), std::fs::File::open(w).map_err(|e| Error::io(w, e))?));
         }
@@ -406,7 +423,7 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         candle_core::safetensors::save(&ts, &path).unwrap();
         let want = candle_core::safetensors::load(&path, &dev).unwrap();
-        let b = ReadBackend::open(std::slice::from_ref(&path)).unwrap();
+        let b = ReadBackend::open(std::slice::from_ref(&path), None).unwrap();
         for (name, w) in &want {
             let got = b.read(name).unwrap();
             assert_eq!((got.dtype(), got.dims()), (w.dtype(), w.dims()), "{name}");
@@ -432,6 +449,30 @@ mod tests {
         assert!(e.to_string().contains("nope"), "{e}");
     }
 
+    /// With an index, a tensor stored in two shards is read from the shard its weight_map names.
+    #[test]
+    fn the_weight_map_picks_the_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        for (f, v) in [("a.safetensors", 1f32), ("b.safetensors", 2f32)] {
+            let mut ts = std::collections::HashMap::new();
+            ts.insert("w".to_string(), Tensor::new(&[v], &dev).unwrap());
+            ts.insert(format!("only_{v}"), Tensor::new(&[v], &dev).unwrap());
+            candle_core::safetensors::save(&ts, dir.path().join(f)).unwrap();
+        }
+        let paths = [dir.path().join("a.safetensors"), dir.path().join("b.safetensors")];
+        let read = |map: Option<&BTreeMap<String, String>>, name: &str| {
+            let b = ReadBackend::open(&paths, map).unwrap();
+            b.read(name).unwrap().to_vec1::<f32>().unwrap()[0]
+        };
+        for (shard, want) in [("a.safetensors", 1f32), ("b.safetensors", 2f32)] {
+            let map: BTreeMap<String, String> = [("w".to_string(), shard.to_string())].into();
+            assert_eq!(read(Some(&map), "w"), want);
+        }
+        assert_eq!(read(None, "w"), 1.0); // unlisted: the first shard that has it
+        assert_eq!(read(None, "only_2"), 2.0);
+    }
+
     /// A file cut after its header is refused when opened, naming the file.
     #[test]
     fn truncated_files_are_refused_at_open() {
@@ -442,7 +483,7 @@ mod tests {
         candle_core::safetensors::save(&ts, &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-        let e = ReadBackend::open(std::slice::from_ref(&path))
+        let e = ReadBackend::open(std::slice::from_ref(&path), None)
             .err()
             .unwrap()
             .to_string();

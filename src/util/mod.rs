@@ -51,14 +51,19 @@ pub fn tune_allocator() {
 /// The shard files a `model.safetensors.index.json` names (its `weight_map` values), sorted and
 /// without repeats: the one reader of that file for the hub and the model loader.
 pub fn safetensors_index_shards(path: &Path) -> Result<Vec<String>> {
+    let mut files: Vec<String> = safetensors_index_map(path)?.into_values().collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// A `model.safetensors.index.json`'s `weight_map`: tensor name → the shard file that holds it.
+pub fn safetensors_index_map(path: &Path) -> Result<std::collections::BTreeMap<String, String>> {
     #[derive(serde::Deserialize)]
     struct Index {
         weight_map: std::collections::BTreeMap<String, String>,
     }
     let idx: Index = serde_json::from_slice(&read_file(path)?)
         .map_err(|e| Error::input(path, format!("not a safetensors index: {e}")))?;
-    let mut files: Vec<String> = idx.weight_map.into_values().collect();
-    files.sort();
-    files.dedup();
-    Ok(files)
+    Ok(idx.weight_map)
 }
