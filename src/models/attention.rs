@@ -317,6 +317,47 @@ mod tests {
         assert!(crate::models::max_abs_diff(&got, &want) < 2e-5);
     }
 
+    /// What the padded LLM prefill relies on: rows right-padded to one length and run causally
+    /// as a batch give each row's real positions the output of that row alone (pads come after
+    /// every real token, so the causal mask hides them), with finite pad rows.
+    #[test]
+    fn right_padded_causal_rows_equal_lone_rows() {
+        let (hq, hk, d) = (4, 2, 16);
+        let lens = [5usize, 19, 12];
+        let n = 19;
+        let mut qs = Vec::new();
+        let mut ks = Vec::new();
+        let mut vs = Vec::new();
+        let mut lone = Vec::new();
+        for (i, &l) in lens.iter().enumerate() {
+            let q = rand(&[1, l, hq, d], 40 + 3 * i as u64);
+            let k = rand(&[1, l, hk, d], 41 + 3 * i as u64);
+            let v = rand(&[1, l, hk, d], 42 + 3 * i as u64);
+            lone.push(attention(&q, &k, &v, 0.25, Some(0)).unwrap());
+            let pad = |t: &Tensor| t.pad_with_zeros(1, 0, n - l).unwrap();
+            qs.push(pad(&q));
+            ks.push(pad(&k));
+            vs.push(pad(&v));
+        }
+        let cat = |t: &[Tensor]| Tensor::cat(t, 0).unwrap();
+        let (q, k, v) = (cat(&qs), cat(&ks), cat(&vs));
+        for (name, out) in [
+            ("fused", attention(&q, &k, &v, 0.25, Some(0)).unwrap()),
+            ("reference", reference(&q, &k, &v, 0.25, Some(0)).unwrap()),
+        ] {
+            for (i, &l) in lens.iter().enumerate() {
+                let row = out.narrow(0, i, 1).unwrap();
+                let e = crate::models::max_abs_diff(&row.narrow(1, 0, l).unwrap(), &lone[i]);
+                assert!(e < 2e-5, "{name} row {i}: max |batched - lone| = {e}");
+                let all: Vec<f32> = row.flatten_all().unwrap().to_vec1().unwrap();
+                assert!(
+                    all.iter().all(|x| x.is_finite()),
+                    "{name} row {i}: a pad row is not finite"
+                );
+            }
+        }
+    }
+
     #[test]
     fn bad_shapes_are_errors() {
         let q = rand(&[1, 4, 3, 8], 1);

@@ -163,3 +163,32 @@ pub fn teacher_force(model: &mut InternVl, embeds: &Tensor, forced: &[u32]) -> R
     let h = model.llm.forward_embeds(&all, 0)?;
     h.i((0, l..l + forced.len()))
 }
+
+/// [`teacher_force`] for several prompts in one forward: each row is `embeds[i]` (1, Lᵢ, h)
+/// followed by `forced`, right-padded with zero embeddings to the longest row. Right padding
+/// needs no attention mask: every real token sits at the same position as in a lone run (so
+/// RoPE is unchanged) and the causal mask already hides the trailing pads from it; the pad
+/// rows' own outputs are finite and dropped. Returns each row's (n, h) forced hidden states.
+pub fn teacher_force_batch(model: &mut InternVl, embeds: &[Tensor], forced: &[u32]) -> Result<Vec<Tensor>> {
+    let Some(first) = embeds.first() else {
+        return Ok(vec![]);
+    };
+    model.llm.clear_kv_cache();
+    let dev = first.device();
+    let f = model.llm.embed(&Tensor::new(forced, dev)?.unsqueeze(0)?)?;
+    let lens: Vec<usize> = embeds.iter().map(|e| e.dim(1)).collect::<Result<_>>()?;
+    let width = lens.iter().max().copied().unwrap_or(0) + forced.len();
+    let rows = embeds
+        .iter()
+        .zip(&lens)
+        .map(|(e, &l)| {
+            let row = Tensor::cat(&[e, &f.to_dtype(e.dtype())?], 1)?;
+            row.pad_with_zeros(1, 0, width - l - forced.len())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let h = model.llm.forward_embeds(&Tensor::cat(&rows, 0)?, 0)?;
+    lens.iter()
+        .enumerate()
+        .map(|(i, &l)| h.i((i, l..l + forced.len())))
+        .collect()
+}
