@@ -1,17 +1,26 @@
-//! `eval refcoco --model` throughput on the fixture RefCOCO val split with the tiny Sa2VA-layout
-//! checkpoint (tests/common/sa2va.rs), with and without reusing an image's InternViT and SAM2
-//! features across its sentences. Run: `cargo bench --bench eval_model`. Figures: docs/performance.md.
+//! `eval refcoco --model` throughput with the tiny Sa2VA-layout checkpoint (tests/common/sa2va.rs),
+//! `--force-seg`, 2 tiles: with and without reusing an image's InternViT and SAM2 features across
+//! its sentences (the fixture RefCOCO val split), and `--batch-size` 1 vs 4 vs 8 on that split
+//! replicated onto four times as many photos (each copy a different crop, so no copy hits another's
+//! SAM2 cache), interleaved round by round, with every batched file checked against batch 1's.
+//! Run: `cargo bench --bench eval_model`. Figures: docs/performance.md.
 
 #[path = "../tests/common/sa2va.rs"]
 mod sa2va;
 
 use candle_core::{DType, Device};
+use perceptio::eval::refcoco::refer::GroundTruth;
+use perceptio::mask::Rle;
 use perceptio::models::checkpoint::Checkpoint;
 use perceptio::models::generate::GenerateOptions;
 use perceptio::models::perceptio::{Grounder, LoadOptions};
-use perceptio::run::benchmarks::{refcoco, RunOptions};
+use perceptio::run::benchmarks::{refcoco, RunOptions, RunSummary};
 use perceptio::run::Shard;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Copies of the split (batch-size rows), and rounds of each setting (medians reported).
+const COPIES: usize = 4;
+const ROUNDS: usize = 3;
 
 fn main() {
     perceptio::util::tune_allocator();
@@ -20,20 +29,24 @@ fn main() {
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).unwrap();
     sa2va::assemble(&model);
-    // The fixture's COCO images, made from a real photo at the annotated sizes.
+    let coco = tmp.path().join("coco");
+    // The fixture's COCO images at the annotated sizes, copy c cut from chelsea.png at offset c.
     let inst: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("refcoco/refcoco/instances.json")).unwrap()).unwrap();
     let photo = image::open(root.join("images/chelsea.png")).unwrap().to_rgb8();
-    for im in inst["images"].as_array().unwrap() {
-        let (w, h) = (
-            im["width"].as_u64().unwrap() as u32,
-            im["height"].as_u64().unwrap() as u32,
-        );
-        let p = tmp.path().join("coco").join(im["file_name"].as_str().unwrap());
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        image::imageops::resize(&photo, w, h, image::imageops::FilterType::Triangle)
-            .save(&p)
-            .unwrap();
+    for c in 0..COPIES {
+        for im in inst["images"].as_array().unwrap() {
+            let (w, h) = (
+                im["width"].as_u64().unwrap() as u32,
+                im["height"].as_u64().unwrap() as u32,
+            );
+            let crop = image::imageops::crop_imm(&photo, 40 * c as u32, 10 * c as u32, 300, 250).to_image();
+            let p = coco.join(copy_name(c, im["file_name"].as_str().unwrap()));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            image::imageops::resize(&crop, w, h, image::imageops::FilterType::Triangle)
+                .save(&p)
+                .unwrap();
+        }
     }
     let gt = perceptio::eval::refcoco::refer::load_refer(
         &root.join("refcoco"),
@@ -43,6 +56,8 @@ fn main() {
         perceptio::eval::refcoco::GtOverlap::Union,
     )
     .unwrap();
+    let gt_one = replicate(&gt, 1);
+    let gt_many = replicate(&gt, COPIES);
     let mut g = Grounder::load(
         &Checkpoint::open(&model, DType::F32, &Device::Cpu).unwrap(),
         &LoadOptions {
@@ -59,24 +74,7 @@ fn main() {
         candle_core::utils::get_num_threads()
     );
     for reuse in [true, false, true, false] {
-        let out = tmp.path().join(format!("pred-{reuse}-{}.jsonl", rand_suffix()));
-        let o = RunOptions {
-            shard: Shard::ALL,
-            limit: None,
-            log_samples: None,
-            max_tiles: 2,
-            generation: GenerateOptions {
-                max_new_tokens: 8,
-                ..Default::default()
-            },
-            force_seg: true,
-            reuse_features: reuse,
-            model_id: "tiny".into(),
-        };
-        if let Some(s) = &g.sam2 {
-            s.clear_cache();
-        }
-        let s = refcoco(&mut g, &gt, &tmp.path().join("coco"), &out, &serde_json::json!({}), &o).unwrap();
+        let (s, _) = run(&mut g, &gt_one, &coco, tmp.path(), reuse, 1);
         println!(
             "  feature reuse {:<5}  {:>5.2} samples/s  ({} samples in {:.2} s)",
             reuse,
@@ -85,6 +83,128 @@ fn main() {
             s.seconds
         );
     }
+    println!(
+        "--batch-size, the split on {COPIES}× the photos: {} sentences on {} images, {ROUNDS} rounds",
+        gt_many.samples.len(),
+        images.len() * COPIES
+    );
+    let sizes = [1usize, 4, 8];
+    let mut rates: Vec<Vec<f64>> = vec![vec![]; sizes.len()];
+    for round in 0..ROUNDS {
+        let mut base: Option<PathBuf> = None;
+        // Rotate the order each round so no setting always runs first (warm caches, load).
+        for j in 0..sizes.len() {
+            let k = (j + round) % sizes.len();
+            let (s, out) = run(&mut g, &gt_many, &coco, tmp.path(), true, sizes[k]);
+            rates[k].push(s.samples_per_second());
+            println!(
+                "  round {round} batch {:>2}  {:>5.2} samples/s  ({} samples in {:.2} s)",
+                sizes[k],
+                s.samples_per_second(),
+                s.predicted,
+                s.seconds
+            );
+            if sizes[k] == 1 {
+                base = Some(out);
+            } else if let Some(b) = &base {
+                let (same, min_iou) = compare(b, &out);
+                println!(
+                    "      vs batch 1: {same}/{} lines identical, min mask IoU {min_iou:.5}",
+                    s.predicted
+                );
+            }
+        }
+    }
+    for (k, r) in rates.iter_mut().enumerate() {
+        r.sort_by(f64::total_cmp);
+        println!(
+            "batch {:>2}: median {:.2} samples/s (runs: {})",
+            sizes[k],
+            r[r.len() / 2],
+            r.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+}
+
+fn copy_name(c: usize, name: &str) -> String {
+    format!("c{c}/{name}")
+}
+
+/// The split `copies` times, copy c on its own photos (`c{c}/…`) with sent ids offset by c·10⁶.
+fn replicate(gt: &GroundTruth, copies: usize) -> GroundTruth {
+    let mut out = GroundTruth {
+        samples: vec![],
+        masks: gt.masks.clone(),
+        all_sent_ids: Default::default(),
+        sources: gt.sources.clone(),
+    };
+    for c in 0..copies {
+        for s in &gt.samples {
+            let mut s = s.clone();
+            s.sent_id += (c * 1_000_000) as i64;
+            s.image_id = s.image_id.map(|i| i + (c * 1_000_000) as i64);
+            s.file_name = s.file_name.as_deref().map(|n| copy_name(c, n));
+            out.all_sent_ids.insert(s.sent_id);
+            out.samples.push(s);
+        }
+    }
+    out
+}
+
+/// One run into a fresh file, SAM2's feature cache cleared first.
+fn run(
+    g: &mut Grounder,
+    gt: &GroundTruth,
+    images: &Path,
+    tmp: &Path,
+    reuse: bool,
+    batch: usize,
+) -> (RunSummary, PathBuf) {
+    let out = tmp.join(format!("pred-{reuse}-{batch}-{}.jsonl", rand_suffix()));
+    let o = RunOptions {
+        shard: Shard::ALL,
+        limit: None,
+        log_samples: None,
+        max_tiles: 2,
+        generation: GenerateOptions {
+            max_new_tokens: 8,
+            ..Default::default()
+        },
+        force_seg: true,
+        reuse_features: reuse,
+        batch_size: batch,
+        model_id: "tiny".into(),
+    };
+    if let Some(s) = &g.sam2 {
+        s.clear_cache();
+    }
+    let s = refcoco(g, gt, images, &out, &serde_json::json!({}), &o).unwrap();
+    (s, out)
+}
+
+/// Lines of `b` identical to `a`'s (same order), and the smallest IoU of two masks on one line.
+fn compare(a: &Path, b: &Path) -> (usize, f64) {
+    let read = |p: &Path| -> Vec<String> { std::fs::read_to_string(p).unwrap().lines().map(String::from).collect() };
+    let (la, lb) = (read(a), read(b));
+    assert_eq!(la.len(), lb.len(), "same number of predictions");
+    let mut same = 0;
+    let mut min_iou = 1.0f64;
+    for (x, y) in la.iter().zip(&lb) {
+        same += usize::from(x == y);
+        let (x, y): (serde_json::Value, serde_json::Value) =
+            (serde_json::from_str(x).unwrap(), serde_json::from_str(y).unwrap());
+        assert_eq!(x["sent_id"], y["sent_id"], "same order");
+        let rle = |m: &serde_json::Value| {
+            let (h, w) = (
+                m["size"][0].as_u64().unwrap() as u32,
+                m["size"][1].as_u64().unwrap() as u32,
+            );
+            Rle::from_compressed(m["counts"].as_str().unwrap(), h, w).unwrap()
+        };
+        let (i, u) = rle(&x["mask"]).intersection_union(&rle(&y["mask"])).unwrap();
+        min_iou = min_iou.min(if u > 0 { i as f64 / u as f64 } else { 1.0 });
+    }
+    (same, min_iou)
 }
 
 fn rand_suffix() -> u128 {

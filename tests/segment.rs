@@ -175,7 +175,10 @@ fn segment_batch_equals_one_sample_at_a_time() {
         let e = e.max(max_abs_diff(&a.0, &b.0)).max(max_abs_diff(&a.1, &b.1));
         assert!(e < 1e-4, "batched SAM2 features differ by {e}");
     }
-    assert_eq!(sam2.features_batch(&[&cup], Preprocess::Sa2va).unwrap()[0].1, true);
+    assert!(
+        sam2.features_batch(&[&cup], Preprocess::Sa2va).unwrap()[0].1,
+        "a cache hit"
+    );
     // The padded prefill: each row's forced hidden states = its lone prefill's.
     let turns = [
         (&vs[0], "<image>\nthe cat"),
