@@ -90,8 +90,10 @@ fn main() {
     );
     let sizes = [1usize, 4, 8];
     let mut rates: Vec<Vec<f64>> = vec![vec![]; sizes.len()];
+    // Batch 1's file of the first round that has run it, for comparing batched files against.
+    let mut base: Option<PathBuf> = None;
+    let mut unchecked: Vec<PathBuf> = Vec::new();
     for round in 0..ROUNDS {
-        let mut base: Option<PathBuf> = None;
         // Rotate the order each round so no setting always runs first (warm caches, load).
         for j in 0..sizes.len() {
             let k = (j + round) % sizes.len();
@@ -105,15 +107,19 @@ fn main() {
                 s.seconds
             );
             if sizes[k] == 1 {
-                base = Some(out);
-            } else if let Some(b) = &base {
-                let (same, min_iou) = compare(b, &out);
-                println!(
-                    "      vs batch 1: {same}/{} lines identical, min mask IoU {min_iou:.5}",
-                    s.predicted
-                );
+                base.get_or_insert(out);
+            } else {
+                unchecked.push(out);
             }
         }
+    }
+    let base = base.expect("batch 1 ran");
+    for out in &unchecked {
+        let (same, min_iou, n) = compare(&base, out);
+        println!(
+            "  {}: {same}/{n} lines identical to batch 1's, min mask IoU {min_iou:.5}",
+            out.file_name().unwrap().to_string_lossy()
+        );
     }
     for (k, r) in rates.iter_mut().enumerate() {
         r.sort_by(f64::total_cmp);
@@ -160,7 +166,7 @@ fn run(
     reuse: bool,
     batch: usize,
 ) -> (RunSummary, PathBuf) {
-    let out = tmp.join(format!("pred-{reuse}-{batch}-{}.jsonl", rand_suffix()));
+    let out = tmp.join(format!("pred-reuse{reuse}-batch{batch}-{}.jsonl", rand_suffix()));
     let o = RunOptions {
         shard: Shard::ALL,
         limit: None,
@@ -182,8 +188,9 @@ fn run(
     (s, out)
 }
 
-/// Lines of `b` identical to `a`'s (same order), and the smallest IoU of two masks on one line.
-fn compare(a: &Path, b: &Path) -> (usize, f64) {
+/// Lines of `b` identical to `a`'s (same order), the smallest IoU of two masks on one line, and
+/// the number of lines.
+fn compare(a: &Path, b: &Path) -> (usize, f64, usize) {
     let read = |p: &Path| -> Vec<String> { std::fs::read_to_string(p).unwrap().lines().map(String::from).collect() };
     let (la, lb) = (read(a), read(b));
     assert_eq!(la.len(), lb.len(), "same number of predictions");
@@ -204,7 +211,7 @@ fn compare(a: &Path, b: &Path) -> (usize, f64) {
         let (i, u) = rle(&x["mask"]).intersection_union(&rle(&y["mask"])).unwrap();
         min_iou = min_iou.min(if u > 0 { i as f64 / u as f64 } else { 1.0 });
     }
-    (same, min_iou)
+    (same, min_iou, la.len())
 }
 
 fn rand_suffix() -> u128 {
