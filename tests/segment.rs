@@ -200,7 +200,20 @@ fn segment_batch_equals_one_sample_at_a_time() {
     for force in [true, false] {
         let mut o = opts(force);
         o.max_tiles = 2;
-        o.generation.max_new_tokens = 6;
+        o.generation.max_new_tokens = 20;
+        let mut stop_at = None;
+        if !force {
+            // Batched greedy decoding with a row stopping early: the stop token is the first new
+            // token from step 2 on of the first sample's lone reply, so that row stops there
+            // while the others may run on.
+            let t = m
+                .segment(samples[0].0, samples[0].1, samples[0].2, &o)
+                .unwrap()
+                .token_ids;
+            let j = (2..t.len()).find(|&j| !t[..j].contains(&t[j])).unwrap();
+            o.generation.stop_ids = vec![t[j]];
+            stop_at = Some(j + 1);
+        }
         let items: Vec<BatchItem> = samples
             .iter()
             .map(|&(img, vision, expression)| BatchItem {
@@ -241,6 +254,11 @@ fn segment_batch_equals_one_sample_at_a_time() {
                 .chain(b.object_scores.iter().zip(&one.object_scores))
             {
                 assert!((x - y).abs() < 1e-4, "{what}: score {x} vs {y}");
+            }
+            if expr == &samples[0].2 {
+                if let Some(n) = stop_at {
+                    assert_eq!(b.token_ids.len(), n, "{what}: stops early, {:?}", b.token_ids);
+                }
             }
             if force {
                 assert_eq!(b.seg_count, 1, "{what}");

@@ -48,8 +48,8 @@ pub struct ModelRunArgs {
     #[arg(long, value_name = "FILE.jsonl", requires = "model")]
     pub log_samples: Option<PathBuf>,
     /// RefCOCO: run N samples through the model together (InternViT over their photos' tiles,
-    /// one padded LLM prefill with --force-seg, SAM2 over all their `[SEG]`s); same predictions
-    /// as 1. Without --force-seg only the encoders are batched. See docs/eval.md.
+    /// the LLM as one padded batch, SAM2 over all their `[SEG]`s); same predictions as 1. See
+    /// docs/eval.md.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "model",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,

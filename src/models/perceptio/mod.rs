@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::mask::{Mask, Segment};
 use crate::models::checkpoint::Checkpoint;
 use crate::models::depth_tokens::{DepthBlock, DepthParseError};
-use crate::models::generate::{generate_constrained, GenerateOptions, LogitsConstraint};
+use crate::models::generate::{generate_batch, generate_constrained, GenerateOptions, LogitsConstraint};
 use crate::models::internvl::chat::{ChatModel, Vision};
 use crate::models::sam2::{Preprocess, Prompt, Sam2};
 use candle_core::{IndexOp, Tensor};
@@ -358,10 +358,10 @@ impl Grounder {
 
     /// [`Self::segment`] for several (photo, features, expression) samples at once, each
     /// result as its lone run gives it (up to float summation order): with `force_seg` one
-    /// padded LLM prefill for all (else each reply is generated on its own, greedy or sampled
-    /// as `opts` says), then SAM2 encodes the distinct uncached photos together and its mask
-    /// decoder takes every `[SEG]` of the batch in one forward. Timings are the batch's stage
-    /// times shared equally among its samples.
+    /// right-padded LLM prefill for all, else batched decoding ([`generate_batch`]; a model with
+    /// a depth head or quantized decode steps generates each reply alone), then SAM2 encodes the
+    /// distinct uncached photos together and its mask decoder takes every `[SEG]` of the batch in
+    /// one forward. Timings are the batch's stage times shared equally among its samples.
     pub fn segment_batch(&mut self, items: &[BatchItem], opts: &SegmentOptions) -> Result<Vec<SegmentResult>> {
         let n = items.len().max(1) as f64;
         let prompts: Vec<String> = items.iter().map(|it| referring_prompt(it.expression)).collect();
@@ -375,6 +375,26 @@ impl Grounder {
             let (ids, hs) = self.chat.force_reply_batch(&turns, FORCED_REPLY)?;
             hs.iter()
                 .map(|h| Ok((ids.clone(), FORCED_REPLY.to_string(), self.forced_seg_rows(&ids, h)?)))
+                .collect::<Result<_>>()?
+        } else if items.len() > 1 && self.depth.is_none() && !self.chat.model.llm.decode_quantized() {
+            // Batched decoding; a depth head's constraint and quantized decode steps (one-row
+            // products only) keep the one-reply-at-a-time path below.
+            let embeds = items
+                .iter()
+                .zip(&prompts)
+                .map(|(it, p)| Ok(self.chat.embed_prompt(it.vision, p)?.1))
+                .collect::<Result<Vec<_>>>()?;
+            let gen = self.chat.with_stops(&opts.generation);
+            let gens = generate_batch(&mut self.chat.model, &embeds, &gen)?;
+            let sid = self
+                .seg_id
+                .ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
+            gens.into_iter()
+                .map(|g| {
+                    let rows = seg_rows(&g, sid);
+                    let text = self.chat.decode_reply(&g.ids, &gen.stop_ids)?;
+                    Ok((g.ids, text, rows))
+                })
                 .collect::<Result<_>>()?
         } else {
             items
