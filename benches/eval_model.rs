@@ -1,8 +1,9 @@
 //! `eval refcoco --model` throughput with the tiny Sa2VA-layout checkpoint (tests/common/sa2va.rs),
-//! `--force-seg`, 2 tiles: with and without reusing an image's InternViT and SAM2 features across
-//! its sentences (the fixture RefCOCO val split), and `--batch-size` 1 vs 4 vs 8 on that split
-//! replicated onto four times as many photos (each copy a different crop, so no copy hits another's
-//! SAM2 cache), interleaved round by round, with every batched file checked against batch 1's.
+//! 2 tiles: with and without reusing an image's InternViT and SAM2 features across its sentences
+//! (`--force-seg`, the fixture RefCOCO val split), and `--batch-size` 1 vs 4 vs 8 (with
+//! `--force-seg`, then generating 8 tokens) on that split replicated onto four times as many
+//! photos (each copy a different crop, so no copy hits another's SAM2 cache), interleaved round by
+//! round, with every batched file and its logged token ids checked against batch 1's.
 //! Run: `cargo bench --bench eval_model`. Figures: docs/performance.md.
 
 #[path = "../tests/common/sa2va.rs"]
@@ -74,7 +75,7 @@ fn main() {
         candle_core::utils::get_num_threads()
     );
     for reuse in [true, false, true, false] {
-        let (s, _) = run(&mut g, &gt_one, &coco, tmp.path(), reuse, 1);
+        let (s, _) = run(&mut g, &gt_one, &coco, tmp.path(), reuse, 1, true);
         println!(
             "  feature reuse {:<5}  {:>5.2} samples/s  ({} samples in {:.2} s)",
             reuse,
@@ -83,52 +84,63 @@ fn main() {
             s.seconds
         );
     }
-    println!(
-        "--batch-size, the split on {COPIES}× the photos: {} sentences on {} images, {ROUNDS} rounds",
-        gt_many.samples.len(),
-        images.len() * COPIES
-    );
-    let sizes = [1usize, 4, 8];
-    let mut rates: Vec<Vec<f64>> = vec![vec![]; sizes.len()];
-    // Batch 1's file of the first round that has run it, for comparing batched files against.
-    let mut base: Option<PathBuf> = None;
-    let mut unchecked: Vec<PathBuf> = Vec::new();
-    for round in 0..ROUNDS {
-        // Rotate the order each round so no setting always runs first (warm caches, load).
-        for j in 0..sizes.len() {
-            let k = (j + round) % sizes.len();
-            let (s, out) = run(&mut g, &gt_many, &coco, tmp.path(), true, sizes[k]);
-            rates[k].push(s.samples_per_second());
-            println!(
-                "  round {round} batch {:>2}  {:>5.2} samples/s  ({} samples in {:.2} s)",
-                sizes[k],
-                s.samples_per_second(),
-                s.predicted,
-                s.seconds
-            );
-            if sizes[k] == 1 {
-                base.get_or_insert(out);
+    for force_seg in [true, false] {
+        println!(
+            "--batch-size, {}, the split on {COPIES}× the photos: {} sentences on {} images, {ROUNDS} rounds",
+            if force_seg {
+                "--force-seg"
             } else {
-                unchecked.push(out);
+                "generating (8 new tokens)"
+            },
+            gt_many.samples.len(),
+            images.len() * COPIES
+        );
+        let sizes = [1usize, 4, 8];
+        let mut rates: Vec<Vec<f64>> = vec![vec![]; sizes.len()];
+        // Batch 1's file of the first round that has run it, for comparing batched files against.
+        let mut base: Option<PathBuf> = None;
+        let mut unchecked: Vec<PathBuf> = Vec::new();
+        for round in 0..ROUNDS {
+            // Rotate the order each round so no setting always runs first (warm caches, load).
+            for j in 0..sizes.len() {
+                let k = (j + round) % sizes.len();
+                let (s, out) = run(&mut g, &gt_many, &coco, tmp.path(), true, sizes[k], force_seg);
+                rates[k].push(s.samples_per_second());
+                println!(
+                    "  round {round} batch {:>2}  {:>5.2} samples/s  ({} samples in {:.2} s)",
+                    sizes[k],
+                    s.samples_per_second(),
+                    s.predicted,
+                    s.seconds
+                );
+                if sizes[k] == 1 {
+                    base.get_or_insert(out);
+                } else {
+                    unchecked.push(out);
+                }
             }
         }
-    }
-    let base = base.expect("batch 1 ran");
-    for out in &unchecked {
-        let (same, min_iou, n) = compare(&base, out);
-        println!(
-            "  {}: {same}/{n} lines identical to batch 1's, min mask IoU {min_iou:.5}",
-            out.file_name().unwrap().to_string_lossy()
-        );
-    }
-    for (k, r) in rates.iter_mut().enumerate() {
-        r.sort_by(f64::total_cmp);
-        println!(
-            "batch {:>2}: median {:.2} samples/s (runs: {})",
-            sizes[k],
-            r[r.len() / 2],
-            r.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
-        );
+        let base = base.expect("batch 1 ran");
+        for out in &unchecked {
+            let c = compare(&base, out);
+            println!(
+                "  {}: {}/{n} lines identical to batch 1's, {}/{n} same token ids, min mask IoU {:.5}",
+                out.file_name().unwrap().to_string_lossy(),
+                c.same_lines,
+                c.same_tokens,
+                c.min_iou,
+                n = c.lines
+            );
+        }
+        for (k, r) in rates.iter_mut().enumerate() {
+            r.sort_by(f64::total_cmp);
+            println!(
+                "batch {:>2}: median {:.2} samples/s (runs: {})",
+                sizes[k],
+                r[r.len() / 2],
+                r.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
+            );
+        }
     }
 }
 
@@ -157,7 +169,7 @@ fn replicate(gt: &GroundTruth, copies: usize) -> GroundTruth {
     out
 }
 
-/// One run into a fresh file, SAM2's feature cache cleared first.
+/// One run into a fresh file (and a log beside it, `FILE.log`), SAM2's feature cache cleared first.
 fn run(
     g: &mut Grounder,
     gt: &GroundTruth,
@@ -165,18 +177,22 @@ fn run(
     tmp: &Path,
     reuse: bool,
     batch: usize,
+    force_seg: bool,
 ) -> (RunSummary, PathBuf) {
-    let out = tmp.join(format!("pred-reuse{reuse}-batch{batch}-{}.jsonl", rand_suffix()));
+    let out = tmp.join(format!(
+        "pred-force{force_seg}-reuse{reuse}-batch{batch}-{}.jsonl",
+        rand_suffix()
+    ));
     let o = RunOptions {
         shard: Shard::ALL,
         limit: None,
-        log_samples: None,
+        log_samples: Some(log_of(&out)),
         max_tiles: 2,
         generation: GenerateOptions {
             max_new_tokens: 8,
             ..Default::default()
         },
-        force_seg: true,
+        force_seg,
         reuse_features: reuse,
         batch_size: batch,
         model_id: "tiny".into(),
@@ -188,18 +204,33 @@ fn run(
     (s, out)
 }
 
-/// Lines of `b` identical to `a`'s (same order), the smallest IoU of two masks on one line, and
-/// the number of lines.
-fn compare(a: &Path, b: &Path) -> (usize, f64, usize) {
+fn log_of(p: &Path) -> PathBuf {
+    p.with_extension("log")
+}
+
+/// How a batched run's file compares with batch 1's, line by line.
+struct Comparison {
+    lines: usize,
+    same_lines: usize,
+    same_tokens: usize,
+    min_iou: f64,
+}
+
+/// Compare two prediction files (same order required) and their logs' token ids.
+fn compare(a: &Path, b: &Path) -> Comparison {
     let read = |p: &Path| -> Vec<String> { std::fs::read_to_string(p).unwrap().lines().map(String::from).collect() };
+    let json = |l: &String| -> serde_json::Value { serde_json::from_str(l).unwrap() };
     let (la, lb) = (read(a), read(b));
     assert_eq!(la.len(), lb.len(), "same number of predictions");
-    let mut same = 0;
-    let mut min_iou = 1.0f64;
+    let mut c = Comparison {
+        lines: la.len(),
+        same_lines: 0,
+        same_tokens: 0,
+        min_iou: 1.0,
+    };
     for (x, y) in la.iter().zip(&lb) {
-        same += usize::from(x == y);
-        let (x, y): (serde_json::Value, serde_json::Value) =
-            (serde_json::from_str(x).unwrap(), serde_json::from_str(y).unwrap());
+        c.same_lines += usize::from(x == y);
+        let (x, y) = (json(x), json(y));
         assert_eq!(x["sent_id"], y["sent_id"], "same order");
         let rle = |m: &serde_json::Value| {
             let (h, w) = (
@@ -208,10 +239,24 @@ fn compare(a: &Path, b: &Path) -> (usize, f64, usize) {
             );
             Rle::from_compressed(m["counts"].as_str().unwrap(), h, w).unwrap()
         };
-        let (i, u) = rle(&x["mask"]).intersection_union(&rle(&y["mask"])).unwrap();
-        min_iou = min_iou.min(if u > 0 { i as f64 / u as f64 } else { 1.0 });
+        let iou = match (x["mask"].is_null(), y["mask"].is_null()) {
+            (true, true) => 1.0,
+            (false, false) => {
+                let (i, u) = rle(&x["mask"]).intersection_union(&rle(&y["mask"])).unwrap();
+                if u > 0 {
+                    i as f64 / u as f64
+                } else {
+                    1.0
+                }
+            }
+            _ => 0.0,
+        };
+        c.min_iou = c.min_iou.min(iou);
     }
-    (same, min_iou, la.len())
+    for (x, y) in read(&log_of(a)).iter().zip(&read(&log_of(b))) {
+        c.same_tokens += usize::from(json(x)["token_ids"] == json(y)["token_ids"]);
+    }
+    c
 }
 
 fn rand_suffix() -> u128 {
