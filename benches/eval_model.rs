@@ -1,10 +1,11 @@
 //! `eval refcoco --model` throughput with the tiny Sa2VA-layout checkpoint (tests/common/sa2va.rs),
 //! 2 tiles: with and without reusing an image's InternViT and SAM2 features across its sentences
 //! (`--force-seg`, the fixture RefCOCO val split), and `--batch-size` 1 vs 4 vs 8 (with
-//! `--force-seg`, then generating 8 tokens) on that split replicated onto four times as many
+//! `--force-seg`, then generating up to 32 tokens) on that split replicated onto four times as many
 //! photos (each copy a different crop, so no copy hits another's SAM2 cache), interleaved round by
 //! round, with every batched file and its logged token ids checked against batch 1's.
-//! Run: `cargo bench --bench eval_model`. Figures: docs/performance.md.
+//! Run: `cargo bench --bench eval_model` (`-- generate`: only the generating runs). Figures:
+//! docs/performance.md.
 
 #[path = "../tests/common/sa2va.rs"]
 mod sa2va;
@@ -22,6 +23,9 @@ use std::path::{Path, PathBuf};
 /// Copies of the split (batch-size rows), and rounds of each setting (medians reported).
 const COPIES: usize = 4;
 const ROUNDS: usize = 3;
+/// Rounds and new tokens of the generating runs (much shorter than the SAM2-bound ones).
+const GEN_ROUNDS: usize = 7;
+const GEN_TOKENS: usize = 32;
 
 fn main() {
     perceptio::util::tune_allocator();
@@ -74,7 +78,9 @@ fn main() {
         images.len(),
         candle_core::utils::get_num_threads()
     );
-    for reuse in [true, false, true, false] {
+    // `cargo bench --bench eval_model -- generate`: only the generating --batch-size runs.
+    let only_generate = std::env::args().any(|a| a == "generate");
+    for reuse in [true, false, true, false].into_iter().filter(|_| !only_generate) {
         let (s, _) = run(&mut g, &gt_one, &coco, tmp.path(), reuse, 1, true);
         println!(
             "  feature reuse {:<5}  {:>5.2} samples/s  ({} samples in {:.2} s)",
@@ -84,13 +90,14 @@ fn main() {
             s.seconds
         );
     }
-    for force_seg in [true, false] {
+    for force_seg in [true, false].into_iter().filter(|&f| !(f && only_generate)) {
+        let rounds = if force_seg { ROUNDS } else { GEN_ROUNDS };
         println!(
-            "--batch-size, {}, the split on {COPIES}× the photos: {} sentences on {} images, {ROUNDS} rounds",
+            "--batch-size, {}, the split on {COPIES}× the photos: {} sentences on {} images, {rounds} rounds",
             if force_seg {
-                "--force-seg"
+                "--force-seg".to_string()
             } else {
-                "generating (8 new tokens)"
+                format!("generating (greedy, up to {GEN_TOKENS} new tokens)")
             },
             gt_many.samples.len(),
             images.len() * COPIES
@@ -100,7 +107,7 @@ fn main() {
         // Batch 1's file of the first round that has run it, for comparing batched files against.
         let mut base: Option<PathBuf> = None;
         let mut unchecked: Vec<PathBuf> = Vec::new();
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             // Rotate the order each round so no setting always runs first (warm caches, load).
             for j in 0..sizes.len() {
                 let k = (j + round) % sizes.len();
@@ -189,7 +196,7 @@ fn run(
         log_samples: Some(log_of(&out)),
         max_tiles: 2,
         generation: GenerateOptions {
-            max_new_tokens: 8,
+            max_new_tokens: if force_seg { 8 } else { GEN_TOKENS },
             ..Default::default()
         },
         force_seg,
