@@ -128,6 +128,12 @@ fn main() {
             }
         }
         let base = base.expect("batch 1 ran");
+        let masks = std::fs::read_to_string(&base)
+            .unwrap()
+            .lines()
+            .filter(|l| !serde_json::from_str::<serde_json::Value>(l).unwrap()["mask"].is_null())
+            .count();
+        println!("  batch 1: {masks} of the replies have a [SEG] (a mask)");
         for out in &unchecked {
             let c = compare(&base, out);
             println!(
