@@ -4,8 +4,9 @@
 //! `--force-seg`, then generating up to 32 tokens) on that split replicated onto four times as many
 //! photos (each copy a different crop, so no copy hits another's SAM2 cache), interleaved round by
 //! round, with every batched file and its logged token ids checked against batch 1's.
-//! Run: `cargo bench --bench eval_model` (`-- generate`: only the generating runs). Figures:
-//! docs/performance.md.
+//! Run: `cargo bench --bench eval_model` (`-- generate`: only the generating runs;
+//! `PERCEPTIO_BENCH_MODEL=DIR`: a real-size Sa2VA directory instead, generating runs on the first 8
+//! sentences). Figures: docs/performance.md.
 
 #[path = "../tests/common/sa2va.rs"]
 mod sa2va;
@@ -23,17 +24,45 @@ use std::path::{Path, PathBuf};
 /// Copies of the split (batch-size rows), and rounds of each setting (medians reported).
 const COPIES: usize = 4;
 const ROUNDS: usize = 3;
-/// Rounds and new tokens of the generating runs (much shorter than the SAM2-bound ones).
-const GEN_ROUNDS: usize = 7;
-const GEN_TOKENS: usize = 32;
+
+/// What the runs use: the tiny checkpoint, or with `PERCEPTIO_BENCH_MODEL=DIR` a real-size one
+/// (then only the generating runs, on the first 8 sentences, 1 tile, 16 tokens, 2 rounds).
+struct Setup {
+    limit: Option<usize>,
+    max_tiles: usize,
+    /// New tokens and rounds of the generating runs (much shorter than the SAM2-bound ones).
+    gen_tokens: usize,
+    gen_rounds: usize,
+}
 
 fn main() {
     perceptio::util::tune_allocator();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    sa2va::assemble(&model);
+    let real = std::env::var_os("PERCEPTIO_BENCH_MODEL").map(PathBuf::from);
+    let model = match &real {
+        Some(dir) => dir.clone(),
+        None => {
+            let m = tmp.path().join("model");
+            std::fs::create_dir(&m).unwrap();
+            sa2va::assemble(&m);
+            m
+        }
+    };
+    let setup = match real {
+        Some(_) => Setup {
+            limit: Some(8),
+            max_tiles: 1,
+            gen_tokens: 16,
+            gen_rounds: 2,
+        },
+        None => Setup {
+            limit: None,
+            max_tiles: 2,
+            gen_tokens: 32,
+            gen_rounds: 7,
+        },
+    };
     let coco = tmp.path().join("coco");
     // The fixture's COCO images at the annotated sizes, copy c cut from chelsea.png at offset c.
     let inst: serde_json::Value =
@@ -73,15 +102,17 @@ fn main() {
     .unwrap();
     let images: std::collections::HashSet<_> = gt.samples.iter().map(|s| s.image_id).collect();
     println!(
-        "fixture RefCOCO val: {} sentences on {} images, tiny Sa2VA (SAM2 at 1024², InternViT 2 tiles), {} threads",
+        "fixture RefCOCO val: {} sentences on {} images, {}, InternViT {} tiles, {} threads",
         gt.samples.len(),
         images.len(),
+        model.display(),
+        setup.max_tiles,
         candle_core::utils::get_num_threads()
     );
     // `cargo bench --bench eval_model -- generate`: only the generating --batch-size runs.
-    let only_generate = std::env::args().any(|a| a == "generate");
+    let only_generate = std::env::args().any(|a| a == "generate") || setup.limit.is_some();
     for reuse in [true, false, true, false].into_iter().filter(|_| !only_generate) {
-        let (s, _) = run(&mut g, &gt_one, &coco, tmp.path(), reuse, 1, true);
+        let (s, _) = run(&mut g, &setup, &gt_one, &coco, tmp.path(), reuse, 1, true);
         println!(
             "  feature reuse {:<5}  {:>5.2} samples/s  ({} samples in {:.2} s)",
             reuse,
@@ -91,16 +122,17 @@ fn main() {
         );
     }
     for force_seg in [true, false].into_iter().filter(|&f| !(f && only_generate)) {
-        let rounds = if force_seg { ROUNDS } else { GEN_ROUNDS };
+        let rounds = if force_seg { ROUNDS } else { setup.gen_rounds };
         println!(
-            "--batch-size, {}, the split on {COPIES}× the photos: {} sentences on {} images, {rounds} rounds",
+            "--batch-size, {}, the split on {COPIES}× the photos: {} sentences on {} images (limit {:?}), {rounds} rounds",
             if force_seg {
                 "--force-seg".to_string()
             } else {
-                format!("generating (greedy, up to {GEN_TOKENS} new tokens)")
+                format!("generating (greedy, up to {} new tokens)", setup.gen_tokens)
             },
             gt_many.samples.len(),
-            images.len() * COPIES
+            images.len() * COPIES,
+            setup.limit
         );
         let sizes = [1usize, 4, 8];
         let mut rates: Vec<Vec<f64>> = vec![vec![]; sizes.len()];
@@ -111,7 +143,7 @@ fn main() {
             // Rotate the order each round so no setting always runs first (warm caches, load).
             for j in 0..sizes.len() {
                 let k = (j + round) % sizes.len();
-                let (s, out) = run(&mut g, &gt_many, &coco, tmp.path(), true, sizes[k], force_seg);
+                let (s, out) = run(&mut g, &setup, &gt_many, &coco, tmp.path(), true, sizes[k], force_seg);
                 rates[k].push(s.samples_per_second());
                 println!(
                     "  round {round} batch {:>2}  {:>5.2} samples/s  ({} samples in {:.2} s)",
@@ -183,8 +215,10 @@ fn replicate(gt: &GroundTruth, copies: usize) -> GroundTruth {
 }
 
 /// One run into a fresh file (and a log beside it, `FILE.log`), SAM2's feature cache cleared first.
+#[allow(clippy::too_many_arguments)]
 fn run(
     g: &mut Grounder,
+    setup: &Setup,
     gt: &GroundTruth,
     images: &Path,
     tmp: &Path,
@@ -198,11 +232,11 @@ fn run(
     ));
     let o = RunOptions {
         shard: Shard::ALL,
-        limit: None,
+        limit: setup.limit,
         log_samples: Some(log_of(&out)),
-        max_tiles: 2,
+        max_tiles: setup.max_tiles,
         generation: GenerateOptions {
-            max_new_tokens: if force_seg { 8 } else { GEN_TOKENS },
+            max_new_tokens: if force_seg { 8 } else { setup.gen_tokens },
             ..Default::default()
         },
         force_seg,
