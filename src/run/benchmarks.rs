@@ -7,7 +7,9 @@
 //!   instruction when the prompt has CJK characters).
 //!
 //! Samples are grouped by image (an image's sentences / circular copies run back to back, so
-//! its features are computed once) and groups are sharded round-robin.
+//! its features are computed once) and groups are sharded round-robin. RefCOCO with
+//! `batch_size` > 1 cuts the remaining samples into chunks that go through
+//! [`Grounder::segment_batch`] together, writing the same lines in the same order.
 
 use super::{progress, Manifest, PredictionFile, Shard};
 use crate::error::{Error, Result};
