@@ -141,6 +141,26 @@ fn main() -> candle_core::Result<()> {
             "Qwen2.5-0.5B decode, {b} rows (16 steps after 64) median {d:.4} s/step = {:.2} tok/s",
             b as f64 / d
         );
+        // Of which: the LM head alone, and one layer's MLP alone.
+        let hid = Tensor::randn(0f32, 1.0, (b, 896), &dev)?;
+        let mut lm = vec![];
+        for _ in 0..5 {
+            let t = Instant::now();
+            let _ = model.llm.logits(&hid)?;
+            lm.push(t.elapsed().as_secs_f64());
+        }
+        let x3 = hid.unsqueeze(1)?;
+        let mut step1 = vec![];
+        for k in 0..5 {
+            let t = Instant::now();
+            let _ = model.llm.forward_embeds(&x3, 81 + k)?;
+            step1.push(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "    LM head alone median {:.4} s; 24 layers alone median {:.4} s",
+            median(lm),
+            median(step1)
+        );
     }
     model.llm.clear_kv_cache();
     Ok(())
