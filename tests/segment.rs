@@ -205,6 +205,157 @@ fn sa2va_internvl3_layout_matches_the_reference() {
     assert!(generated_segs > 0, "no greedy reply of the golden holds a [SEG]");
 }
 
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// `segment_batch` (batched InternViT, padded LLM prefill, SAM2 encoder over two photos along the
+/// batch, one mask-decoder forward over every `[SEG]`) against the same samples one at a time.
+#[test]
+fn segment_batch_equals_one_sample_at_a_time() {
+    use perceptio::models::perceptio::BatchItem;
+    use perceptio::models::sam2::Preprocess;
+    let dir = tempfile::tempdir().unwrap();
+    assemble(dir.path());
+    let mut m = Grounder::load(
+        &Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap(),
+        &LoadOptions {
+            require_grounding: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cat = perceptio::preprocess::load_rgb(&fixture("images/chelsea.png")).unwrap();
+    let cup = perceptio::preprocess::load_rgb(&fixture("images/coffee_portrait.png")).unwrap();
+    // InternViT over both photos' tiles at once (2 + 3 tiles with the thumbnail) = each alone.
+    let vs = m.chat.vision_batch(&[&cat, &cup], 2).unwrap();
+    for (v, img) in vs.iter().zip([&cat, &cup]) {
+        let one = m.vision(img, 2).unwrap();
+        assert_eq!((v.n_tiles, v.grid), (one.n_tiles, one.grid));
+        let e = max_abs_diff(&v.feats, &one.feats);
+        assert!(e < 1e-5, "batched InternViT features differ by {e}");
+    }
+    // SAM2's image encoder with b = 2 (and a repeated photo encoded once) = two b = 1 runs.
+    let sam2 = m.sam2.as_ref().unwrap();
+    sam2.clear_cache();
+    let fb = sam2.features_batch(&[&cat, &cup, &cat], Preprocess::Sa2va).unwrap();
+    assert_eq!(fb.iter().map(|f| f.1).collect::<Vec<_>>(), [false; 3]);
+    assert!(std::sync::Arc::ptr_eq(&fb[0].0, &fb[2].0));
+    sam2.clear_cache();
+    for (f, img) in fb.iter().zip([&cat, &cup]) {
+        let (one, hit) = sam2.features(img, Preprocess::Sa2va).unwrap();
+        assert!(!hit);
+        let e = max_abs_diff(&f.0.image_embed, &one.image_embed);
+        let (a, b) = (f.0.high_res_cl.as_ref().unwrap(), one.high_res_cl.as_ref().unwrap());
+        let e = e.max(max_abs_diff(&a.0, &b.0)).max(max_abs_diff(&a.1, &b.1));
+        assert!(e < 1e-4, "batched SAM2 features differ by {e}");
+    }
+    assert!(
+        sam2.features_batch(&[&cup], Preprocess::Sa2va).unwrap()[0].1,
+        "a cache hit"
+    );
+    // The padded prefill: each row's forced hidden states = its lone prefill's.
+    let turns = [
+        (&vs[0], "<image>\nthe cat"),
+        (&vs[1], "<image>\n a much longer turn about the cup on the table"),
+    ];
+    let (ids, hs) = m.chat.force_reply_batch(&turns, "Sure, [SEG].").unwrap();
+    for ((v, user), h) in turns.iter().zip(&hs) {
+        let (one_ids, one) = m.chat.force_reply(v, user, "Sure, [SEG].").unwrap();
+        assert_eq!(ids, one_ids);
+        let e = max_abs_diff(h, &one);
+        assert!(e < 1e-4, "padded prefill hidden states differ by {e}");
+    }
+    // Three samples on two photos, expressions of different lengths (so the prefill pads).
+    let samples = [
+        (&cat, &vs[0], "the cat"),
+        (&cup, &vs[1], "the cup on the wooden table"),
+        (&cat, &vs[0], "ear"),
+    ];
+    for force in [true, false] {
+        let mut o = opts(force);
+        o.max_tiles = 2;
+        o.generation.max_new_tokens = 20;
+        let mut stop_at = None;
+        if !force {
+            // Batched greedy decoding with a row stopping early: the stop token is the first new
+            // token from step 2 on of the first sample's lone reply, so that row stops there
+            // while the others may run on.
+            let t = m
+                .segment(samples[0].0, samples[0].1, samples[0].2, &o)
+                .unwrap()
+                .token_ids;
+            let j = (2..t.len()).find(|&j| !t[..j].contains(&t[j])).unwrap();
+            o.generation.stop_ids = vec![t[j]];
+            stop_at = Some(j + 1);
+        }
+        let items: Vec<BatchItem> = samples
+            .iter()
+            .map(|&(img, vision, expression)| BatchItem {
+                img,
+                vision,
+                expression,
+            })
+            .collect();
+        let batch = m.segment_batch(&items, &o).unwrap();
+        assert_eq!(batch.len(), 3);
+        for ((img, vision, expr), b) in samples.iter().zip(&batch) {
+            let one = m.segment(img, vision, expr, &o).unwrap();
+            let what = format!("force {force}, {expr:?}");
+            assert_eq!(
+                (&b.token_ids, &b.text, &b.prompt),
+                (&one.token_ids, &one.text, &one.prompt),
+                "{what}"
+            );
+            assert_eq!(b.seg_count, one.seg_count, "{what}");
+            let flips = b.mask.data.iter().zip(&one.mask.data).filter(|(x, y)| x != y).count();
+            let iou = if one.mask.area() == 0 && b.mask.area() == 0 {
+                1.0
+            } else {
+                let inter = b
+                    .mask
+                    .data
+                    .iter()
+                    .zip(&one.mask.data)
+                    .filter(|(x, y)| **x == 1 && **y == 1)
+                    .count();
+                inter as f64 / ((b.mask.area() + one.mask.area()) as f64 - inter as f64)
+            };
+            assert!(iou >= 0.999, "{what}: mask IoU {iou} ({flips} pixels differ)");
+            for (x, y) in b
+                .scores
+                .iter()
+                .zip(&one.scores)
+                .chain(b.object_scores.iter().zip(&one.object_scores))
+            {
+                assert!((x - y).abs() < 1e-4, "{what}: score {x} vs {y}");
+            }
+            if expr == &samples[0].2 {
+                if let Some(n) = stop_at {
+                    assert_eq!(b.token_ids.len(), n, "{what}: stops early, {:?}", b.token_ids);
+                }
+            }
+            if force {
+                assert_eq!(b.seg_count, 1, "{what}");
+                assert!(
+                    one.mask.area() > 0,
+                    "{what}: an empty mask would make the check vacuous"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn segment_cli_writes_mask_rle_overlay_and_json() {
     let dir = tempfile::tempdir().unwrap();

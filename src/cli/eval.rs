@@ -47,6 +47,12 @@ pub struct ModelRunArgs {
     /// Append one JSON line per sample: prompt, raw output, parsed answer or mask, correctness/IoU.
     #[arg(long, value_name = "FILE.jsonl", requires = "model")]
     pub log_samples: Option<PathBuf>,
+    /// RefCOCO: run N samples through the model together (InternViT over their photos' tiles,
+    /// the LLM as one padded batch, SAM2 over all their `[SEG]`s); same predictions as 1. See
+    /// docs/eval.md.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "model",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch_size: u16,
     #[command(flatten)]
     pub rt: super::runtime::RuntimeArgs,
     /// Recompute an image's features for every sample (only to measure what reuse saves).
@@ -265,9 +271,20 @@ fn model_setup(
         },
         force_seg: false,
         reuse_features: !r.no_feature_reuse,
+        batch_size: r.batch_size as usize,
         model_id: spec.to_string(),
     };
     Ok((ck, lo, device, opts))
+}
+
+/// Refuse `--batch-size` above 1 where the benchmark's loop runs one sample at a time.
+fn unbatched(r: &ModelRunArgs, bench: &str) -> Result<()> {
+    if r.batch_size > 1 {
+        return Err(Error::Usage(format!(
+            "--batch-size is supported by `eval refcoco --model` only; `eval {bench}` runs one sample at a time (drop --batch-size)"
+        )));
+    }
+    Ok(())
 }
 
 fn report_run(s: &run::benchmarks::RunSummary, o: &run::benchmarks::RunOptions, out: &Path) {
@@ -476,6 +493,11 @@ fn run_refcoco(a: RefcocoArgs) -> Result<()> {
         )
     };
     if a.run.model.is_some() {
+        if a.run.batch_size > 1 && a.run.no_feature_reuse {
+            return Err(Error::Usage(
+                "--batch-size above 1 always reuses an image's features; drop --no-feature-reuse".into(),
+            ));
+        }
         let (ck, lo, device, mut o) = model_setup(&a.run, &a.predictions)?;
         let mut g = Grounder::load(
             &ck,
@@ -586,6 +608,7 @@ fn run_mmbench(a: MmbenchArgs) -> Result<()> {
         report_target(r)?;
     }
     if a.run.model.is_some() {
+        unbatched(&a.run, "mmbench")?;
         let (ck, _, device, mut o) = model_setup(&a.run, &a.predictions)?;
         let mut chat = Chat::from_checkpoint(&ck)?;
         drop(ck);
@@ -661,6 +684,7 @@ fn run_hardblink(a: HardblinkArgs) -> Result<()> {
         report_target(r)?;
     }
     if a.run.model.is_some() {
+        unbatched(&a.run, "hardblink")?;
         let (ck, _, device, mut o) = model_setup(&a.run, &a.predictions)?;
         let mut chat = Chat::from_checkpoint(&ck)?;
         drop(ck);

@@ -21,6 +21,21 @@ use rayon::prelude::*;
 /// k/v head h / (hq / hk)). `causal_offset: Some(o)` lets query i see keys 0..=o + i (a chunk of
 /// new positions after o cached ones). Returns (b, nq, hq, d), contiguous, in q's dtype.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal_offset: Option<usize>) -> Result<Tensor> {
+    attention_from(q, k, v, scale, causal_offset, None)
+}
+
+/// [`attention`] where batch row b sees only keys `key_start[b]..` (a left-padded batch: the pads
+/// before each row's first real token are never attended). A query that sees no key at all (a
+/// pad row under a causal mask) gives 0. With a key start each row's softmax and sums run over
+/// exactly the keys a lone run of that row has, in the same order.
+pub fn attention_from(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    causal_offset: Option<usize>,
+    key_start: Option<&[usize]>,
+) -> Result<Tensor> {
     let (b, _, hq, d) = q.dims4()?;
     let (bk, nk, hk, dk) = k.dims4()?;
     if bk != b || dk != d || v.dims4()? != (b, nk, hk, d) || hk == 0 || hq % hk != 0 {
@@ -31,6 +46,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal_offset: 
             v.dims()
         );
     }
+    if let Some(ks) = key_start {
+        if ks.len() != b {
+            candle_core::bail!("attention: {} key starts for a batch of {b}", ks.len());
+        }
+    }
     if q.device().is_cpu() {
         if q.dtype() == DType::F32 && k.dtype() == DType::F32 && v.dtype() == DType::F32 {
             return q.apply_op3_no_bwd(
@@ -39,20 +59,34 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal_offset: 
                 &FusedAttention {
                     scale: scale as f32,
                     causal_offset,
+                    key_start: key_start.map(<[usize]>::to_vec),
                 },
             );
         }
         if matches!(q.dtype(), DType::F16 | DType::BF16) {
             let w = |t: &Tensor| t.to_dtype(DType::F32);
-            return attention(&w(q)?, &w(k)?, &w(v)?, scale, causal_offset)?.to_dtype(q.dtype());
+            return attention_from(&w(q)?, &w(k)?, &w(v)?, scale, causal_offset, key_start)?.to_dtype(q.dtype());
         }
     }
-    reference(q, k, v, scale, causal_offset)
+    reference_from(q, k, v, scale, causal_offset, key_start)
 }
 
 /// The same attention as plain tensor ops (materialised scores), for devices without the
 /// fused kernel and as the kernel's test oracle.
 pub fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal_offset: Option<usize>) -> Result<Tensor> {
+    reference_from(q, k, v, scale, causal_offset, None)
+}
+
+/// [`reference`] with [`attention_from`]'s per-row key start (masked scores; a query that sees
+/// no key gives 0, as the kernel does).
+pub fn reference_from(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    causal_offset: Option<usize>,
+    key_start: Option<&[usize]>,
+) -> Result<Tensor> {
     let (b, nq, hq, d) = q.dims4()?;
     let (_, nk, hk, _) = k.dims4()?;
     let rep = hq / hk;
@@ -60,14 +94,33 @@ pub fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal_offset: 
     let qh = q.transpose(1, 2)?.contiguous()?;
     let (kh, vh) = (heads(k)?, heads(v)?);
     let mut s = (score_dtype(&qh)?.matmul(&score_dtype(&kh)?.t()?)? * scale)?;
-    if let Some(off) = causal_offset {
-        let mask: Vec<f32> = (0..nq)
-            .flat_map(|i| (0..nk).map(move |j| if j > i + off { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (nq, nk), q.device())?.to_dtype(s.dtype())?;
-        s = s.broadcast_add(&mask)?;
+    if causal_offset.is_none() && key_start.is_none() {
+        let w = crate::models::fastops::softmax_last_dim(&s)?;
+        return attend_values(&w, &vh)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, nq, hq, d));
     }
-    let w = crate::models::fastops::softmax_last_dim(&s)?;
+    // 1 where (row, query, key) may attend; the masked softmax of a row with no key is 0.
+    let allowed: Vec<f32> = (0..b)
+        .flat_map(|bi| {
+            let ks = key_start.map_or(0, |k| k[bi]);
+            (0..nq).flat_map(move |i| {
+                (0..nk).map(move |j| {
+                    let causal_ok = causal_offset.is_none_or(|off| j <= i + off);
+                    if causal_ok && j >= ks {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+            })
+        })
+        .collect();
+    let allowed = Tensor::from_vec(allowed, (b, 1, nq, nk), q.device())?.to_dtype(s.dtype())?;
+    let neg = ((allowed.ones_like()? - &allowed)? * -1e30)?;
+    s = s.broadcast_add(&neg)?;
+    let w = crate::models::fastops::softmax_last_dim(&s)?.broadcast_mul(&allowed)?;
     attend_values(&w, &vh)?
         .transpose(1, 2)?
         .contiguous()?
@@ -77,6 +130,8 @@ pub fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal_offset: 
 struct FusedAttention {
     scale: f32,
     causal_offset: Option<usize>,
+    /// Per batch row, the first key it may see.
+    key_start: Option<Vec<usize>>,
 }
 
 /// A (b, n, h, d) view into f32 storage: element (b, n, h, i) is at `off + b·sb + n·sn + h·sh + i`.
@@ -168,27 +223,31 @@ impl CustomOp3 for FusedAttention {
         let mut out = vec![0f32; b * nq * hq * d];
         let optr = OutPtr(out.as_mut_ptr());
         let (scale, causal) = (self.scale, self.causal_offset);
+        let key_start = self.key_start.as_deref();
         let tasks = b * hq * nblocks;
         (0..tasks).into_par_iter().for_each_init(Vec::<f32>::new, |scores, t| {
             let (bi, rest) = (t / (hq * nblocks), t % (hq * nblocks));
             let (h, blk) = (rest / nblocks, rest % nblocks);
             let r0 = blk * bq;
             let m = bq.min(nq - r0);
-            let kv_len = match causal {
+            // This block's keys are ks..kv_end; `kv_len` of them.
+            let ks = key_start.map_or(0, |k| k[bi]).min(nk);
+            let kv_end = match causal {
                 Some(off) => (off + r0 + m).min(nk),
                 None => nk,
             };
-            if kv_len == 0 {
-                return; // a row that sees no key: the output stays 0 (no query does in practice)
+            if kv_end <= ks {
+                return; // no row of the block sees a key: its output stays 0
             }
+            let kv_len = kv_end - ks;
             let kh = h / rep;
             scores.resize(m * kv_len, 0.0);
             // SAFETY: every pointer below stays inside its storage (checked by `view` and the
             // shapes), and the output rows (bi, r0..r0+m, h) belong to this task alone.
             unsafe {
                 let qp = q.at(bi, r0, h);
-                let kp = k.at(bi, 0, kh);
-                let vp = v.at(bi, 0, kh);
+                let kp = k.at(bi, ks, kh);
+                let vp = v.at(bi, ks, kh);
                 // scores (m × kv_len, row-major) = scale · q_blk (m × d) · kᵀ (d × kv_len)
                 gemm::gemm(
                     m,
@@ -212,11 +271,14 @@ impl CustomOp3 for FusedAttention {
                     gemm::Parallelism::None,
                 );
                 for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+                    // keys ks..ks + seen of this query (none: a pad row before the key start)
                     let seen = match causal {
-                        Some(off) => (off + r0 + i + 1).min(kv_len),
+                        Some(off) => (off + r0 + i + 1).min(kv_end).saturating_sub(ks),
                         None => kv_len,
                     };
-                    crate::models::fastops::softmax_in_place(&mut row[..seen]);
+                    if seen > 0 {
+                        crate::models::fastops::softmax_in_place(&mut row[..seen]);
+                    }
                     row[seen..].fill(0.0);
                 }
                 // out rows (m × d, row stride hq·d) = p (m × kv_len) · v (kv_len × d)
@@ -315,6 +377,114 @@ mod tests {
         let kc2 = kc.contiguous().unwrap();
         let want = reference(&q.contiguous().unwrap(), &kc2, &kc2, 0.3, Some(0)).unwrap();
         assert!(crate::models::max_abs_diff(&got, &want) < 2e-5);
+    }
+
+    /// What the padded LLM prefill relies on: rows right-padded to one length and run causally
+    /// as a batch give each row's real positions the output of that row alone (pads come after
+    /// every real token, so the causal mask hides them), with finite pad rows.
+    #[test]
+    fn right_padded_causal_rows_equal_lone_rows() {
+        let (hq, hk, d) = (4, 2, 16);
+        let lens = [5usize, 19, 12];
+        let n = 19;
+        let mut qs = Vec::new();
+        let mut ks = Vec::new();
+        let mut vs = Vec::new();
+        let mut lone = Vec::new();
+        for (i, &l) in lens.iter().enumerate() {
+            let q = rand(&[1, l, hq, d], 40 + 3 * i as u64);
+            let k = rand(&[1, l, hk, d], 41 + 3 * i as u64);
+            let v = rand(&[1, l, hk, d], 42 + 3 * i as u64);
+            lone.push(attention(&q, &k, &v, 0.25, Some(0)).unwrap());
+            let pad = |t: &Tensor| t.pad_with_zeros(1, 0, n - l).unwrap();
+            qs.push(pad(&q));
+            ks.push(pad(&k));
+            vs.push(pad(&v));
+        }
+        let cat = |t: &[Tensor]| Tensor::cat(t, 0).unwrap();
+        let (q, k, v) = (cat(&qs), cat(&ks), cat(&vs));
+        for (name, out) in [
+            ("fused", attention(&q, &k, &v, 0.25, Some(0)).unwrap()),
+            ("reference", reference(&q, &k, &v, 0.25, Some(0)).unwrap()),
+        ] {
+            for (i, &l) in lens.iter().enumerate() {
+                let row = out.narrow(0, i, 1).unwrap();
+                let e = crate::models::max_abs_diff(&row.narrow(1, 0, l).unwrap(), &lone[i]);
+                assert!(e < 2e-5, "{name} row {i}: max |batched - lone| = {e}");
+                let all: Vec<f32> = row.flatten_all().unwrap().to_vec1().unwrap();
+                assert!(
+                    all.iter().all(|x| x.is_finite()),
+                    "{name} row {i}: a pad row is not finite"
+                );
+            }
+        }
+    }
+
+    /// A left-padded batch with per-row key starts: each row's real queries give its lone
+    /// output (prefill and a decode step over the cache), in the kernel and in `reference_from`;
+    /// the pad queries, which see no key, give 0.
+    #[test]
+    fn key_start_rows_equal_lone_rows() {
+        let (hq, hk, d) = (4, 2, 16);
+        let lens = [5usize, 19, 12];
+        let n = 19;
+        let starts: Vec<usize> = lens.iter().map(|l| n - l).collect();
+        let (mut qs, mut ks, mut vs, mut lone, mut step) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut q1s, mut k1s, mut v1s) = (vec![], vec![], vec![]);
+        for (i, &l) in lens.iter().enumerate() {
+            let seed = 60 + 6 * i as u64;
+            let (q, k, v) = (
+                rand(&[1, l, hq, d], seed),
+                rand(&[1, l, hk, d], seed + 1),
+                rand(&[1, l, hk, d], seed + 2),
+            );
+            lone.push(attention(&q, &k, &v, 0.25, Some(0)).unwrap());
+            // one decode step: a new query and key/value after the l cached ones
+            let (q1, k1, v1) = (
+                rand(&[1, 1, hq, d], seed + 3),
+                rand(&[1, 1, hk, d], seed + 4),
+                rand(&[1, 1, hk, d], seed + 5),
+            );
+            let cat1 = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 1).unwrap();
+            step.push(attention(&q1, &cat1(&k, &k1), &cat1(&v, &v1), 0.25, Some(l)).unwrap());
+            let pad = |t: &Tensor| t.pad_with_zeros(1, n - l, 0).unwrap();
+            qs.push(pad(&q));
+            ks.push(cat1(&pad(&k), &k1));
+            vs.push(cat1(&pad(&v), &v1));
+            q1s.push(q1);
+            k1s.push(k1);
+            v1s.push(v1);
+        }
+        let cat = |t: &[Tensor]| Tensor::cat(t, 0).unwrap();
+        let (q, k, v, q1) = (cat(&qs), cat(&ks), cat(&vs), cat(&q1s));
+        let kp = k.narrow(1, 0, n).unwrap();
+        let vp = v.narrow(1, 0, n).unwrap();
+        for (name, f) in [
+            (
+                "fused",
+                attention_from as fn(&Tensor, &Tensor, &Tensor, f64, Option<usize>, Option<&[usize]>) -> Result<Tensor>,
+            ),
+            ("reference", reference_from),
+        ] {
+            let out = f(&q, &kp, &vp, 0.25, Some(0), Some(&starts)).unwrap();
+            let out1 = f(&q1, &k, &v, 0.25, Some(n), Some(&starts)).unwrap();
+            for (i, &l) in lens.iter().enumerate() {
+                let row = out.narrow(0, i, 1).unwrap();
+                let e = crate::models::max_abs_diff(&row.narrow(1, n - l, l).unwrap(), &lone[i]);
+                assert!(e < 2e-5, "{name} row {i}: prefill max |batched - lone| = {e}");
+                if l < n {
+                    let pads = row.narrow(1, 0, n - l).unwrap();
+                    assert_eq!(
+                        crate::models::max_abs_diff(&pads, &pads.zeros_like().unwrap()),
+                        0.0,
+                        "{name} row {i}"
+                    );
+                }
+                let e = crate::models::max_abs_diff(&out1.narrow(0, i, 1).unwrap(), &step[i]);
+                assert!(e < 2e-5, "{name} row {i}: decode step max |batched - lone| = {e}");
+            }
+        }
+        assert!(attention_from(&q, &kp, &vp, 0.25, Some(0), Some(&starts[..2])).is_err());
     }
 
     #[test]

@@ -154,6 +154,38 @@ impl Chat {
         Ok((ids, h))
     }
 
+    /// [`Self::force_reply`] for several (features, user turn) pairs: one padded prefill for
+    /// InternVL, one prefill per turn for Qwen3-VL; the reply's ids and each turn's hidden states.
+    pub fn force_reply_batch(&mut self, turns: &[(&Vision, &str)], reply: &str) -> Result<(Vec<u32>, Vec<Tensor>)> {
+        if let Chat::InternVl(c) = self {
+            return c.force_reply_batch(turns, reply);
+        }
+        let (mut ids, mut hs) = (Vec::new(), Vec::with_capacity(turns.len()));
+        for (v, user) in turns {
+            let (i, h) = self.force_reply(v, user, reply)?;
+            ids = i;
+            hs.push(h);
+        }
+        Ok((ids, hs))
+    }
+
+    /// The decoder that batched greedy/sampled decoding drives: InternVL's f32 decoder (not a
+    /// quantized one); `None` for the other families, which decode one reply at a time.
+    pub fn batch_decoder(&mut self) -> Option<&mut crate::models::internvl::InternVl> {
+        match self {
+            Chat::InternVl(c) if !c.model.llm.decode_quantized() => Some(&mut c.model),
+            _ => None,
+        }
+    }
+
+    /// The vision features of several photos, through one InternViT forward for InternVL.
+    pub fn vision_batch(&self, imgs: &[&image::RgbImage], max_tiles: usize) -> Result<Vec<Vision>> {
+        match self {
+            Chat::InternVl(c) => c.vision_batch(imgs, max_tiles),
+            Chat::Qwen3Vl(c) => imgs.iter().map(|i| c.vision(i)).collect(),
+        }
+    }
+
     /// Sa2VA's `[SEG]` projection of last-layer hidden states, when the checkpoint has it.
     pub fn seg_projection(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
         Ok(match self {

@@ -180,6 +180,103 @@ pub fn generate_constrained<M: CausalLm + ?Sized>(
     })
 }
 
+/// [`generate`] for several prompts (1, Lᵢ, h) at once, without a constraint: the prompts are
+/// left-padded to the longest (the pads are never attended and each row's positions start at its
+/// first real token, see [`crate::models::nn::CausalAttention::set_left_padding`]), prefilled
+/// together, then every decode step feeds one token per row. A row stops on its own stop token,
+/// stop text or budget, exactly as alone; rows that stopped are fed a filler token whose outputs
+/// are dropped until every row has stopped. Each row samples with its own processor seeded as a
+/// lone run. The tokens are those of lone runs unless two logits of a row are within float
+/// rounding of each other (the batched products sum in another order than one-row products).
+/// Times are the batch's shared equally among the rows.
+pub fn generate_batch(model: &mut InternVl, embeds: &[Tensor], opts: &GenerateOptions) -> Result<Vec<Generation>> {
+    let n = embeds.len();
+    let Some(first) = embeds.first() else {
+        return Ok(vec![]);
+    };
+    let dev = first.device().clone();
+    let sampling = match (opts.temperature, opts.top_p) {
+        (t, _) if t <= 0.0 => Sampling::ArgMax,
+        (t, Some(p)) => Sampling::TopP { p, temperature: t },
+        (t, None) => Sampling::All { temperature: t },
+    };
+    let greedy = matches!(sampling, Sampling::ArgMax);
+    let mut procs: Vec<LogitsProcessor> = (0..n)
+        .map(|_| LogitsProcessor::from_sampling(opts.seed, sampling.clone()))
+        .collect();
+    let lens: Vec<usize> = embeds.iter().map(|e| e.dim(1)).collect::<Result<_>>()?;
+    let width = lens.iter().max().copied().unwrap_or(0);
+    let pads: Vec<usize> = lens.iter().map(|l| width - l).collect();
+    let rows = embeds
+        .iter()
+        .zip(&pads)
+        .map(|(e, &p)| e.pad_with_zeros(1, p, 0))
+        .collect::<Result<Vec<_>>>()?;
+    model.llm.clear_kv_cache();
+    model.llm.set_left_padding(&pads);
+    let t0 = Instant::now();
+    let h = model.llm.forward_embeds(&Tensor::cat(&rows, 0)?, 0)?;
+    let mut last = h.i((.., width - 1))?; // (n, h)
+    dev.synchronize()?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut ids: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut hidden: Vec<Vec<Tensor>> = vec![Vec::new(); n];
+    let mut stopped = vec![false; n];
+    let mut done = vec![opts.max_new_tokens == 0; n];
+    let mut pos = width;
+    while done.iter().any(|d| !d) {
+        let logits = model.llm.logits(&last)?; // (n, vocab), f32
+        let mut next = vec![0u32; n];
+        for i in 0..n {
+            if done[i] {
+                continue;
+            }
+            let row = logits.i(i)?;
+            let t = if greedy && !dev.is_cpu() {
+                row.argmax(candle_core::D::Minus1)?.to_scalar::<u32>()?
+            } else {
+                procs[i].sample(&row)?
+            };
+            ids[i].push(t);
+            next[i] = t;
+            if opts.stop_ids.contains(&t) || opts.stop_text.as_ref().is_some_and(|st| st.hit(&ids[i])) {
+                stopped[i] = true;
+                done[i] = true;
+            } else if ids[i].len() == opts.max_new_tokens {
+                done[i] = true;
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let x = model.llm.embed(&Tensor::new(next.as_slice(), &dev)?.unsqueeze(1)?)?;
+        let h = model.llm.forward_embeds(&x, pos)?;
+        pos += 1;
+        last = h.i((.., 0))?;
+        for i in (0..n).filter(|&i| !done[i]) {
+            hidden[i].push(last.i(i)?);
+        }
+    }
+    dev.synchronize()?;
+    model.llm.clear_kv_cache();
+    let decode_secs = t1.elapsed().as_secs_f64();
+    Ok(ids
+        .into_iter()
+        .zip(hidden)
+        .zip(stopped)
+        .zip(lens)
+        .map(|(((ids, hidden), stopped), prompt_tokens)| Generation {
+            ids,
+            hidden,
+            stopped,
+            prompt_tokens,
+            prefill_secs: prefill_secs / n as f64,
+            decode_secs: decode_secs / n as f64,
+        })
+        .collect())
+}
+
 /// Run a teacher-forced continuation (e.g. "Sure, [SEG].") after the prompt and return the
 /// last-layer hidden states of those tokens (n, h).
 pub fn teacher_force<M: CausalLm + ?Sized>(model: &mut M, embeds: &Tensor, forced: &[u32]) -> Result<Tensor> {
@@ -189,4 +286,33 @@ pub fn teacher_force<M: CausalLm + ?Sized>(model: &mut M, embeds: &Tensor, force
     let all = Tensor::cat(&[embeds, &f], 1)?;
     let h = model.forward_embeds(&all, 0)?;
     h.i((0, l..l + forced.len()))
+}
+
+/// [`teacher_force`] for several prompts in one forward: each row is `embeds[i]` (1, Lᵢ, h)
+/// followed by `forced`, right-padded with zero embeddings to the longest row. Right padding
+/// needs no attention mask: every real token sits at the same position as in a lone run (so
+/// RoPE is unchanged) and the causal mask already hides the trailing pads from it; the pad
+/// rows' own outputs are finite and dropped. Returns each row's (n, h) forced hidden states.
+pub fn teacher_force_batch(model: &mut InternVl, embeds: &[Tensor], forced: &[u32]) -> Result<Vec<Tensor>> {
+    let Some(first) = embeds.first() else {
+        return Ok(vec![]);
+    };
+    model.llm.clear_kv_cache();
+    let dev = first.device();
+    let f = model.llm.embed(&Tensor::new(forced, dev)?.unsqueeze(0)?)?;
+    let lens: Vec<usize> = embeds.iter().map(|e| e.dim(1)).collect::<Result<_>>()?;
+    let width = lens.iter().max().copied().unwrap_or(0) + forced.len();
+    let rows = embeds
+        .iter()
+        .zip(&lens)
+        .map(|(e, &l)| {
+            let row = Tensor::cat(&[e, &f.to_dtype(e.dtype())?], 1)?;
+            row.pad_with_zeros(1, 0, width - l - forced.len())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let h = model.llm.forward_embeds(&Tensor::cat(&rows, 0)?, 0)?;
+    lens.iter()
+        .enumerate()
+        .map(|(i, &l)| h.i((i, l..l + forced.len())))
+        .collect()
 }

@@ -102,6 +102,10 @@ impl DecoderLayer for Layer {
     fn reset_cache(&mut self) {
         self.core.reset();
     }
+
+    fn attention_mut(&mut self) -> &mut CausalAttention {
+        &mut self.core
+    }
 }
 
 /// InternLM2ForCausalLM under a prefix such as `language_model` (`model.*`, `output`).

@@ -426,6 +426,28 @@ impl Rope {
         Ok((cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?))
     }
 
+    /// [`Self::apply`] for a left-padded batch: row i's token at cache slot `offset + j` is at
+    /// position `offset + j − pads[i]` (its first real token at 0, as alone); pad slots get 0.
+    pub fn apply_padded(&self, q: &Tensor, k: &Tensor, offset: usize, pads: &[usize]) -> Result<(Tensor, Tensor)> {
+        let (b, _, s, _) = q.dims4()?;
+        if pads.len() != b {
+            candle_core::bail!("RoPE: {} pad counts for a batch of {b}", pads.len());
+        }
+        let (cos, sin) = self.cos_sin(0, offset + s)?;
+        let idx: Vec<u32> = pads
+            .iter()
+            .flat_map(|&p| (offset..offset + s).map(move |j| j.saturating_sub(p) as u32))
+            .collect();
+        let idx = Tensor::from_vec(idx, b * s, cos.device())?;
+        let half = cos.dim(1)?;
+        let pick = |t: &Tensor| t.index_select(&idx, 0)?.reshape((b, s, half));
+        let (cos, sin) = (pick(&cos)?, pick(&sin)?);
+        Ok((
+            candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?,
+            candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?,
+        ))
+    }
+
     /// Rotate-half RoPE on (b, h, s, d) at positions offset..offset+s.
     pub fn apply(&self, q: &Tensor, k: &Tensor, offset: usize) -> Result<(Tensor, Tensor)> {
         let (_, _, s, _) = q.dims4()?;
@@ -446,6 +468,9 @@ pub struct CausalAttention {
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
+    /// A left-padded batch: per row, the pad slots before its first real token (see
+    /// [`Self::set_left_padding`]).
+    left_pad: Option<Vec<usize>>,
 }
 
 impl CausalAttention {
@@ -456,7 +481,15 @@ impl CausalAttention {
             n_heads,
             n_kv,
             head_dim,
+            left_pad: None,
         }
+    }
+
+    /// Treat the batch as left-padded until the next [`Self::reset`]: row i's first `pads[i]`
+    /// cache slots are never attended and its positions count from its first real token, so each
+    /// row computes what it computes alone.
+    pub fn set_left_padding(&mut self, pads: Option<Vec<usize>>) {
+        self.left_pad = pads;
     }
 
     /// Attend new positions offset..offset+s causally to everything cached; returns
@@ -466,20 +499,26 @@ impl CausalAttention {
         let q = q.transpose(1, 2)?;
         let k = k.transpose(1, 2)?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let (q, k) = self.rope.apply(&q, &k, offset)?;
+        let (q, k) = match &self.left_pad {
+            Some(p) => self.rope.apply_padded(&q, &k, offset, p)?,
+            None => self.rope.apply(&q, &k, offset)?,
+        };
         let (k, v) = self.cache.append(&k.contiguous()?, &v)?; // (b, kv, offset + s, d)
         debug_assert_eq!(self.n_heads % self.n_kv, 0);
         let t = |x: &Tensor| x.transpose(1, 2);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        crate::models::attention::attention(&t(&q)?, &t(&k)?, &t(&v)?, scale, Some(offset))?.reshape((
+        let starts = self.left_pad.as_deref();
+        crate::models::attention::attention_from(&t(&q)?, &t(&k)?, &t(&v)?, scale, Some(offset), starts)?.reshape((
             b,
             s,
             self.n_heads * self.head_dim,
         ))
     }
 
+    /// Empty the KV cache and forget any left padding.
     pub fn reset(&mut self) {
         self.cache.reset();
+        self.left_pad = None;
     }
 }
 
@@ -489,6 +528,8 @@ pub trait DecoderLayer {
     fn reset_cache(&mut self);
     /// Every linear layer of the block (for [`Decoder::quantize_for_decode`]).
     fn linears_mut(&mut self) -> Vec<&mut Linear>;
+    /// The block's self-attention core (for [`Decoder::set_left_padding`]).
+    fn attention_mut(&mut self) -> &mut CausalAttention;
 }
 
 /// Run a decoder stack on embeddings (b, s, h) at positions offset.. (causal attention), then
@@ -533,6 +574,19 @@ impl<L: DecoderLayer> Decoder<L> {
         self.layers.iter_mut().for_each(DecoderLayer::reset_cache);
     }
 
+    /// Run the next forwards (until [`Self::clear_kv_cache`]) as a left-padded batch, row i
+    /// with `pads[i]` leading pad slots (see [`CausalAttention::set_left_padding`]).
+    pub fn set_left_padding(&mut self, pads: &[usize]) {
+        for l in &mut self.layers {
+            l.attention_mut().set_left_padding(Some(pads.to_vec()));
+        }
+    }
+
+    /// Whether decode steps go through quantized copies of the weights.
+    pub fn decode_quantized(&self) -> bool {
+        self.lm_head.decode.is_some()
+    }
+
     /// Decode steps through `dtype` copies of every linear layer and the LM head (see
     /// [`Linear::quantize_for_decode`]); the prefill keeps the checkpoint's weights.
     pub fn quantize_for_decode(&mut self, dtype: candle_core::quantized::GgmlDType) -> Result<()> {
@@ -568,6 +622,39 @@ mod tests {
         let scale = crate::models::max_abs_diff(&a, &a.zeros_like().unwrap());
         let e = diff(&a, &c);
         assert!(e > 0.0 && e < 0.02 * scale, "Q8_0 error {e} against |y| up to {scale}");
+    }
+
+    /// Left-padded RoPE: row i's real tokens (slots pads[i]..) get exactly the rotation a lone
+    /// run gives them at positions 0.., for a prefill and for a later decode step.
+    #[test]
+    fn padded_rope_counts_positions_from_each_rows_first_token() {
+        let dev = candle_core::Device::Cpu;
+        let rope = Rope::new(16, 64, 10000.0, DType::F32, &dev).unwrap();
+        let pads = [3usize, 0, 7];
+        let (b, h, s) = (3, 2, 9);
+        let q = Tensor::randn(0f32, 1.0, (b, h, s, 16), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, h, s, 16), &dev).unwrap();
+        for offset in [0usize, 12] {
+            let (qp, kp) = rope.apply_padded(&q, &k, offset, &pads).unwrap();
+            for (i, &p) in pads.iter().enumerate() {
+                // the real slots of this chunk and their lone positions
+                let first = p.saturating_sub(offset).min(s);
+                let n = s - first;
+                let one = |t: &Tensor| t.narrow(0, i, 1).unwrap().narrow(2, first, n).unwrap();
+                let (ql, kl) = rope.apply(&one(&q), &one(&k), offset + first - p).unwrap();
+                assert_eq!(
+                    crate::models::max_abs_diff(&one(&qp), &ql),
+                    0.0,
+                    "offset {offset} row {i} q"
+                );
+                assert_eq!(
+                    crate::models::max_abs_diff(&one(&kp), &kl),
+                    0.0,
+                    "offset {offset} row {i} k"
+                );
+            }
+        }
+        assert!(rope.apply_padded(&q, &k, 0, &pads[..2]).is_err());
     }
 
     /// InternLM2's plain, linear and dynamic-NTK rotary embeddings against the reference classes

@@ -153,6 +153,10 @@ impl DecoderLayer for Layer {
         xs + h
     }
 
+    fn attention_mut(&mut self) -> &mut CausalAttention {
+        &mut self.self_attn.core
+    }
+
     fn reset_cache(&mut self) {
         self.self_attn.core.reset();
     }

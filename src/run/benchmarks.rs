@@ -7,7 +7,9 @@
 //!   instruction when the prompt has CJK characters).
 //!
 //! Samples are grouped by image (an image's sentences / circular copies run back to back, so
-//! its features are computed once) and groups are sharded round-robin.
+//! its features are computed once) and groups are sharded round-robin. RefCOCO with
+//! `batch_size` > 1 cuts the remaining samples into chunks that go through
+//! [`Grounder::segment_batch`] together, writing the same lines in the same order.
 
 use super::{progress, Manifest, PredictionFile, Shard};
 use crate::error::{Error, Result};
@@ -17,7 +19,8 @@ use crate::eval::{hardblink, mmbench};
 use crate::models::chat::Chat;
 use crate::models::generate::GenerateOptions;
 use crate::models::internvl::chat::Vision;
-use crate::models::perceptio::{Grounder, SegmentOptions};
+use crate::models::perceptio::{BatchItem, Grounder, SegmentOptions, SegmentResult};
+use image::RgbImage;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +39,9 @@ pub struct RunOptions {
     /// Reuse an image's InternViT and SAM2 features across its samples (default). Off only to
     /// measure what the reuse saves.
     pub reuse_features: bool,
+    /// RefCOCO: samples run through the model together (1: one at a time). Predictions are the
+    /// same either way; see [`Grounder::segment_batch`].
+    pub batch_size: usize,
     /// Recorded in the manifest and the prediction lines that carry a model id.
     pub model_id: String,
 }
@@ -190,6 +196,71 @@ pub fn refcoco(
         force_seg: o.force_seg,
         generation: o.generation.clone(),
     };
+    if o.batch_size > 1 {
+        if !o.reuse_features {
+            return Err(Error::Usage(
+                "--batch-size above 1 always reuses an image's features; drop --no-feature-reuse".into(),
+            ));
+        }
+        let todo: Vec<usize> = planned
+            .iter()
+            .copied()
+            .filter(|&k| !file.done.contains(&gt.samples[k].sent_id))
+            .collect();
+        // The previous batch's last photo with its features: an image's sentences may straddle
+        // two batches, and its features are then reused, not recomputed.
+        let mut carry: Option<(usize, RgbImage, Vision)> = None;
+        for batch in todo.chunks(o.batch_size) {
+            let texts = batch.iter().map(|&k| sample_text(gt, k)).collect::<Result<Vec<_>>>()?;
+            // The batch's distinct photos in order, with the features already at hand.
+            let mut photos: Vec<(usize, RgbImage, Option<Vision>)> = Vec::new();
+            for &k in batch {
+                let grp = group_of[k];
+                if photos.iter().any(|p| p.0 == grp) {
+                    continue;
+                }
+                photos.push(match carry.take() {
+                    Some((g0, img, v)) if g0 == grp => (grp, img, Some(v)),
+                    c => {
+                        carry = c;
+                        (grp, load_sample_image(gt, k, images)?, None)
+                    }
+                });
+            }
+            let need: Vec<&RgbImage> = photos.iter().filter(|p| p.2.is_none()).map(|p| &p.1).collect();
+            let mut fresh = g.chat.vision_batch(&need, o.max_tiles)?.into_iter();
+            for p in photos.iter_mut().filter(|p| p.2.is_none()) {
+                p.2 = fresh.next();
+            }
+            let results = {
+                let items: Vec<BatchItem> = batch
+                    .iter()
+                    .zip(&texts)
+                    .map(|(&k, t)| {
+                        let p = photos.iter().find(|p| p.0 == group_of[k]).expect("added above");
+                        BatchItem {
+                            img: &p.1,
+                            vision: p.2.as_ref().expect("computed above"),
+                            expression: t,
+                        }
+                    })
+                    .collect();
+                g.segment_batch(&items, &sopts)?
+            };
+            for (&k, r) in batch.iter().zip(&results) {
+                write_refcoco(gt, k, r, &mut file, log.as_mut(), o)?;
+                prog.one_done();
+            }
+            let last = group_of[*batch.last().expect("chunks are not empty")];
+            carry = photos
+                .into_iter()
+                .find(|p| p.0 == last)
+                .and_then(|(g0, img, v)| Some((g0, img, v?)));
+        }
+        let keys: Vec<i64> = planned.iter().map(|&k| gt.samples[k].sent_id).collect();
+        let complete = finish(&file, "refcoco", run, o, &keys)?;
+        return Ok(prog.finish(complete));
+    }
     let mut i = 0;
     while i < planned.len() {
         let grp = group_of[planned[i]];
@@ -206,40 +277,14 @@ pub fn refcoco(
         if todo.is_empty() {
             continue;
         }
-        let s0 = &gt.samples[todo[0]];
-        let name = s0.file_name.as_deref().ok_or_else(|| {
-            Error::at(
-                format!("sent_id {}", s0.sent_id),
-                "the image has no file_name in the annotations, so it cannot be found under --images",
-            )
-        })?;
-        let path = images.join(name);
-        let img = crate::preprocess::load_rgb(&path)?;
-        if (img.width(), img.height()) != (s0.width, s0.height) {
-            return Err(Error::input(
-                &path,
-                format!(
-                    "is {}x{} but the annotations say {}x{}",
-                    img.width(),
-                    img.height(),
-                    s0.width,
-                    s0.height
-                ),
-            ));
-        }
+        let img = load_sample_image(gt, todo[0], images)?;
         let mut vision = if o.reuse_features {
             Some(g.vision(&img, o.max_tiles)?)
         } else {
             None
         };
         for k in todo {
-            let s = &gt.samples[k];
-            let text = s.text.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
-                Error::at(
-                    format!("sent_id {}", s.sent_id),
-                    "has no sentence text (`sent` in the refs pickle)",
-                )
-            })?;
+            let text = sample_text(gt, k)?;
             if !o.reuse_features {
                 if let Some(s) = &g.sam2 {
                     s.clear_cache();
@@ -247,34 +292,85 @@ pub fn refcoco(
                 vision = Some(g.vision(&img, o.max_tiles)?);
             }
             let r = g.segment(&img, vision.as_ref().expect("set above"), text, &sopts)?;
-            let pred = r
-                .mask
-                .to_rle()
-                .map_err(|e| Error::at(format!("sent_id {}", s.sent_id), e.0))?;
-            let mask = if r.seg_count > 0 {
-                pred.to_coco_json()
-            } else {
-                Value::Null
-            };
-            file.append(&json!({"sent_id": s.sent_id, "mask": mask}))?;
-            if let Some(l) = log.as_mut() {
-                let (inter, union) = pred
-                    .intersection_union(&gt.masks[s.mask])
-                    .map_err(|e| Error::at(format!("sent_id {}", s.sent_id), e.0))?;
-                l.append(&json!({
-                    "sent_id": s.sent_id, "image": name, "sentence": text, "prompt": r.prompt, "output": r.text,
-                    "seg_count": r.seg_count, "mask": mask, "intersection": inter, "union": union,
-                    "iou": if union > 0 { inter as f64 / union as f64 } else { 1.0 },
-                    "scores": r.scores, "timings": r.timings,
-                    "gt_mask": gt.masks[s.mask].to_coco_json(), "model": o.model_id,
-                }))?;
-            }
+            write_refcoco(gt, k, &r, &mut file, log.as_mut(), o)?;
             prog.one_done();
         }
     }
     let keys: Vec<i64> = planned.iter().map(|&k| gt.samples[k].sent_id).collect();
     let complete = finish(&file, "refcoco", run, o, &keys)?;
     Ok(prog.finish(complete))
+}
+
+/// The sentence of sample `k`, or why it has none.
+fn sample_text(gt: &GroundTruth, k: usize) -> Result<&str> {
+    let s = &gt.samples[k];
+    s.text.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+        Error::at(
+            format!("sent_id {}", s.sent_id),
+            "has no sentence text (`sent` in the refs pickle)",
+        )
+    })
+}
+
+/// The photo of sample `k` under `images`, checked against the annotated size.
+fn load_sample_image(gt: &GroundTruth, k: usize, images: &Path) -> Result<RgbImage> {
+    let s0 = &gt.samples[k];
+    let name = s0.file_name.as_deref().ok_or_else(|| {
+        Error::at(
+            format!("sent_id {}", s0.sent_id),
+            "the image has no file_name in the annotations, so it cannot be found under --images",
+        )
+    })?;
+    let path = images.join(name);
+    let img = crate::preprocess::load_rgb(&path)?;
+    if (img.width(), img.height()) != (s0.width, s0.height) {
+        return Err(Error::input(
+            &path,
+            format!(
+                "is {}x{} but the annotations say {}x{}",
+                img.width(),
+                img.height(),
+                s0.width,
+                s0.height
+            ),
+        ));
+    }
+    Ok(img)
+}
+
+/// Append sample `k`'s prediction line (and its log line).
+fn write_refcoco(
+    gt: &GroundTruth,
+    k: usize,
+    r: &SegmentResult,
+    file: &mut PredictionFile,
+    log: Option<&mut PredictionFile>,
+    o: &RunOptions,
+) -> Result<()> {
+    let s = &gt.samples[k];
+    let pred = r
+        .mask
+        .to_rle()
+        .map_err(|e| Error::at(format!("sent_id {}", s.sent_id), e.0))?;
+    let mask = if r.seg_count > 0 {
+        pred.to_coco_json()
+    } else {
+        Value::Null
+    };
+    file.append(&json!({"sent_id": s.sent_id, "mask": mask}))?;
+    if let Some(l) = log {
+        let (inter, union) = pred
+            .intersection_union(&gt.masks[s.mask])
+            .map_err(|e| Error::at(format!("sent_id {}", s.sent_id), e.0))?;
+        l.append(&json!({
+            "sent_id": s.sent_id, "image": s.file_name, "sentence": r.expression, "prompt": r.prompt, "output": r.text,
+            "token_ids": r.token_ids, "seg_count": r.seg_count, "mask": mask, "intersection": inter, "union": union,
+            "iou": if union > 0 { inter as f64 / union as f64 } else { 1.0 },
+            "scores": r.scores, "timings": r.timings,
+            "gt_mask": gt.masks[s.mask].to_coco_json(), "model": o.model_id,
+        }))?;
+    }
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]

@@ -167,6 +167,42 @@ impl ChatModel {
         })
     }
 
+    /// [`Self::vision`] for several photos in one ViT + projector forward over all their tiles
+    /// (tiles are independent, so each photo's features are its lone run's up to summation
+    /// order). Each `secs` is the batch's time shared in proportion to the photo's tiles.
+    pub fn vision_batch(&self, imgs: &[&image::RgbImage], max_tiles: usize) -> Result<Vec<Vision>> {
+        if imgs.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut px = Vec::with_capacity(imgs.len());
+        let mut grids = Vec::with_capacity(imgs.len());
+        for img in imgs {
+            let (p, grid, n) = self.pixel_values(img, max_tiles)?;
+            px.push(p);
+            grids.push((grid, n));
+        }
+        let t = std::time::Instant::now();
+        let feats = self.model.extract_feature(&Tensor::cat(&px, 0)?)?;
+        self.device.synchronize()?;
+        let secs = t.elapsed().as_secs_f64();
+        let total: usize = grids.iter().map(|(_, n)| n).sum();
+        let mut start = 0;
+        grids
+            .into_iter()
+            .map(|(grid, n_tiles)| {
+                let f = feats.narrow(0, start, n_tiles)?;
+                start += n_tiles;
+                Ok(Vision {
+                    feats: f,
+                    grid,
+                    n_tiles,
+                    secs: secs * n_tiles as f64 / total as f64,
+                    qwen: None,
+                })
+            })
+            .collect()
+    }
+
     /// Prompt ids and embeddings of a user turn (containing `<image>`) over `vision`.
     pub fn embed_prompt(&self, vision: &Vision, user: &str) -> Result<(Vec<u32>, Tensor)> {
         let ids = self.prompt_ids(user, vision.n_tiles)?;
@@ -237,6 +273,25 @@ impl ChatModel {
             return Err(Error::Usage("the forced reply is empty".into()));
         }
         let h = teacher_force(&mut self.model, &embeds, &ids)?;
+        Ok((ids, h))
+    }
+
+    /// [`Self::force_reply`] for several (features, user turn) pairs in one padded prefill (see
+    /// [`crate::models::generate::teacher_force_batch`]); the reply's ids and each pair's hidden states.
+    pub fn force_reply_batch(&mut self, turns: &[(&Vision, &str)], reply: &str) -> Result<(Vec<u32>, Vec<Tensor>)> {
+        let embeds = turns
+            .iter()
+            .map(|(v, user)| Ok(self.embed_prompt(v, user)?.1))
+            .collect::<Result<Vec<_>>>()?;
+        let enc = self
+            .tokenizer
+            .encode(reply, false)
+            .map_err(|e| Error::at("tokenizer", e.to_string()))?;
+        let ids = enc.get_ids().to_vec();
+        if ids.is_empty() {
+            return Err(Error::Usage("the forced reply is empty".into()));
+        }
+        let h = crate::models::generate::teacher_force_batch(&mut self.model, &embeds, &ids)?;
         Ok((ids, h))
     }
 

@@ -44,6 +44,20 @@ impl Llm {
             Llm::InternLm2(m) => m.clear_kv_cache(),
         }
     }
+    /// See [`crate::models::nn::Decoder::set_left_padding`].
+    pub fn set_left_padding(&mut self, pads: &[usize]) {
+        match self {
+            Llm::Qwen2(m) => m.set_left_padding(pads),
+            Llm::InternLm2(m) => m.set_left_padding(pads),
+        }
+    }
+    /// Whether decode steps go through quantized weights (`--quantize`).
+    pub fn decode_quantized(&self) -> bool {
+        match self {
+            Llm::Qwen2(m) => m.decode_quantized(),
+            Llm::InternLm2(m) => m.decode_quantized(),
+        }
+    }
     /// Decode steps through quantized copies of the linear layers (the prefill keeps f32).
     pub fn quantize_for_decode(&mut self, q: DecodeQuant) -> Result<()> {
         let dtype = match q {

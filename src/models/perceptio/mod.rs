@@ -15,7 +15,7 @@ use crate::mask::{Mask, Segment};
 use crate::models::chat::Chat;
 use crate::models::checkpoint::Checkpoint;
 use crate::models::depth_tokens::{DepthBlock, DepthParseError};
-use crate::models::generate::{generate_constrained, GenerateOptions, LogitsConstraint};
+use crate::models::generate::{generate_batch, generate_constrained, GenerateOptions, LogitsConstraint};
 use crate::models::internvl::chat::Vision;
 use crate::models::sam2::{Preprocess, Prompt, Sam2};
 use candle_core::{IndexOp, Tensor};
@@ -347,56 +347,196 @@ impl Grounder {
         let t = Instant::now();
         let (token_ids, text, seg_hidden) = if opts.force_seg {
             let (ids, h) = self.chat.force_reply(vision, prompt, FORCED_REPLY)?;
-            let sid = self
-                .seg_id
-                .ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
-            let rows: Vec<Tensor> = ids
-                .iter()
-                .enumerate()
-                .filter(|(_, &id)| id == sid)
-                .map(|(i, _)| h.i(i))
-                .collect::<candle_core::Result<_>>()?;
+            let rows = self.forced_seg_rows(&ids, &h)?;
             (ids, FORCED_REPLY.to_string(), rows)
         } else {
-            // Same decoding as `respond`: a model with depth tokens keeps any depth block it
-            // writes well-formed, so the chain before the answer is never cut or malformed.
-            let (_, embeds) = self.chat.embed_prompt(vision, prompt)?;
-            let gen = self.chat.with_stops(&opts.generation);
-            let mut guard = self.depth.as_ref().map(|d| d.constraint());
-            let c = guard.as_mut().map(|g| g as &mut dyn LogitsConstraint);
-            let g = &generate_constrained(self.chat.lm(), &embeds, &gen, c, |_| {})?;
-            let sid = self
-                .seg_id
-                .ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
-            let rows = seg_rows(g, sid);
-            let text = self.chat.decode_reply(&g.ids, &gen.stop_ids)?;
-            (g.ids.clone(), text, rows)
+            self.generate_reply(vision, prompt, opts)?
         };
         let llm_s = t.elapsed().as_secs_f64();
-        let (w, h) = (img.width(), img.height());
         let mut timings = SegmentTimings {
             vision_s: vision.secs,
             llm_s,
             ..Default::default()
         };
         let segs = self.masks(img, &seg_hidden, &mut timings)?;
-        let mut mask = Mask::empty(w, h);
-        for s in &segs {
-            mask.or(&s.mask);
+        Ok(segment_result(img, expression, prompt, text, token_ids, &segs, timings))
+    }
+
+    /// [`Self::segment`] for several (photo, features, expression) samples at once, each
+    /// result as its lone run gives it (up to float summation order): with `force_seg` one
+    /// right-padded LLM prefill for all, else batched decoding ([`generate_batch`]; a model with
+    /// a depth head or quantized decode steps generates each reply alone), then SAM2 encodes the
+    /// distinct uncached photos together and its mask decoder takes every `[SEG]` of the batch in
+    /// one forward. Timings are the batch's stage times shared equally among its samples.
+    pub fn segment_batch(&mut self, items: &[BatchItem], opts: &SegmentOptions) -> Result<Vec<SegmentResult>> {
+        let n = items.len().max(1) as f64;
+        let prompts: Vec<String> = items.iter().map(|it| referring_prompt(it.expression)).collect();
+        let t = Instant::now();
+        let replies: Vec<(Vec<u32>, String, Vec<Tensor>)> = if opts.force_seg {
+            let turns: Vec<(&Vision, &str)> = items
+                .iter()
+                .zip(&prompts)
+                .map(|(it, p)| (it.vision, p.as_str()))
+                .collect();
+            let (ids, hs) = self.chat.force_reply_batch(&turns, FORCED_REPLY)?;
+            hs.iter()
+                .map(|h| Ok((ids.clone(), FORCED_REPLY.to_string(), self.forced_seg_rows(&ids, h)?)))
+                .collect::<Result<_>>()?
+        } else if items.len() > 1 && self.depth.is_none() && self.chat.batch_decoder().is_some() {
+            // Batched decoding (InternVL decoders); a depth head's constraint, quantized decode
+            // steps (one-row products only) and other families keep the one-reply-at-a-time path.
+            let embeds = items
+                .iter()
+                .zip(&prompts)
+                .map(|(it, p)| Ok(self.chat.embed_prompt(it.vision, p)?.1))
+                .collect::<Result<Vec<_>>>()?;
+            let gen = self.chat.with_stops(&opts.generation);
+            let lm = self
+                .chat
+                .batch_decoder()
+                .ok_or_else(|| Error::at("model", "no batched decoder"))?;
+            let gens = generate_batch(lm, &embeds, &gen)?;
+            let sid = self
+                .seg_id
+                .ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
+            gens.into_iter()
+                .map(|g| {
+                    let rows = seg_rows(&g, sid);
+                    let text = self.chat.decode_reply(&g.ids, &gen.stop_ids)?;
+                    Ok((g.ids, text, rows))
+                })
+                .collect::<Result<_>>()?
+        } else {
+            items
+                .iter()
+                .zip(&prompts)
+                .map(|(it, p)| self.generate_reply(it.vision, p, opts))
+                .collect::<Result<_>>()?
+        };
+        let llm_s = t.elapsed().as_secs_f64() / n;
+        // Every [SEG] of the batch, with the sample it belongs to.
+        let owners: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| std::iter::repeat_n(i, r.2.len()))
+            .collect();
+        let mut segs: Vec<Vec<Segment>> = vec![Vec::new(); items.len()];
+        let (mut enc_s, mut dec_s) = (0.0, 0.0);
+        let mut cached = vec![false; items.len()];
+        if !owners.is_empty() {
+            let sam2 = self.sam2()?;
+            let hidden: Vec<&Tensor> = replies.iter().flat_map(|r| &r.2).collect();
+            let t = Instant::now();
+            let imgs: Vec<&RgbImage> = owners.iter().map(|&i| items[i].img).collect();
+            let feats = sam2.features_batch(&imgs, Preprocess::Sa2va)?;
+            sam2.device.synchronize()?;
+            enc_s = t.elapsed().as_secs_f64() / n;
+            let t = Instant::now();
+            let e = self
+                .chat
+                .seg_projection(&Tensor::stack(&hidden, 0)?)?
+                .ok_or_else(|| Error::at("model", "the checkpoint has no text_hidden_fcs"))?
+                .to_device(&sam2.device)?;
+            let rows: Vec<Tensor> = (0..owners.len()).map(|j| e.i(j)).collect::<candle_core::Result<_>>()?;
+            let fs: Vec<&crate::models::sam2::ImageFeatures> = feats.iter().map(|(f, _)| f.as_ref()).collect();
+            let sizes: Vec<(u32, u32)> = imgs.iter().map(|i| (i.width(), i.height())).collect();
+            let preds = sam2.predict_seg_masks(&fs, &rows, &sizes)?;
+            dec_s = t.elapsed().as_secs_f64() / n;
+            for ((p, &i), (_, hit)) in preds.into_iter().zip(&owners).zip(&feats) {
+                cached[i] = *hit;
+                segs[i].push(Segment {
+                    mask: p.mask,
+                    score: p.scores[p.best],
+                    object_score: p.object_score,
+                });
+            }
         }
-        let scores = segs.iter().map(|s| s.score).collect();
-        let object_scores = segs.iter().map(|s| s.object_score).collect();
-        Ok(SegmentResult {
-            expression: expression.to_string(),
-            prompt: prompt.to_string(),
-            text,
-            token_ids,
-            seg_count: seg_hidden.len(),
-            mask,
-            scores,
-            object_scores,
-            timings,
-        })
+        Ok(items
+            .iter()
+            .zip(prompts)
+            .zip(replies)
+            .enumerate()
+            .map(|(i, ((it, prompt), (ids, text, hidden)))| {
+                let timings = SegmentTimings {
+                    vision_s: it.vision.secs,
+                    llm_s,
+                    sam2_encode_s: if hidden.is_empty() { 0.0 } else { enc_s },
+                    sam2_cached: cached[i],
+                    sam2_decode_s: if hidden.is_empty() { 0.0 } else { dec_s },
+                };
+                segment_result(it.img, it.expression, &prompt, text, ids, &segs[i], timings)
+            })
+            .collect())
+    }
+
+    /// The `[SEG]` rows of a teacher-forced reply's hidden states.
+    fn forced_seg_rows(&self, ids: &[u32], h: &Tensor) -> Result<Vec<Tensor>> {
+        let sid = self
+            .seg_id
+            .ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
+        Ok(ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| id == sid)
+            .map(|(i, _)| h.i(i))
+            .collect::<candle_core::Result<_>>()?)
+    }
+
+    /// Generate the reply to `prompt`: its ids, text and the hidden states at its `[SEG]`s.
+    /// Same decoding as `respond`: a model with depth tokens keeps any depth block it writes
+    /// well-formed, so the chain before the answer is never cut or malformed.
+    fn generate_reply(
+        &mut self,
+        vision: &Vision,
+        prompt: &str,
+        opts: &SegmentOptions,
+    ) -> Result<(Vec<u32>, String, Vec<Tensor>)> {
+        let (_, embeds) = self.chat.embed_prompt(vision, prompt)?;
+        let gen = self.chat.with_stops(&opts.generation);
+        let mut guard = self.depth.as_ref().map(|d| d.constraint());
+        let c = guard.as_mut().map(|g| g as &mut dyn LogitsConstraint);
+        let g = generate_constrained(self.chat.lm(), &embeds, &gen, c, |_| {})?;
+        let sid = self
+            .seg_id
+            .ok_or_else(|| Error::at("model", "this checkpoint has no [SEG] grounding"))?;
+        let rows = seg_rows(&g, sid);
+        let text = self.chat.decode_reply(&g.ids, &gen.stop_ids)?;
+        Ok((g.ids, text, rows))
+    }
+}
+
+/// One sample of [`Grounder::segment_batch`]: the photo, its InternVL features, the expression.
+#[derive(Clone, Copy)]
+pub struct BatchItem<'a> {
+    pub img: &'a RgbImage,
+    pub vision: &'a Vision,
+    pub expression: &'a str,
+}
+
+/// A [`SegmentResult`] from the reply and the masks of its `[SEG]`s (OR-ed at the photo's size).
+fn segment_result(
+    img: &RgbImage,
+    expression: &str,
+    prompt: &str,
+    text: String,
+    token_ids: Vec<u32>,
+    segs: &[Segment],
+    timings: SegmentTimings,
+) -> SegmentResult {
+    let mut mask = Mask::empty(img.width(), img.height());
+    for s in segs {
+        mask.or(&s.mask);
+    }
+    SegmentResult {
+        expression: expression.to_string(),
+        prompt: prompt.to_string(),
+        text,
+        token_ids,
+        seg_count: segs.len(),
+        mask,
+        scores: segs.iter().map(|s| s.score).collect(),
+        object_scores: segs.iter().map(|s| s.object_score).collect(),
+        timings,
     }
 }
 

@@ -21,6 +21,21 @@ pub struct ImageFeatures {
     pub high_res_cl: Option<(Tensor, Tensor)>,
 }
 
+impl ImageFeatures {
+    /// The features of image `i` of a batch encoded together, each map (1, …).
+    pub fn get(&self, i: usize) -> Result<Self> {
+        let one = |t: &Tensor| t.narrow(0, i, 1)?.contiguous();
+        let pair = |p: &Option<(Tensor, Tensor)>| -> Result<Option<(Tensor, Tensor)>> {
+            p.as_ref().map(|(a, b)| Ok((one(a)?, one(b)?))).transpose()
+        };
+        Ok(Self {
+            image_embed: one(&self.image_embed)?,
+            high_res: pair(&self.high_res)?,
+            high_res_cl: pair(&self.high_res_cl)?,
+        })
+    }
+}
+
 /// A 1×1 convolution applied channels-last as a matmul (candle's CPU conv2d is far slower here).
 #[derive(Debug, Clone)]
 struct Conv1x1(Linear);

@@ -227,12 +227,7 @@ impl Sam2 {
     /// Encode a photo, reusing the features of an identical image (same pixels, same
     /// preprocessing) seen recently by this process. Returns whether it was a cache hit.
     pub fn features(&self, img: &RgbImage, mode: Preprocess) -> candle_core::Result<(Arc<ImageFeatures>, bool)> {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(img.width().to_le_bytes());
-        h.update(img.height().to_le_bytes());
-        h.update(img.as_raw());
-        let key: [u8; 32] = h.finalize().into();
+        let key = image_key(img);
         if let Some((_, _, f)) = self
             .cache
             .lock()
@@ -249,6 +244,55 @@ impl Sam2 {
         }
         c.push((key, mode, f.clone()));
         Ok((f, false))
+    }
+
+    /// [`Self::features`] for several photos: the ones not cached are encoded together along
+    /// the batch dimension (Hiera, FPN and the convs are per image), then split and cached.
+    /// Returns, per photo in order, its features and whether they were a cache hit.
+    pub fn features_batch(
+        &self,
+        imgs: &[&RgbImage],
+        mode: Preprocess,
+    ) -> candle_core::Result<Vec<(Arc<ImageFeatures>, bool)>> {
+        let keys: Vec<[u8; 32]> = imgs.iter().map(|i| image_key(i)).collect();
+        let mut out: Vec<Option<(Arc<ImageFeatures>, bool)>> = {
+            let c = self.cache.lock().expect("cache lock");
+            keys.iter()
+                .map(|k| {
+                    c.iter()
+                        .find(|(ck, m, _)| ck == k && *m == mode)
+                        .map(|(_, _, f)| (f.clone(), true))
+                })
+                .collect()
+        };
+        // Distinct uncached photos, each encoded once.
+        let mut todo: Vec<usize> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            if out[i].is_none() && !todo.iter().any(|&j| keys[j] == *k) {
+                todo.push(i);
+            }
+        }
+        if !todo.is_empty() {
+            let px = todo
+                .iter()
+                .map(|&i| self.preprocess(imgs[i], mode))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let f = self.encode(&Tensor::cat(&px, 0)?)?;
+            let mut c = self.cache.lock().expect("cache lock");
+            for (n, &i) in todo.iter().enumerate() {
+                let one = Arc::new(f.get(n)?);
+                for (j, k) in keys.iter().enumerate() {
+                    if *k == keys[i] && out[j].is_none() {
+                        out[j] = Some((one.clone(), false));
+                    }
+                }
+                if c.len() >= CACHE_CAPACITY {
+                    c.remove(0);
+                }
+                c.push((keys[i], mode, one));
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("every photo set")).collect())
     }
 
     /// Decode sparse prompt tokens against image features.
@@ -337,6 +381,16 @@ impl Sam2 {
     }
 }
 
+/// The cache key of a photo: SHA-256 of its size and pixels.
+fn image_key(img: &RgbImage) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(img.width().to_le_bytes());
+    h.update(img.height().to_le_bytes());
+    h.update(img.as_raw());
+    h.finalize().into()
+}
+
 /// What a SAM2 prompt is: classic points/box (`SAM2ImagePredictor`) or a projected `[SEG]`
 /// hidden state (Sa2VA).
 #[derive(Debug, Clone, Copy)]
@@ -390,6 +444,91 @@ impl Sam2 {
             best,
             object_score,
         })
+    }
+}
+
+impl Sam2 {
+    /// [`Self::predict_mask`] for many `[SEG]` prompts at once: `segs[i]` (C) on `feats[i]` at
+    /// photo size `sizes[i]`. One mask-decoder forward over all of them (the image features
+    /// stacked along the batch, as the decoder takes one image per prompt), then each prompt's
+    /// best mask is upsampled to its photo.
+    pub fn predict_seg_masks(
+        &self,
+        feats: &[&ImageFeatures],
+        segs: &[Tensor],
+        sizes: &[(u32, u32)],
+    ) -> candle_core::Result<Vec<MaskPrediction>> {
+        let n = segs.len();
+        if feats.len() != n || sizes.len() != n {
+            candle_core::bail!(
+                "predict_seg_masks: {n} prompts, {} feature sets, {} sizes",
+                feats.len(),
+                sizes.len()
+            );
+        }
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let c = self.config.decoder.transformer_dim;
+        let seg = Tensor::cat(
+            &segs
+                .iter()
+                .map(|s| s.reshape((1, 1, c)))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            0,
+        )?
+        .to_dtype(DType::F32)?;
+        let empty = self.prompt.sparse(
+            Some((
+                &Tensor::zeros((n, 1, 2), DType::F32, &self.device)?,
+                &[prompt_encoder::LABEL_PAD],
+            )),
+            None,
+        )?;
+        let sparse = Tensor::cat(&[&empty, &seg], 1)?;
+        let cat =
+            |f: &dyn Fn(&ImageFeatures) -> Tensor| Tensor::cat(&feats.iter().map(|x| f(x)).collect::<Vec<_>>(), 0);
+        let image_embed = cat(&|x| x.image_embed.clone())?;
+        let high_res = match feats[0].high_res_cl {
+            Some(_) => {
+                let part = |k: usize| {
+                    feats
+                        .iter()
+                        .map(|x| {
+                            let (a, b) = x
+                                .high_res_cl
+                                .as_ref()
+                                .ok_or_else(|| candle_core::Error::msg("features without high-res maps"))?;
+                            Ok(if k == 0 { a.clone() } else { b.clone() })
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()
+                };
+                Some((Tensor::cat(&part(0)?, 0)?, Tensor::cat(&part(1)?, 0)?))
+            }
+            None => None,
+        };
+        let dense = self.prompt.dense_no_mask(n)?;
+        let pe = self.prompt.dense_pe()?;
+        let out = self
+            .decoder
+            .forward(&image_embed, &pe, &sparse, &dense, true, high_res.as_ref())?;
+        let iou = out.iou.to_dtype(DType::F32)?;
+        let obj = out.object_score.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        (0..n)
+            .map(|i| {
+                let scores: Vec<f32> = iou.get(i)?.to_vec1()?;
+                let best = argmax(&iou.get(i)?)?;
+                let low = out.low_res_masks.narrow(0, i, 1)?.narrow(1, best, 1)?;
+                let (w, h) = sizes[i];
+                let mask = mask_from_logits(&upscale_logits(&low, (h, w), Some(self.config.image_size))?)?;
+                Ok(MaskPrediction {
+                    mask,
+                    scores,
+                    best,
+                    object_score: obj[i],
+                })
+            })
+            .collect()
     }
 }
 
