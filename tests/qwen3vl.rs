@@ -363,4 +363,42 @@ fn cli_segment_and_eval_run_the_qwen3_vl_checkpoint() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(report["samples"].as_u64().unwrap() >= 4, "{report}");
     assert_eq!(report["missing_predictions"], 0);
+    // --batch-size 3 on this family (one turn at a time through the LLM, SAM2 batched): the same
+    // predictions in the same order.
+    let pred3 = tmp.path().join("pred3.jsonl");
+    let o = run(
+        &[
+            "eval",
+            "refcoco",
+            "--refer-root",
+            refer.to_str().unwrap(),
+            "--dataset",
+            "refcoco",
+            "--split",
+            "val",
+            "--model",
+            m,
+            "--images",
+            images.to_str().unwrap(),
+            "--predictions",
+            pred3.to_str().unwrap(),
+            "--force-seg",
+            "--batch-size",
+            "3",
+            "--json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = |p: &std::path::Path| -> Vec<(serde_json::Value, serde_json::Value)> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["sent_id"].clone(), v["mask"].clone())
+            })
+            .collect()
+    };
+    assert_eq!(lines(&pred3), lines(&pred), "--batch-size 3 vs 1");
 }
