@@ -161,20 +161,21 @@ impl Config {
         if text.use_sliding_window {
             return Err("text_config.use_sliding_window is true: sliding-window attention is not supported".into());
         }
-        if text.num_attention_heads == 0 || text.hidden_size % text.num_attention_heads != 0 {
+        if text.num_attention_heads == 0 || !text.hidden_size.is_multiple_of(text.num_attention_heads) {
             return Err(format!(
                 "text_config.hidden_size {} is not a multiple of num_attention_heads {}",
                 text.hidden_size, text.num_attention_heads
             ));
         }
         let c = top.vision_config.clone();
-        if c.num_heads == 0 || c.hidden_size % c.num_heads != 0 {
+        if c.num_heads == 0 || !c.hidden_size.is_multiple_of(c.num_heads) {
             return Err(format!(
                 "vision_config.hidden_size {} is not a multiple of num_heads {}",
                 c.hidden_size, c.num_heads
             ));
         }
-        if c.window_size % (c.spatial_merge_size * c.patch_size) != 0 || c.window_size == 0 {
+        let unit = c.spatial_merge_size * c.patch_size;
+        if unit == 0 || c.window_size == 0 || !c.window_size.is_multiple_of(unit) {
             return Err(format!(
                 "vision_config.window_size {} is not a multiple of spatial_merge_size·patch_size {}",
                 c.window_size,
