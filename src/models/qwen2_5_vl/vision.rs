@@ -61,13 +61,22 @@ impl Block {
         let (q, k) = (rot(0)?, rot(1)?);
         let v = qkv.narrow(1, 2, 1)?.squeeze(1)?.unsqueeze(0)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let parts = segments
-            .iter()
-            .map(|&(a, b)| {
-                let s = |t: &Tensor| t.narrow(1, a, b - a)?.contiguous();
-                crate::models::attention::attention(&s(&q)?, &s(&k)?, &s(&v)?, scale, None)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Runs of consecutive equal-length windows go through attention as one batch.
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < segments.len() {
+            let (a, b) = segments[i];
+            let len = b - a;
+            let mut k_end = i + 1;
+            while k_end < segments.len() && segments[k_end].1 - segments[k_end].0 == len {
+                k_end += 1;
+            }
+            let cnt = k_end - i;
+            let s = |t: &Tensor| t.narrow(1, a, cnt * len)?.reshape((cnt, len, self.heads, d));
+            let o = crate::models::attention::attention(&s(&q)?, &s(&k)?, &s(&v)?, scale, None)?;
+            parts.push(o.reshape((1, cnt * len, self.heads, d))?);
+            i = k_end;
+        }
         let a = Tensor::cat(&parts, 1)?;
         let x = (x + self.proj.forward(&a.reshape((n, h))?)?)?;
         let y = self.norm2.forward(&x)?;
@@ -221,6 +230,27 @@ impl VisionModel {
 
 #[cfg(test)]
 mod tests {
+    /// Sa2VA-Qwen2.5-VL-3B's geometry at small depth: vision head_dim 80 (1280 / 16), windows of
+    /// 112 px = 4 merged tokens, one full-attention block; it builds and runs on a grid with partial windows.
+    #[test]
+    fn the_3b_vision_geometry_builds_and_runs() {
+        let c: super::VisionConfig = serde_json::from_value(serde_json::json!({
+            "depth": 2, "hidden_size": 1280, "intermediate_size": 64, "num_heads": 16,
+            "out_hidden_size": 64, "fullatt_block_indexes": [1]
+        }))
+        .unwrap();
+        assert_eq!(c.window_size, 112);
+        let dev = candle_core::Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+        let m = super::VisionModel::new(&c, vb).unwrap();
+        let px = candle_core::Tensor::zeros((10 * 12, 3 * 2 * 14 * 14), candle_core::DType::F32, &dev).unwrap();
+        let (y, deep) = m.forward(&px, [1, 10, 12]).unwrap();
+        assert_eq!(y.dims(), &[30, 64]);
+        assert!(deep.is_empty());
+        assert!(m.forward(&px, [1, 10, 10]).is_err());
+    }
+
     #[test]
     fn windows_cover_the_grid_with_partial_edges() {
         // 3x5 merged tokens, windows of 2: rows {0,1},{2} x cols {0,1},{2,3},{4}
