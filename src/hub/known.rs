@@ -43,12 +43,12 @@ pub const KNOWN_REPOS: &[(&str, &str, &str)] = &[
     (
         "ByteDance/Sa2VA-Qwen2_5-VL-3B",
         "full model",
-        "Qwen2.5-VL-3B + SAM2-L; not supported yet (refused by name)",
+        "Qwen2.5-VL-3B (window attention, MRoPE) + SAM2-L; checked on a tiny layout against Sa2VA's predict_forward (transformers 4.57)",
     ),
     (
         "ByteDance/Sa2VA-Qwen2_5-VL-7B",
         "full model",
-        "Qwen2.5-VL-7B + SAM2-L; not supported yet (refused by name)",
+        "Qwen2.5-VL-7B (window attention, MRoPE) + SAM2-L; checked on a tiny layout against Sa2VA's predict_forward (transformers 4.57)",
     ),
     (
         "ByteDance/Sa2VA-Qwen3-VL-4B",

@@ -1,5 +1,5 @@
 //! The chat model of a checkpoint, whichever family it is: InternVL (InternViT + Qwen2/InternLM2)
-//! or Qwen3-VL. The grounding chain, `ask`, `segment` and `eval --model` go through this type.
+//! Qwen3-VL or Qwen2.5-VL (the last two share one chat type). The grounding chain, `ask`, `segment` and `eval --model` go through this type.
 
 use crate::error::{Error, Result};
 use crate::models::checkpoint::Checkpoint;
@@ -13,12 +13,15 @@ use candle_core::Tensor;
 pub enum Chat {
     InternVl(ChatModel),
     Qwen3Vl(Qwen3VlChat),
+    Qwen25Vl(Qwen3VlChat),
 }
 
 impl Chat {
-    /// Build the family the config names (Qwen3-VL by its `vision_config.model_type`).
+    /// Build the family the config names (the Qwen-VL ones by their `vision_config.model_type`).
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self> {
-        if crate::models::qwen3_vl::config::is_qwen3_vl(&ck.config) {
+        if crate::models::qwen2_5_vl::is_qwen2_5_vl(&ck.config) {
+            Ok(Chat::Qwen25Vl(Qwen3VlChat::from_checkpoint_qwen25(ck)?))
+        } else if crate::models::qwen3_vl::config::is_qwen3_vl(&ck.config) {
             Ok(Chat::Qwen3Vl(Qwen3VlChat::from_checkpoint(ck)?))
         } else {
             Ok(Chat::InternVl(ChatModel::from_checkpoint(ck)?))
@@ -28,21 +31,21 @@ impl Chat {
     pub fn tokenizer(&self) -> &Tokenizer {
         match self {
             Chat::InternVl(c) => &c.tokenizer,
-            Chat::Qwen3Vl(c) => &c.tokenizer,
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => &c.tokenizer,
         }
     }
 
     pub fn stop_ids(&self) -> &[u32] {
         match self {
             Chat::InternVl(c) => &c.stop_ids,
-            Chat::Qwen3Vl(c) => &c.stop_ids,
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => &c.stop_ids,
         }
     }
 
     fn stop_text(&self) -> Option<StopText> {
         match self {
             Chat::InternVl(c) => c.stop_text.clone(),
-            Chat::Qwen3Vl(_) => None,
+            Chat::Qwen3Vl(_) | Chat::Qwen25Vl(_) => None,
         }
     }
 
@@ -50,7 +53,7 @@ impl Chat {
     pub fn default_max_tiles(&self) -> usize {
         match self {
             Chat::InternVl(c) => c.config().default_max_tiles(),
-            Chat::Qwen3Vl(_) => 1,
+            Chat::Qwen3Vl(_) | Chat::Qwen25Vl(_) => 1,
         }
     }
 
@@ -58,7 +61,7 @@ impl Chat {
     pub fn lm(&mut self) -> &mut dyn CausalLm {
         match self {
             Chat::InternVl(c) => &mut c.model,
-            Chat::Qwen3Vl(c) => &mut c.model.text,
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => &mut c.model.text,
         }
     }
 
@@ -66,7 +69,7 @@ impl Chat {
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Chat::InternVl(c) => c.model.llm.embed(ids)?,
-            Chat::Qwen3Vl(c) => c.model.text.embed(ids)?,
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => c.model.text.embed(ids)?,
         })
     }
 
@@ -74,7 +77,7 @@ impl Chat {
     pub fn vision(&self, img: &image::RgbImage, max_tiles: usize) -> Result<Vision> {
         match self {
             Chat::InternVl(c) => c.vision(img, max_tiles),
-            Chat::Qwen3Vl(c) => c.vision(img),
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => c.vision(img),
         }
     }
 
@@ -82,7 +85,7 @@ impl Chat {
     pub fn embed_prompt(&self, vision: &Vision, user: &str) -> Result<(Vec<u32>, Tensor)> {
         match self {
             Chat::InternVl(c) => c.embed_prompt(vision, user),
-            Chat::Qwen3Vl(c) => c.embed_prompt(vision, user),
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => c.embed_prompt(vision, user),
         }
     }
 
@@ -100,7 +103,7 @@ impl Chat {
     pub fn decode_reply(&self, ids: &[u32], stop_ids: &[u32]) -> Result<String> {
         match self {
             Chat::InternVl(c) => c.decode_reply(ids, stop_ids),
-            Chat::Qwen3Vl(c) => {
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => {
                 let kept: Vec<u32> = ids.iter().copied().filter(|i| !stop_ids.contains(i)).collect();
                 let t = c
                     .tokenizer
@@ -190,7 +193,7 @@ impl Chat {
     pub fn seg_projection(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
         Ok(match self {
             Chat::InternVl(c) => c.model.seg_projection(hidden)?,
-            Chat::Qwen3Vl(c) => c.model.seg_projection(hidden)?,
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => c.model.seg_projection(hidden)?,
         })
     }
 
@@ -198,7 +201,7 @@ impl Chat {
     pub fn seg_width(&self) -> Option<usize> {
         let fcs = match self {
             Chat::InternVl(c) => c.model.text_hidden_fcs.as_ref(),
-            Chat::Qwen3Vl(c) => c.model.text_hidden_fcs.as_ref(),
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => c.model.text_hidden_fcs.as_ref(),
         };
         fcs.map(|(_, b)| b.weight().dim(0).unwrap_or(0))
     }
@@ -210,7 +213,7 @@ impl Chat {
         };
         match self {
             Chat::InternVl(c) => c.model.llm.quantize_for_decode(q)?,
-            Chat::Qwen3Vl(c) => c.model.text.quantize_for_decode(dtype)?,
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => c.model.text.quantize_for_decode(dtype)?,
         }
         Ok(())
     }

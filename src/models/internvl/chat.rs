@@ -324,12 +324,12 @@ pub(crate) fn eos_token(dir: &Path) -> Result<Option<String>> {
     })
 }
 
-/// Image features of one photo (InternVL's after mlp1, or Qwen3-VL's), reusable across prompts.
+/// Image features of one photo (InternVL's after mlp1, or Qwen3-VL's / Qwen2.5-VL's), reusable across prompts.
 pub struct Vision {
     pub feats: Tensor,
     pub grid: TileGrid,
     pub n_tiles: usize,
     pub secs: f64,
-    /// Qwen3-VL's features (merged tokens, DeepStack, grid); `None` for InternVL.
+    /// Qwen-VL features (merged tokens, DeepStack (none for Qwen2.5-VL), grid); `None` for InternVL.
     pub qwen: Option<crate::models::qwen3_vl::ImageFeatures>,
 }

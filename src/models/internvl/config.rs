@@ -140,9 +140,10 @@ impl Config {
     }
 }
 
-/// Refuse, by name, the Sa2VA members whose vision tower perceptio does not have yet: the
+/// Refuse, naming the family, a Qwen-VL-based Sa2VA checkpoint given to the InternVL loader: the
 /// Qwen2.5-VL and Qwen3-VL based checkpoints write a `Qwen*VLConfig` (`text_config` +
-/// `vision_config`) where the InternVL-based ones write `llm_config` + `vision_config`.
+/// `vision_config`) where the InternVL-based ones write `llm_config` + `vision_config`; both of
+/// those families load through `models::chat::Chat`.
 pub fn check_family(config: &serde_json::Value) -> Result<(), String> {
     if config.get("llm_config").is_some() || config.get("text_config").is_none() {
         return Ok(());
@@ -159,16 +160,16 @@ pub fn check_family(config: &serde_json::Value) -> Result<(), String> {
     } else {
         "a Qwen-VL"
     };
-    if family == "Qwen3-VL" {
+    if family != "a Qwen-VL" {
         return Err(format!(
-            "this is a Sa2VA checkpoint built on Qwen3-VL (vision_config.model_type {vision:?}), not InternVL: \
+            "this is a Sa2VA checkpoint built on {family} (vision_config.model_type {vision:?}), not InternVL: \
              load it as models::chat::Chat (which picks the family from the config)"
         ));
     }
     Err(format!(
         "this is a Sa2VA checkpoint built on {family} (vision_config.model_type {vision:?}); perceptio runs the \
-         InternVL-based members (Sa2VA-1B/4B/8B/26B, Sa2VA-InternVL3-*) and the Qwen3-VL-based ones, and does not \
-         have the {family} vision tower yet"
+         InternVL-based members (Sa2VA-1B/4B/8B/26B, Sa2VA-InternVL3-*) and the Qwen2.5-VL and Qwen3-VL based ones, \
+         and does not know this one"
     ))
 }
 
@@ -202,14 +203,14 @@ mod family_tests {
     use super::*;
 
     #[test]
-    fn qwen_vl_members_are_refused_by_name_and_the_old_1b_is_noted() {
+    fn qwen_vl_members_are_sent_to_chat_by_name_and_the_old_1b_is_noted() {
         let qwen3 = serde_json::json!({"model_type": "sa2va_chat", "text_config": {}, "vision_config": {"model_type": "qwen3_vl"}});
         let e = check_family(&qwen3).unwrap_err();
         // Qwen3-VL runs, but through models::chat::Chat, not the InternVL loader.
         assert!(e.contains("Qwen3-VL") && e.contains("Chat"), "{e}");
         let qwen25 = serde_json::json!({"text_config": {}, "vision_config": {"model_type": "qwen2_5_vl"}});
         let e = check_family(&qwen25).unwrap_err();
-        assert!(e.contains("Qwen2.5-VL") && e.contains("vision tower"), "{e}");
+        assert!(e.contains("Qwen2.5-VL") && e.contains("Chat"), "{e}");
         let internvl =
             serde_json::json!({"llm_config": {"_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}, "vision_config": {}});
         assert!(check_family(&internvl).is_ok() && superseded_note(&internvl).is_none());

@@ -1,6 +1,8 @@
 //! A loaded Sa2VA-Qwen3-VL checkpoint with its tokenizer: image + question → reply, as Sa2VA's
 //! `predict_forward` builds it (the processor's chat template with the image first and no system
 //! message, `<image>` removed from the text, Qwen's two smart resizes at 512·28²..2048·28² pixels).
+//! Qwen2.5-VL-based checkpoints load through [`Qwen3VlChat::from_checkpoint_qwen25`]: the same
+//! `predict_forward`, except that Qwen2.5-VL's chat template adds its default system message.
 
 use super::{Config, Qwen3Vl};
 use crate::error::{Error, Result};
@@ -23,7 +25,12 @@ pub struct Qwen3VlChat {
     pub stop_ids: Vec<u32>,
     pub device: Device,
     pub dtype: DType,
+    /// The system turn the chat template inserts when the messages have none (Qwen2.5-VL's).
+    pub default_system: Option<&'static str>,
 }
+
+/// Qwen2.5-VL-Instruct's chat template's system message when none is given.
+pub const QWEN25_DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
 
 #[derive(serde::Deserialize)]
 struct PreprocessorConfig {
@@ -50,9 +57,21 @@ fn half() -> [f32; 3] {
 
 impl Qwen3VlChat {
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self> {
-        let _g = tracing::span!(tracing::Level::TRACE, "load-qwen3vl-chat").entered();
-        let dir = ck.dir.as_path();
         let config: Config = ck.config_as()?;
+        Self::load(ck, config, None)
+    }
+
+    /// A Qwen2.5-VL-based Sa2VA checkpoint.
+    pub fn from_checkpoint_qwen25(ck: &Checkpoint) -> Result<Self> {
+        let c25 = crate::models::qwen2_5_vl::Config::from_value(&ck.config)
+            .map_err(|m| Error::input(ck.dir.join("config.json"), m))?;
+        let shared = c25.shared().map_err(|m| Error::input(ck.dir.join("config.json"), m))?;
+        Self::load(ck, shared, Some(c25))
+    }
+
+    fn load(ck: &Checkpoint, config: Config, qwen25: Option<crate::models::qwen2_5_vl::Config>) -> Result<Self> {
+        let _g = tracing::span!(tracing::Level::TRACE, "load-qwen-vl-chat").entered();
+        let dir = ck.dir.as_path();
         let pp = dir.join("preprocessor_config.json");
         let pc: PreprocessorConfig = if pp.is_file() {
             serde_json::from_slice(&crate::util::read_file(&pp)?)
@@ -85,7 +104,11 @@ impl Qwen3VlChat {
         let mut stop_ids = config.text_config.eos_ids();
         let (tokenizer, model) = std::thread::scope(|s| {
             let tok = s.spawn(|| crate::models::tokenizer::load(dir).map(|t| t.0));
-            let model = Qwen3Vl::new(config, ck.vb()).map_err(|e| ck.weight_error(e));
+            let model = match &qwen25 {
+                Some(c) => Qwen3Vl::new_qwen25(c, ck.vb()),
+                None => Qwen3Vl::new(config, ck.vb()),
+            }
+            .map_err(|e| ck.weight_error(e));
             let tok = tok
                 .join()
                 .unwrap_or_else(|_| Err(Error::at("tokenizer", "the tokenizer thread panicked")));
@@ -118,6 +141,7 @@ impl Qwen3VlChat {
             stop_ids,
             device: ck.device().clone(),
             dtype: ck.dtype(),
+            default_system: qwen25.as_ref().map(|_| QWEN25_DEFAULT_SYSTEM),
         })
     }
 
@@ -151,7 +175,11 @@ impl Qwen3VlChat {
         let image = n_image_tokens
             .map(|n| format!("<|vision_start|>{}<|vision_end|>", "<|image_pad|>".repeat(n)))
             .unwrap_or_default();
-        format!("<|im_start|>user\n{image}{text}<|im_end|>\n<|im_start|>assistant\n")
+        let system = self
+            .default_system
+            .map(|s| format!("<|im_start|>system\n{s}<|im_end|>\n"))
+            .unwrap_or_default();
+        format!("{system}<|im_start|>user\n{image}{text}<|im_end|>\n<|im_start|>assistant\n")
     }
 
     /// Prompt ids and embeddings of a user turn over `vision`; the text model keeps the prompt's
@@ -160,7 +188,7 @@ impl Qwen3VlChat {
         let img = vision.qwen.as_ref().ok_or_else(|| {
             Error::at(
                 "model",
-                "these image features are InternVL's, not from this Qwen3-VL vision tower",
+                "these image features are InternVL's, not from this Qwen-VL vision tower",
             )
         })?;
         let n = img.embeds.dim(0)?;

@@ -4,6 +4,8 @@
 //! Image features replace the `<|image_pad|>` rows, positions come from `get_rope_index`
 //! (text 1-D, the image as a (0, row, col) grid), and the DeepStack features are added to the
 //! first decoder layers' outputs at the image rows.
+//! The same type holds a Qwen2.5-VL-based Sa2VA (same layout and prompt path; its own vision tower
+//! from `models::qwen2_5_vl` and the [`text::Flavor::Qwen25`] decoder).
 
 pub mod chat;
 pub mod config;
@@ -17,10 +19,28 @@ pub use config::Config;
 use text::{PromptState, TextModel};
 use vision::VisionModel;
 
+/// The vision tower of either family.
+#[derive(Debug, Clone)]
+pub enum Visual {
+    Qwen3(VisionModel),
+    Qwen25(crate::models::qwen2_5_vl::vision::VisionModel),
+}
+
+impl Visual {
+    /// pixel_values of one image → (merged tokens, DeepStack features; none for Qwen2.5-VL).
+    pub fn forward(&self, pixel_values: &Tensor, grid_thw: [usize; 3]) -> Result<(Tensor, Vec<Tensor>)> {
+        match self {
+            Visual::Qwen3(v) => v.forward(pixel_values, grid_thw),
+            Visual::Qwen25(v) => v.forward(pixel_values, grid_thw),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Qwen3Vl {
+    /// For Qwen2.5-VL, its config in this shape (`qwen2_5_vl::Config::shared`).
     pub config: Config,
-    pub visual: VisionModel,
+    pub visual: Visual,
     pub text: TextModel,
     pub text_hidden_fcs: Option<(Linear, Linear)>,
 }
@@ -37,8 +57,29 @@ impl Qwen3Vl {
     /// `vb` at the checkpoint root (Sa2VA's layout).
     pub fn new(config: Config, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
-        let visual = VisionModel::new(&config.vision_config, m.pp("model").pp("visual"))?;
+        let visual = Visual::Qwen3(VisionModel::new(&config.vision_config, m.pp("model").pp("visual"))?);
         let text = TextModel::new(&config.text_config, m.pp("model").pp("language_model"), m.pp("lm_head"))?;
+        Self::assemble(config, visual, text, vb)
+    }
+
+    /// A Qwen2.5-VL-based Sa2VA checkpoint (the same key layout), `vb` at its root.
+    pub fn new_qwen25(config: &crate::models::qwen2_5_vl::Config, vb: VarBuilder) -> Result<Self> {
+        let shared = config.shared().map_err(candle_core::Error::msg)?;
+        let m = vb.pp("model");
+        let visual = Visual::Qwen25(crate::models::qwen2_5_vl::vision::VisionModel::new(
+            &config.vision_config,
+            m.pp("model").pp("visual"),
+        )?);
+        let text = TextModel::new_flavor(
+            &shared.text_config,
+            text::Flavor::Qwen25,
+            m.pp("model").pp("language_model"),
+            m.pp("lm_head"),
+        )?;
+        Self::assemble(shared, visual, text, vb)
+    }
+
+    fn assemble(config: Config, visual: Visual, text: TextModel, vb: VarBuilder) -> Result<Self> {
         if config.vision_config.out_hidden_size != config.text_config.hidden_size {
             candle_core::bail!(
                 "vision_config.out_hidden_size {} differs from text_config.hidden_size {}",

@@ -2,6 +2,8 @@
 //! (q/k RMSNorm per head, no biases) whose rotary angles come from 3-D (t, h, w) positions with the
 //! frequencies interleaved T,H,W,T,H,W,… (`apply_interleaved_mrope`), and whose first layers get the
 //! DeepStack visual features added at the image-token positions of the prefill.
+//! The same type runs Qwen2.5-VL's decoder ([`Flavor::Qwen25`]): a Qwen2 decoder (q/k/v biases, no
+//! q/k norms) with the MRoPE frequencies in contiguous T | H | W sections.
 //! candle-transformers' `qwen3_vl` text model rotates every token by its 1-D index (no MRoPE), so
 //! image tokens would be placed differently from the reference; this is a separate port.
 
@@ -22,14 +24,21 @@ pub struct PromptState {
     pub visual: Option<(Vec<u32>, Vec<Tensor>)>,
 }
 
+/// Which decoder: Qwen3-VL's or Qwen2.5-VL's (the differences are listed in the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Qwen3,
+    Qwen25,
+}
+
 #[derive(Debug, Clone)]
 struct Layer {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
-    q_norm: RmsNorm,
-    k_norm: RmsNorm,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     gate: Linear,
     up: Linear,
     down: Linear,
@@ -44,18 +53,28 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(c: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(c: &TextConfig, flavor: Flavor, vb: VarBuilder) -> Result<Self> {
         let (h, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads);
         let a = vb.pp("self_attn");
         let m = vb.pp("mlp");
-        let b = c.attention_bias;
+        // Qwen3: attention_bias on all four projections; Qwen2.5: q/k/v biased, o not.
+        let (b, bo) = match flavor {
+            Flavor::Qwen3 => (c.attention_bias, c.attention_bias),
+            Flavor::Qwen25 => (true, false),
+        };
+        let norm = |name: &str| -> Result<Option<RmsNorm>> {
+            match flavor {
+                Flavor::Qwen3 => Ok(Some(RmsNorm::new(hd, c.rms_norm_eps, a.pp(name))?)),
+                Flavor::Qwen25 => Ok(None),
+            }
+        };
         Ok(Self {
             q_proj: Linear::new(h, nh * hd, b, a.pp("q_proj"))?,
             k_proj: Linear::new(h, nkv * hd, b, a.pp("k_proj"))?,
             v_proj: Linear::new(h, nkv * hd, b, a.pp("v_proj"))?,
-            o_proj: Linear::new(nh * hd, h, b, a.pp("o_proj"))?,
-            q_norm: RmsNorm::new(hd, c.rms_norm_eps, a.pp("q_norm"))?,
-            k_norm: RmsNorm::new(hd, c.rms_norm_eps, a.pp("k_norm"))?,
+            o_proj: Linear::new(nh * hd, h, bo, a.pp("o_proj"))?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
             gate: Linear::new(h, c.intermediate_size, false, m.pp("gate_proj"))?,
             up: Linear::new(h, c.intermediate_size, false, m.pp("up_proj"))?,
             down: Linear::new(c.intermediate_size, h, false, m.pp("down_proj"))?,
@@ -74,12 +93,18 @@ impl Layer {
         let _g = self.span.enter();
         let (b, s, _) = x.dims3()?;
         let h = self.ln1.forward(x)?;
-        let q = self
-            .q_norm
-            .forward(&self.q_proj.forward(&h)?.reshape((b, s, self.heads, self.hd))?)?;
-        let k = self
-            .k_norm
-            .forward(&self.k_proj.forward(&h)?.reshape((b, s, self.kv, self.hd))?)?;
+        let opt_norm = |n: &Option<RmsNorm>, t: Tensor| match n {
+            Some(n) => n.forward(&t),
+            None => Ok(t),
+        };
+        let q = opt_norm(
+            &self.q_norm,
+            self.q_proj.forward(&h)?.reshape((b, s, self.heads, self.hd))?,
+        )?;
+        let k = opt_norm(
+            &self.k_norm,
+            self.k_proj.forward(&h)?.reshape((b, s, self.kv, self.hd))?,
+        )?;
         let v = self.v_proj.forward(&h)?.reshape((b, s, self.kv, self.hd))?;
         let rope = |t: Tensor| -> Result<Tensor> {
             let dt = t.dtype();
@@ -111,6 +136,7 @@ pub struct TextModel {
     pub lm_head: Linear,
     inv_freq: Vec<f32>,
     section: [usize; 3],
+    flavor: Flavor,
     /// Set by [`TextModel::set_prompt`] before a prefill (behind a lock so `embed_prompt` can stay `&self`).
     prompt: Mutex<PromptState>,
     span: tracing::Span,
@@ -125,6 +151,7 @@ impl Clone for TextModel {
             lm_head: self.lm_head.clone(),
             inv_freq: self.inv_freq.clone(),
             section: self.section,
+            flavor: self.flavor,
             prompt: Mutex::new(self.prompt.lock().map(|p| p.clone()).unwrap_or_default()),
             span: self.span.clone(),
         }
@@ -134,6 +161,11 @@ impl Clone for TextModel {
 impl TextModel {
     /// `vb` at the checkpoint's `model.language_model`; `lm_head` at its own prefix.
     pub fn new(c: &TextConfig, vb: VarBuilder, lm_head: VarBuilder) -> Result<Self> {
+        Self::new_flavor(c, Flavor::Qwen3, vb, lm_head)
+    }
+
+    /// [`TextModel::new`] for either decoder.
+    pub fn new_flavor(c: &TextConfig, flavor: Flavor, vb: VarBuilder, lm_head: VarBuilder) -> Result<Self> {
         let section = c.mrope_section().map_err(candle_core::Error::msg)?;
         let d = c.head_dim;
         // transformers' default rope init: 1 / base^(2i/d) in f32.
@@ -150,12 +182,13 @@ impl TextModel {
         Ok(Self {
             embed_tokens,
             layers: (0..c.num_hidden_layers)
-                .map(|i| Layer::new(c, vb.pp("layers").pp(i)))
+                .map(|i| Layer::new(c, flavor, vb.pp("layers").pp(i)))
                 .collect::<Result<_>>()?,
             norm: RmsNorm::new(c.hidden_size, c.rms_norm_eps, vb.pp("norm"))?,
             lm_head,
             inv_freq,
             section,
+            flavor,
             prompt: Mutex::new(PromptState::default()),
             span: tracing::span!(tracing::Level::TRACE, "qwen3vl-text"),
         })
@@ -172,8 +205,9 @@ impl TextModel {
         }
     }
 
-    /// (cos, sin) (s, head_dim/2) in f32 for positions offset..offset+s: the H and W axes take the
-    /// frequencies 1, 4, 7, … and 2, 5, 8, … below 3·section, T the rest.
+    /// (cos, sin) (s, head_dim/2) in f32 for positions offset..offset+s. Qwen3: the H and W axes
+    /// take the frequencies 1, 4, 7, … and 2, 5, 8, … below 3·section, T the rest; Qwen2.5: the
+    /// first section[0] frequencies follow T, the next section[1] H, the rest W.
     fn cos_sin(&self, offset: usize, s: usize, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
         let p = self
             .prompt
@@ -184,7 +218,15 @@ impl TextModel {
         for i in offset..offset + s {
             let pos = p.positions.get(i).copied().unwrap_or([i as i64 + p.delta; 3]);
             for (j, w) in self.inv_freq.iter().enumerate() {
-                let axis = if j % 3 == 1 && j < 3 * self.section[1] {
+                let axis = if self.flavor == Flavor::Qwen25 {
+                    if j < self.section[0] {
+                        0
+                    } else if j < self.section[0] + self.section[1] {
+                        1
+                    } else {
+                        2
+                    }
+                } else if j % 3 == 1 && j < 3 * self.section[1] {
                     1
                 } else if j % 3 == 2 && j < 3 * self.section[2] {
                     2
@@ -200,9 +242,10 @@ impl TextModel {
 
     /// Run the decoder on embeddings (1, s, h) at positions offset..; a prefill (offset 0) adds the
     /// DeepStack features after the first layers. Returns the last layer's output BEFORE the final
-    /// norm: that is what transformers 4.57 (Sa2VA's pin) reports as `hidden_states[-1]` for
-    /// Qwen3-VL, so what Sa2VA feeds `[SEG]` from; [`TextModel::logits`] applies the norm (5.x
-    /// reports the normed state instead).
+    /// norm for Qwen3-VL and AFTER it for Qwen2.5-VL: that is what transformers 4.57 (Sa2VA's pin)
+    /// reports as `hidden_states[-1]` for each, so what Sa2VA feeds `[SEG]` from;
+    /// [`TextModel::logits`] applies the norm where it is still due (5.x reports the normed state
+    /// for Qwen3-VL too).
     pub fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         let _g = self.span.enter();
         let (_, s, _) = xs.dims3()?;
@@ -225,12 +268,20 @@ impl TextModel {
                 }
             }
         }
-        Ok(x)
+        match self.flavor {
+            Flavor::Qwen3 => Ok(x),
+            Flavor::Qwen25 => self.norm.forward(&x),
+        }
     }
 
-    /// Logits of pre-norm hidden states (final RMSNorm, then `lm_head`), in f32.
+    /// Logits of [`TextModel::forward_embeds`]'s states (the final RMSNorm where not yet applied,
+    /// then `lm_head`), in f32.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(&self.norm.forward(hidden)?)?.to_dtype(DType::F32)
+        let h = match self.flavor {
+            Flavor::Qwen3 => self.norm.forward(hidden)?,
+            Flavor::Qwen25 => hidden.clone(),
+        };
+        self.lm_head.forward(&h)?.to_dtype(DType::F32)
     }
 
     pub fn clear_kv_cache(&mut self) {
