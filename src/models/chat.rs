@@ -158,7 +158,7 @@ impl Chat {
     }
 
     /// [`Self::force_reply`] for several (features, user turn) pairs: one padded prefill for
-    /// InternVL, one prefill per turn for Qwen3-VL; the reply's ids and each turn's hidden states.
+    /// InternVL, one prefill per turn for the Qwen-VL families; the reply's ids and each turn's hidden states.
     pub fn force_reply_batch(&mut self, turns: &[(&Vision, &str)], reply: &str) -> Result<(Vec<u32>, Vec<Tensor>)> {
         if let Chat::InternVl(c) = self {
             return c.force_reply_batch(turns, reply);
@@ -185,7 +185,7 @@ impl Chat {
     pub fn vision_batch(&self, imgs: &[&image::RgbImage], max_tiles: usize) -> Result<Vec<Vision>> {
         match self {
             Chat::InternVl(c) => c.vision_batch(imgs, max_tiles),
-            Chat::Qwen3Vl(c) => imgs.iter().map(|i| c.vision(i)).collect(),
+            Chat::Qwen3Vl(c) | Chat::Qwen25Vl(c) => imgs.iter().map(|i| c.vision(i)).collect(),
         }
     }
 
