@@ -209,9 +209,9 @@ fn safetensors_entries(path: &Path) -> Result<Vec<(String, Entry)>> {
 
 /// A `VarBuilder` backend that reads each tensor with positioned reads straight into its final
 /// buffer. candle's mmap backend copies out of the mapping, so every 4 KiB page faults twice
-/// (once in the mapping, once in the new buffer): 1.1 M minor faults for Sa2VA-1B's 4.1 GB.
-/// Here the kernel copies from the page cache, the buffer is asked for transparent huge pages,
-/// and large tensors are read by several threads.
+/// (once in the mapping, once in the new buffer) and both stay resident: 1.1 M minor faults and
+/// twice the weights' size in memory for Sa2VA-1B's 4.1 GB. Here the kernel copies from the page
+/// cache into the final buffer, and large tensors are read by several threads.
 struct ReadBackend {
     files: Vec<(PathBuf, std::fs::File)>,
     entries: std::collections::HashMap<String, (usize, Entry)>,
@@ -309,8 +309,10 @@ unsafe impl Plain for half::f16 {}
 unsafe impl Plain for half::bf16 {}
 
 /// `n` values read from `file` at `offset` into a new vector. The buffer is allocated without
-/// being written (so the allocator never touches it), its 2 MiB-aligned interior is advised for
-/// transparent huge pages, then positioned reads of 32 MiB pieces fill it on parallel threads.
+/// being written (so the allocator never touches it), then positioned reads of 32 MiB pieces fill
+/// it on parallel threads. (Advising it for transparent huge pages was tried: with the kernel's
+/// `defrag=madvise` every huge-page fault compacts memory synchronously, and the load took 2.3x
+/// longer.)
 fn read_vec<T: Plain>(file: &std::fs::File, offset: u64, n: usize) -> std::io::Result<Vec<T>> {
     use rayon::prelude::*;
     use std::os::fd::AsRawFd;
@@ -318,18 +320,20 @@ fn read_vec<T: Plain>(file: &std::fs::File, offset: u64, n: usize) -> std::io::R
     let mut v: Vec<T> = Vec::with_capacity(n);
     let len = n * std::mem::size_of::<T>();
     let base = v.as_mut_ptr() as usize;
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let (a, end) = (base.next_multiple_of(HUGE), (base + len) / HUGE * HUGE);
-        if end > a {
-            // SAFETY: [a, end) lies inside v's allocation; madvise only changes paging advice.
-            unsafe { libc::madvise(a as *mut libc::c_void, end - a, libc::MADV_HUGEPAGE) };
-        }
-    }
     let fd = file.as_raw_fd();
     (0..len.div_ceil(PIECE)).into_par_iter().try_for_each(|i| {
         let (mut at, stop) = (i * PIECE, ((i + 1) * PIECE).min(len));
+        #[cfg(target_os = "linux")]
+        {
+            // Fault the piece's pages in with one call instead of one fault per page during the
+            // copy (MADV_POPULATE_WRITE, Linux 5.14; an older kernel refuses it and the read faults).
+            const MADV_POPULATE_WRITE: libc::c_int = 23;
+            let (a, e) = ((base + at).next_multiple_of(4096), (base + stop) / 4096 * 4096);
+            if e > a {
+                // SAFETY: [a, e) lies inside v's allocation; populating only faults pages in.
+                unsafe { libc::madvise(a as *mut libc::c_void, e - a, MADV_POPULATE_WRITE) };
+            }
+        }
         while at < stop {
             // SAFETY: [base + at, base + stop) lies inside v's allocation and is written by this
             // piece only; pread writes through the raw pointer (no reference to uninitialised
