@@ -641,20 +641,24 @@ impl Worker {
             }
             group.sort_by_key(|(first_seen, _)| *first_seen);
             for (_, job) in group {
-                if !job.reply.is_closed() {
+                let r = (!job.reply.is_closed()).then(|| {
                     let r =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(&job.task, job.photo)));
-                    let r = match r {
+                    match r {
                         Ok(r) => r.map(|v| (v, n)),
                         Err(p) => Err(ApiError(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             format!("the model failed on this request: {}", panic_message(&p)),
                         )),
-                    };
-                    let _ = job.reply.send(r);
-                }
+                    }
+                });
+                // Counted before the reply goes out, so a client that reads /health after its
+                // answer always sees its request served.
                 load.in_flight.fetch_sub(1, Ordering::SeqCst);
                 load.served.fetch_add(1, Ordering::SeqCst);
+                if let Some(r) = r {
+                    let _ = job.reply.send(r);
+                }
             }
         }
     }
