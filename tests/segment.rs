@@ -205,6 +205,89 @@ fn sa2va_internvl3_layout_matches_the_reference() {
     assert!(generated_segs > 0, "no greedy reply of the golden holds a [SEG]");
 }
 
+/// The Sa2VA-26B layout (fixtures/sa2va_26b: a vision tower with InternViT-6B's switches —
+/// RMSNorm, qk-normalization over the whole width, no qkv bias, 3 heads, eps 1e-6 — + mlp1 + an
+/// InternLM2 LLM with its own `output` head, template internlm2_chat, and InternLM2's slow
+/// SentencePiece tokenizer, whose `<s>` leads the prompt) against Sa2VA's own classes: greedy
+/// tokens (24, no `[SEG]`), teacher-forced masks (Sa2VA's, not gated by the object score).
+#[test]
+fn sa2va_26b_layout_matches_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    sa2va::assemble_26b(dir.path());
+    let g = candle_core::safetensors::load(fixture("sa2va_26b/goldens.safetensors"), &Device::Cpu).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("sa2va_26b/goldens.json")).unwrap()).unwrap();
+    let stops: Vec<i64> = serde_json::from_value(meta["summary"]["stop_token_ids"].clone()).unwrap();
+    let ck = Checkpoint::open(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(ck.config["template"], "internlm2_chat");
+    assert_eq!(ck.config["llm_config"]["architectures"][0], "InternLM2ForCausalLM");
+    assert_eq!(ck.config["vision_config"]["norm_type"], "rms_norm");
+    assert_eq!(ck.config["vision_config"]["qk_normalization"], true);
+    assert!(ck.shapes.contains_key("language_model.output.weight"));
+    assert!(!dir.path().join("tokenizer.json").exists());
+    let mut m = Grounder::load(
+        &ck,
+        &LoadOptions {
+            require_grounding: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (name, file, expr) in [
+        ("chelsea", "images/chelsea.png", "the cat"),
+        ("portrait", "images/coffee_portrait.png", "the cup"),
+    ] {
+        let img = perceptio::preprocess::load_rgb(&fixture(file)).unwrap();
+        let n = (img.width() * img.height()) as usize;
+        let vision = m.vision(&img, 6).unwrap();
+        let check = |r: &perceptio::models::perceptio::SegmentResult, p: &str| {
+            let iou = f32s(&g[&format!("{p}.iou")]);
+            let best = i64s(&g[&format!("{p}.best_idx")])[0] as usize;
+            assert!(
+                (r.scores[0] - iou[best]).abs() < 1e-4,
+                "{p}: score {} vs {}",
+                r.scores[0],
+                iou[best]
+            );
+            let obj = f32s(&g[&format!("{p}.obj_score")])[0];
+            assert!(
+                (r.object_scores[0] - obj).abs() < 1e-4,
+                "{p}: object score {} vs {obj}",
+                r.object_scores[0]
+            );
+            let want = unpack(&g[&format!("{p}.final_mask_bits")], n);
+            assert!(want.contains(&1), "{p}: empty golden mask");
+            assert_mask(&r.mask.data, &want, p);
+        };
+        let r = m.segment(&img, &vision, expr, &opts(true)).unwrap();
+        let ids = i64s(&g[&format!("{name}.force.input_ids")]);
+        assert_eq!(ids[0], 1, "{name}: the golden prompt starts with <s>");
+        let forced: Vec<i64> = r.token_ids.iter().map(|&x| x as i64).collect();
+        assert_eq!(
+            &ids[ids.len() - forced.len()..],
+            forced.as_slice(),
+            "{name}: forced reply tokens"
+        );
+        assert_eq!(r.seg_count, 1);
+        check(&r, &format!("{name}.force"));
+        // Greedy: the reference's tokens (the stop token, if any, is not part of the reply).
+        let r = m.segment(&img, &vision, expr, &opts(false)).unwrap();
+        let mut want_ids = i64s(&g[&format!("{name}.gen.generated_ids")]);
+        if want_ids.last().is_some_and(|t| stops.contains(t)) {
+            want_ids.pop();
+        }
+        let got: Vec<i64> = r.token_ids.iter().map(|&x| x as i64).collect();
+        assert_eq!(got, want_ids, "{name}: greedy tokens");
+        let segs = meta["summary"]["per_image"][name]["gen"]["seg_positions_in_generated"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(r.seg_count, segs, "{name}: [SEG]s in the greedy reply");
+        // A random 3k-piece LLM does not emit [SEG] greedily (no seed of 0..32 did): no mask.
+        assert_eq!((segs, r.mask.area()), (0, 0));
+    }
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b)

@@ -10,6 +10,9 @@ text_hidden_fcs, assembled as a SHARDED Sa2VA checkpoint (manual; never run in C
     /work/venv-torch/bin/python tools/gen_sa2va_e2e_goldens.py --search 10     # seed scan for text_hidden_fcs
     /work/venv-torch/bin/python tools/gen_sa2va_e2e_goldens.py --layout internvl3 [--check-only | --search N]
                                                     # Sa2VA-InternVL3 layout -> fixtures/sa2va_internvl3/*
+    /work/venv-torch/bin/python tools/gen_sa2va_e2e_goldens.py --layout sa2va26b [--check-only | --search N]
+                                                    # Sa2VA-26B layout -> fixtures/sa2va_26b/* (InternViT-6B-style
+                                                    # tower, InternLM2, SentencePiece tokenizer.model)
 
 --layout internvl3 makes its own InternVL part instead of tiny-qwen2 (see the comment at LAYOUT below and
 fixtures/sa2va_internvl3/README.md): internvl.safetensors (untied lm_head), config.json, text_hidden_fcs, goldens;
@@ -68,6 +71,16 @@ LAYOUT = 'internvl2_5'
 IVL3_SEED_BASE = 20250401
 IVL3_SEED = int(os.environ.get('SA2VA_IVL3_SEED', '23'))  # 23: --search 49, [SEG] in a greedy reply, every obj_score < 0
 IVL3_FCS_IN = 48
+# --layout sa2va26b (Sa2VA-26B: InternViT-6B + InternLM2.5-20B): InternVL part made here too
+# (fixtures/sa2va_26b/internvl.safetensors) from S26B_SEED: a vision tower with InternViT-6B's switches (RMSNorm,
+# qk-normalization over the whole width, no qkv bias, an odd head count, eps 1e-6; cf. gen_internvit6b_goldens.py),
+# mlp1, an InternLM2 LLM (own `output` head, wqkv grouped per KV head) with template internlm2_chat and InternLM2's
+# slow SentencePiece tokenizer (fixtures/tokenizer/internlm2-spm: tokenizer.model + tokenizer_config.json, loaded
+# with Sa2VA's own tokenization_internlm2.InternLM2Tokenizer; encode() prepends <s>, as predict_forward's does).
+S26B_SEED = int(os.environ.get('SA2VA_26B_SEED', '0'))
+SPM_DIR = os.path.join(REPO, 'fixtures/tokenizer/internlm2-spm')
+SPM_FILES = ['tokenizer.model', 'tokenizer_config.json']
+S26B_FCS_IN = 32   # LLM width (the ~3k-piece vocab's embedding and output dominate the file)
 SHARDS = ['model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors',
           'model-00003-of-00003.safetensors']
 TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']
@@ -132,8 +145,48 @@ def internvl3_config():
     return dict(sorted(cfg.items()))
 
 
+def load_spm_tokenizer(tok_dir):
+    """Sa2VA's slow InternLM2Tokenizer (tokenization_internlm2.py from /tmp/refsrc) over tok_dir."""
+    import importlib.util
+    src = '/tmp/refsrc/Sa2VA/projects/sa2va/hf/models/tokenization_internlm2.py'
+    spec = importlib.util.spec_from_file_location('sa2va_tokenization_internlm2', src)
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m.InternLM2Tokenizer.from_pretrained(tok_dir)
+
+
+def load_tok(ckpt_dir):
+    import gen_internvl_goldens as ivg
+    if LAYOUT == 'sa2va26b':
+        return load_spm_tokenizer(ckpt_dir)
+    return ivg.load_tokenizer(ckpt_dir)
+
+
+def sa2va26b_config():
+    """config.json of a Sa2VA-26B checkpoint, tiny: vision_config with InternViT-6B-448px-V2_5's switches,
+    llm_config an InternLM2Config (InternLM2ForCausalLM, untied `output`), template internlm2_chat,
+    vocab_size = len(tokenizer) of the SentencePiece tokenizer; bos 1, eos 2, pad 2 as InternLM2's."""
+    import gen_internvl_goldens as ivg
+    tok = load_spm_tokenizer(SPM_DIR)
+    vocab = len(tok)
+    with open(os.path.join(IVL_DIR, 'config.json')) as f:
+        cfg = json.load(f)
+    vc = ivg.vision_config_dict()
+    vc.update(hidden_size=24, num_attention_heads=3, intermediate_size=96, qkv_bias=False, norm_type='rms_norm',
+              qk_normalization=True, layer_norm_eps=1e-6)
+    lc = ivg.llm_config_dict('internlm2', vocab, ivg.load_tokenizer(IVL_DIR))
+    lc.update(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=2, hidden_size=S26B_FCS_IN,
+              intermediate_size=64, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=32768)
+    cfg.update(_name_or_path='perceptio/tiny-sa2va-26b', hidden_size=lc['hidden_size'], llm_config=lc,
+               vision_config=vc, template='internlm2_chat', tie_word_embeddings=False)
+    return dict(sorted(cfg.items()))
+
+
 def make_config():
-    if LAYOUT == 'internvl3':
+    if LAYOUT == 'sa2va26b':
+        cfg = sa2va26b_config()
+    elif LAYOUT == 'internvl3':
         cfg = internvl3_config()
     else:
         with open(os.path.join(IVL_DIR, 'config.json')) as f:
@@ -144,7 +197,7 @@ def make_config():
 
 def ivl_weights():
     """The file holding the InternVL part (vision_model, mlp1, language_model) of the layout."""
-    if LAYOUT == 'internvl3':
+    if LAYOUT in ('internvl3', 'sa2va26b'):
         return os.path.join(OUT_DIR, 'internvl.safetensors')
     return os.path.join(IVL_DIR, 'model.safetensors')
 
@@ -157,17 +210,25 @@ def make_internvl3_part(refsrc, seed):
     import gen_internvl_goldens as ivg
     refs = ivg.load_references(refsrc)
     install_sam2_stub(refs)
-    cfg = internvl3_config()
+    cfg = sa2va26b_config() if LAYOUT == 'sa2va26b' else internvl3_config()
     model, config = ivg.build_model(refs, cfg)
     assert config.llm_config.tie_word_embeddings is False
     lm = model.language_model
-    assert lm.lm_head.weight.data_ptr() != lm.model.embed_tokens.weight.data_ptr(), 'lm_head tied'
-    # use_sliding_window false: transformers must not window any layer (sliding_window 32 < prompt length)
-    assert config.llm_config.layer_types == ['full_attention'] * config.llm_config.num_hidden_layers
+    if LAYOUT == 'sa2va26b':
+        assert type(lm).__name__ == 'InternLM2ForCausalLM'
+        assert lm.output.weight.data_ptr() != lm.model.tok_embeddings.weight.data_ptr(), 'output tied'
+        vm = model.vision_model
+        assert type(vm.encoder.layers[0].norm1).__name__ == 'InternRMSNorm'
+        assert vm.encoder.layers[0].attn.qk_normalization and vm.encoder.layers[0].attn.num_heads == 3
+        assert vm.encoder.layers[0].attn.qkv.bias is None
+    else:
+        assert lm.lm_head.weight.data_ptr() != lm.model.embed_tokens.weight.data_ptr(), 'lm_head tied'
+        # use_sliding_window false: transformers must not window any layer (sliding_window 32 < prompt length)
+        assert config.llm_config.layer_types == ['full_attention'] * config.llm_config.num_hidden_layers
     ivg.reinit_(model, seed)
     out = {k: v.detach().to(torch.bfloat16).contiguous().clone() for k, v in model.state_dict().items()
            if not k.startswith(('grounding_encoder.', 'text_hidden_fcs.'))}
-    assert 'language_model.lm_head.weight' in out
+    assert ('language_model.output.weight' if LAYOUT == 'sa2va26b' else 'language_model.lm_head.weight') in out
     return out
 
 
@@ -196,8 +257,9 @@ def materialize(dst, fcs_path, config_path):
     dump_json({'metadata': {'total_size': total}, 'weight_map': dict(sorted(weight_map.items()))},
               os.path.join(dst, 'model.safetensors.index.json'))
     shutil.copyfile(config_path, os.path.join(dst, 'config.json'))
-    for fn in TOKENIZER_FILES:
-        shutil.copyfile(os.path.join(IVL_DIR, fn), os.path.join(dst, fn))
+    tok_dir, tok_files = (SPM_DIR, SPM_FILES) if LAYOUT == 'sa2va26b' else (IVL_DIR, TOKENIZER_FILES)
+    for fn in tok_files:
+        shutil.copyfile(os.path.join(tok_dir, fn), os.path.join(dst, fn))
     return dropped
 
 
@@ -231,7 +293,10 @@ def build_models(refsrc, ckpt_dir):
               or k == 'grounding_encoder.sam2_model.no_mem_embed'}
     missing, unexpected = model.load_state_dict(ivl_sd, strict=False)
     lm = model.language_model
-    if LAYOUT == 'internvl3':   # untied: every key present, lm_head its own tensor
+    if LAYOUT == 'sa2va26b':   # InternLM2: untied `output`, every key present
+        assert not missing and not unexpected, (missing, unexpected)
+        assert not torch.equal(lm.output.weight, lm.model.tok_embeddings.weight)
+    elif LAYOUT == 'internvl3':   # untied: every key present, lm_head its own tensor
         assert not missing and not unexpected, (missing, unexpected)
         assert lm.lm_head.weight.data_ptr() != lm.model.embed_tokens.weight.data_ptr()
         assert not torch.equal(lm.lm_head.weight, lm.model.embed_tokens.weight)
@@ -318,7 +383,7 @@ def sam2_seg(st, prefix, s2g, sam, feats, seg_embedding, hw):
     assert sparse.shape == (1, 3, FCS_OUT)
     # internvl3 layout: Sa2VA's own behaviour (its HF sam2.py has the object-score gating commented out); the
     # internvl2_5 goldens keep Meta's gated definition (equal there: obj_score > 0 on both images)
-    gated = low if LAYOUT == 'internvl3' else torch.where((obj > 0)[:, None, None], low, torch.tensor(-1024.0))
+    gated = low if LAYOUT in ('internvl3', 'sa2va26b') else torch.where((obj > 0)[:, None, None], low, torch.tensor(-1024.0))
     best = int(torch.argmax(iou, dim=-1)[0])
 
     def finish(lowres):
@@ -337,7 +402,7 @@ def sam2_seg(st, prefix, s2g, sam, feats, seg_embedding, hw):
     st.put(prefix + '.low_res_multimasks.m_sum', low[0].double().sum((1, 2)),
            'per-mask float64 sum of the raw (ungated) decoder low_res_masks [1,3,256,256]')
     st.put(prefix + '.chosen_low_res.crop_c', chosen[0, 0, y0:y1, y0:y1],
-           f'chosen_low_res[0,0,{y0}:{y1},{y0}:{y1}] (chosen = ' + ('masks' if LAYOUT == 'internvl3' else 'where(obj>0, masks, -1024)') + '[:, best], f32)')
+           f'chosen_low_res[0,0,{y0}:{y1},{y0}:{y1}] (chosen = ' + ('masks' if LAYOUT in ('internvl3', 'sa2va26b') else 'where(obj>0, masks, -1024)') + '[:, best], f32)')
     st.put(prefix + '.chosen_low_res.row_sums', chosen[0, 0].double().sum(1),
            'float64 row sums of chosen_low_res[0,0] (256 rows)')
     st.put(prefix + '.final_logits_row_sums', fin[0, 0].double().sum(1),
@@ -358,10 +423,14 @@ def sam2_seg(st, prefix, s2g, sam, feats, seg_embedding, hw):
             'final_frac_ungated': float(final_ungated.mean())}
 
 
+def lm_kind():
+    return 'internlm2' if LAYOUT == 'sa2va26b' else 'qwen2'
+
+
 def greedy(ivg, lm, emb, stop_ids):
     """predict_forward-style greedy decoding (max MAX_NEW new tokens, stop after emitting a stop token)."""
     import torch
-    logits, hid, cache = ivg.lm_forward(lm, 'qwen2', inputs_embeds=emb)
+    logits, hid, cache = ivg.lm_forward(lm, lm_kind(), inputs_embeds=emb)
     cur, cur_h = logits[-1], hid[-1]
     gen, hidden_fed, gaps = [], [], []
     for i in range(MAX_NEW):
@@ -371,7 +440,7 @@ def greedy(ivg, lm, emb, stop_ids):
         gen.append(nxt)
         if nxt in stop_ids or i + 1 == MAX_NEW:
             break
-        logits, hid, cache = ivg.lm_forward(lm, 'qwen2', input_ids=torch.tensor([[nxt]]), cache=cache)
+        logits, hid, cache = ivg.lm_forward(lm, lm_kind(), input_ids=torch.tensor([[nxt]]), cache=cache)
         cur, cur_h = logits[-1], hid[-1]
         hidden_fed.append(cur_h.clone())   # hidden_states[-1] at the position whose input is gen[i]
     return gen, hidden_fed, gaps
@@ -399,7 +468,7 @@ def run(refsrc, ckpt_dir, verbose=True):
     from PIL import Image
     from safetensors.torch import load_file
     refs, model, sam, ivg, s2g = build_models(refsrc, ckpt_dir)
-    tok = ivg.load_tokenizer(ckpt_dir)
+    tok = load_tok(ckpt_dir)
     seg_id = tok.convert_tokens_to_ids('[SEG]')
     img_ctx = tok.convert_tokens_to_ids('<IMG_CONTEXT>')
     stop_ids = {tok.convert_tokens_to_ids(w) for w in model.template['STOP_WORDS']}
@@ -431,6 +500,8 @@ def run(refsrc, ckpt_dir, verbose=True):
             prompt = ivg.build_prompt(model.template, QUESTIONS[name], pv.shape[0], model.num_image_token)
             assert '</img>\n Please segment' in prompt and prompt.endswith('<|im_start|>assistant\n')
             ids = torch.tensor(tok.encode(prompt), dtype=torch.long)
+            if LAYOUT == 'sa2va26b':   # the slow InternLM2Tokenizer prepends <s>, exactly once
+                assert int(ids[0]) == tok.bos_token_id == 1 and int((ids == 1).sum()) == 1
             assert int((ids == img_ctx).sum()) == pv.shape[0] * model.num_image_token
             emb = lm.get_input_embeddings()(ids).clone()
             emb[ids == img_ctx] = vit_embeds.reshape(-1, emb.shape[-1])
@@ -473,13 +544,17 @@ def run(refsrc, ckpt_dir, verbose=True):
             # ---- (b) teacher-forced "Sure, [SEG]."
             full = torch.cat([ids, torch.tensor(reply_ids, dtype=torch.long)])
             femb = torch.cat([emb, lm.get_input_embeddings()(torch.tensor(reply_ids))], 0)
-            flog, fhid, _ = ivg.lm_forward(lm, 'qwen2', inputs_embeds=femb[None])
+            flog, fhid, _ = ivg.lm_forward(lm, lm_kind(), inputs_embeds=femb[None])
             pos = int((full == seg_id).nonzero()[0, 0])
             assert int((full == seg_id).sum()) == 1 and pos == ids.shape[0] + reply_ids.index(seg_id)
             seg_hidden = fhid[pos][None]
             if LAYOUT == 'internvl3':   # the logits are the untied lm_head's, not the embedding's
                 d_head = float((flog - fhid @ lm.lm_head.weight.T).abs().max())
                 d_emb = float((flog - fhid @ lm.model.embed_tokens.weight.T).abs().max())
+                assert d_head < 1e-4 < d_emb, (d_head, d_emb)
+            if LAYOUT == 'sa2va26b':   # the logits are InternLM2's own `output`, not the embedding's
+                d_head = float((flog - fhid @ lm.output.weight.T).abs().max())
+                d_emb = float((flog - fhid @ lm.model.tok_embeddings.weight.T).abs().max())
                 assert d_head < 1e-4 < d_emb, (d_head, d_emb)
             seg_emb = model.text_hidden_fcs(seg_hidden)
             p = f'{name}.force'
@@ -553,9 +628,10 @@ NOTES = {
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('refsrc', nargs='?', default='/tmp/refsrc')
-    ap.add_argument('--layout', choices=['internvl2_5', 'internvl3'], default='internvl2_5',
+    ap.add_argument('--layout', choices=['internvl2_5', 'internvl3', 'sa2va26b'], default='internvl2_5',
                     help='internvl2_5: tiny-qwen2 InternVL part -> fixtures/sa2va; internvl3: a new tied-free '
-                         'Qwen2.5 InternVL3 part -> fixtures/sa2va_internvl3')
+                         'Qwen2.5 InternVL3 part -> fixtures/sa2va_internvl3; sa2va26b: InternViT-6B-style tower + '
+                         'InternLM2 + SentencePiece tokenizer -> fixtures/sa2va_26b')
     ap.add_argument('--out', default=None)
     ap.add_argument('--check-only', action='store_true', help='recompute from the stored files and compare')
     ap.add_argument('--materialize', metavar='DIR', help='only assemble the sharded checkpoint into DIR')
@@ -576,6 +652,10 @@ def main():
         OUT_DIR = os.path.join(REPO, 'fixtures/sa2va_internvl3')
         FCS_IN = IVL3_FCS_IN
         FCS_SEED = int(os.environ.get('SA2VA_FCS_SEED', str(IVL3_SEED)))
+    elif LAYOUT == 'sa2va26b':
+        OUT_DIR = os.path.join(REPO, 'fixtures/sa2va_26b')
+        FCS_SEED = int(os.environ.get('SA2VA_FCS_SEED', str(S26B_SEED)))
+        FCS_IN = S26B_FCS_IN
     if args.out is None:
         args.out = OUT_DIR
     OUT_DIR = args.out
@@ -592,7 +672,7 @@ def main():
             cfgp = os.path.join(tmp, 'cfg.json')
             dump_json(make_config(), cfgp)
             for s in range(args.search):
-                if LAYOUT == 'internvl3':   # weights and text_hidden_fcs from the same seed
+                if LAYOUT in ('internvl3', 'sa2va26b'):   # weights and text_hidden_fcs from the same seed
                     OUT_DIR = tmp
                     save_file(make_internvl3_part(args.refsrc, IVL3_SEED_BASE + s), ivl_weights(),
                               metadata={'format': 'pt'})
@@ -609,8 +689,8 @@ def main():
 
         fcs_new = make_text_hidden_fcs(FCS_SEED)
         cfg_new = make_config()
-        if LAYOUT == 'internvl3':
-            ivl_new = make_internvl3_part(args.refsrc, IVL3_SEED_BASE + IVL3_SEED)
+        if LAYOUT in ('internvl3', 'sa2va26b'):
+            ivl_new = make_internvl3_part(args.refsrc, IVL3_SEED_BASE + (S26B_SEED if LAYOUT == 'sa2va26b' else IVL3_SEED))
             if args.check_only:
                 stored = load_file(ivl_weights())
                 assert stored.keys() == ivl_new.keys() and all(torch.equal(stored[k], ivl_new[k]) for k in stored), \
@@ -652,7 +732,18 @@ def main():
         notes['gating_quirk'] = ("Masks are Sa2VA's: NOT gated by the object score (its HF sam2.py has the gating "
                                  "commented out); every obj_score here is < 0, so Meta's gating would empty them all.")
         notes['prompt'] = notes['prompt'].replace('(as fixtures/internvl goldens; ', '(')
-    meta = {'layout': LAYOUT, 'ivl3_seed': IVL3_SEED if LAYOUT == 'internvl3' else None, 'fcs_seed': FCS_SEED,
+    if LAYOUT == 'sa2va26b':
+        notes['assembly'] = ('Sharded checkpoint: model-00001-of-00003 = fixtures/sa2va_26b/internvl.safetensors '
+                             '(vision_model with InternViT-6B switches, mlp1, InternLM2 language_model with its own '
+                             'output head; made from S26B_SEED); model-00002 = fixtures/sam2/tiny_sa2va_sam2.safetensors; '
+                             f'model-00003 = fixtures/sa2va_26b/text_hidden_fcs.safetensors ({S26B_FCS_IN}->{S26B_FCS_IN}->32); config.json = '
+                             'fixtures/sa2va_26b/config.json; tokenizer.model + tokenizer_config.json from '
+                             'fixtures/tokenizer/internlm2-spm (Sa2VA\'s slow InternLM2Tokenizer).')
+        notes['gating_quirk'] = "Masks are Sa2VA's: NOT gated by the object score (its HF sam2.py has the gating commented out)."
+        notes['prompt'] = (notes['prompt'].replace('(as fixtures/internvl goldens; ', '(')
+                           .replace('qwen_chat', 'internlm2_chat').replace('(no BOS)', '(slow InternLM2Tokenizer: <s> first)'))
+    meta = {'layout': LAYOUT, 's26b_seed': S26B_SEED if LAYOUT == 'sa2va26b' else None,
+            'ivl3_seed': IVL3_SEED if LAYOUT == 'internvl3' else None, 'fcs_seed': FCS_SEED,
             'dropped_from_shard1': dropped, 'notes': notes,
             'versions': {'torch': torch.__version__, 'transformers': transformers.__version__},
             'summary': summary, 'tensors': st.meta}

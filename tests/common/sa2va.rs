@@ -21,6 +21,20 @@ pub fn assemble_internvl3(dir: &Path) {
     assemble_from(dir, "sa2va_internvl3/internvl.safetensors", "sa2va_internvl3");
 }
 
+/// Build the sharded Sa2VA-26B-layout checkpoint of fixtures/sa2va_26b in `dir`: an
+/// InternViT-6B-style tower + mlp1 + InternLM2 (its own `output` head), and InternLM2's
+/// SentencePiece `tokenizer.model` of fixtures/tokenizer/internlm2-spm instead of tiny-qwen2's
+/// tokenizer (see fixtures/sa2va_26b/README.md).
+pub fn assemble_26b(dir: &Path) {
+    assemble_from(dir, "sa2va_26b/internvl.safetensors", "sa2va_26b");
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    for f in ["tokenizer.model", "tokenizer_config.json"] {
+        std::fs::copy(fixture(&format!("tokenizer/internlm2-spm/{f}")), dir.join(f)).unwrap();
+    }
+}
+
 /// Shards: the InternVL part `ivl` (minus `text_hidden_fcs.*` and `grounding_encoder.*`), the
 /// tiny SAM2, and `text_hidden_fcs` + `config.json` of fixtures/`layout`; tiny-qwen2's tokenizer.
 fn assemble_from(dir: &Path, ivl: &str, layout: &str) {
