@@ -5,7 +5,7 @@
 
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{coco_images, fixture, run, stderr};
+use common::{assert_close_rel, coco_images, f32s, fixture, i64s, run, stderr};
 use perceptio::models::chat::Chat;
 use perceptio::models::checkpoint::Checkpoint;
 use perceptio::models::generate::GenerateOptions;
@@ -24,37 +24,6 @@ const IMAGES: [(&str, &str, &str); 2] = [
 
 fn goldens() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("sa2va-qwen25vl/goldens.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn i64s(t: &Tensor) -> Vec<i64> {
-    t.to_dtype(DType::I64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// max |got − want| ≤ 1e-4 · max |want| (f32 on both sides).
-fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let (g, w) = (f32s(got), f32s(want));
-    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let err = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!("{what}: max abs diff {err:.2e}, max |ref| {scale:.3}");
-    assert!(
-        err <= 1e-4 * scale,
-        "{what}: max abs diff {err} against max |ref| {scale}"
-    );
 }
 
 fn chat() -> Chat {
@@ -116,7 +85,7 @@ fn vision_tower_positions_and_prefill_match_transformers() {
         let img = perceptio::preprocess::image_io::load_rgb(&fixture(path)).unwrap();
         let v = chat.vision(&img, 1).unwrap();
         let q = v.qwen.as_ref().unwrap();
-        assert_close(
+        assert_close_rel(
             &q.embeds,
             &g[&format!("{name}.vision.embeds")],
             &format!("{name}: merged tokens"),
@@ -166,12 +135,12 @@ fn vision_tower_positions_and_prefill_match_transformers() {
         let h = lm.forward_embeds(&embeds, 0).unwrap();
         let last = h.i((0, l - 4..l)).unwrap();
         let logits = lm.logits(&last).unwrap();
-        assert_close(
+        assert_close_rel(
             &logits,
             &g[&format!("{name}.prefill.logits_last4")],
             &format!("{name}: prefill logits"),
         );
-        assert_close(
+        assert_close_rel(
             &last,
             &g[&format!("{name}.prefill.hidden_last")],
             &format!("{name}: prefill hidden"),
@@ -299,9 +268,9 @@ fn seg_hidden_states_and_projection_match() {
         .map(|(_, h)| h.clone())
         .collect();
     let got = Tensor::stack(&rows, 0).unwrap();
-    assert_close(&got, &g[&format!("{name}.gen.seg_hidden")], "seg hidden");
+    assert_close_rel(&got, &g[&format!("{name}.gen.seg_hidden")], "seg hidden");
     let e = chat.seg_projection(&got).unwrap().unwrap();
-    assert_close(&e, &g[&format!("{name}.gen.seg_embedding")], "seg embedding");
+    assert_close_rel(&e, &g[&format!("{name}.gen.seg_embedding")], "seg embedding");
     // predict_forward's `prediction`: batch_decode(skip_special_tokens=False)[0].strip()
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture("sa2va-qwen25vl/goldens.json")).unwrap()).unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{coco_images, fixture, run, stderr};
+use common::{assert_close_rel, coco_images, f32s, fixture, i64s, run, stderr};
 use perceptio::models::chat::Chat;
 use perceptio::models::checkpoint::Checkpoint;
 use perceptio::models::generate::GenerateOptions;
@@ -24,37 +24,6 @@ const IMAGES: [(&str, &str, &str); 2] = [
 
 fn goldens() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("sa2va-qwen3vl/goldens.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn i64s(t: &Tensor) -> Vec<i64> {
-    t.to_dtype(DType::I64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// max |got − want| ≤ 1e-4 · max |want| (f32 on both sides).
-fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let (g, w) = (f32s(got), f32s(want));
-    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let err = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!("{what}: max abs diff {err:.2e}, max |ref| {scale:.3}");
-    assert!(
-        err <= 1e-4 * scale,
-        "{what}: max abs diff {err} against max |ref| {scale}"
-    );
 }
 
 fn chat() -> Chat {
@@ -116,14 +85,14 @@ fn vision_tower_positions_and_prefill_match_transformers() {
         let img = perceptio::preprocess::image_io::load_rgb(&fixture(path)).unwrap();
         let v = chat.vision(&img, 1).unwrap();
         let q = v.qwen.as_ref().unwrap();
-        assert_close(
+        assert_close_rel(
             &q.embeds,
             &g[&format!("{name}.vision.embeds")],
             &format!("{name}: merged tokens"),
         );
         assert_eq!(q.deepstack.len(), 2);
         for (k, d) in q.deepstack.iter().enumerate() {
-            assert_close(
+            assert_close_rel(
                 d,
                 &g[&format!("{name}.vision.deepstack{k}")],
                 &format!("{name}: deepstack {k}"),
@@ -157,12 +126,12 @@ fn vision_tower_positions_and_prefill_match_transformers() {
         let h = lm.forward_embeds(&embeds, 0).unwrap();
         let last = h.i((0, l - 4..l)).unwrap();
         let logits = lm.logits(&last).unwrap();
-        assert_close(
+        assert_close_rel(
             &logits,
             &g[&format!("{name}.prefill.logits_last4")],
             &format!("{name}: prefill logits"),
         );
-        assert_close(
+        assert_close_rel(
             &last,
             &g[&format!("{name}.prefill.hidden_last")],
             &format!("{name}: prefill hidden"),
@@ -290,9 +259,9 @@ fn seg_hidden_states_and_projection_match() {
         .map(|(_, h)| h.clone())
         .collect();
     let got = Tensor::stack(&rows, 0).unwrap();
-    assert_close(&got, &g[&format!("{name}.gen.seg_hidden")], "seg hidden");
+    assert_close_rel(&got, &g[&format!("{name}.gen.seg_hidden")], "seg hidden");
     let e = chat.seg_projection(&got).unwrap().unwrap();
-    assert_close(&e, &g[&format!("{name}.gen.seg_embedding")], "seg embedding");
+    assert_close_rel(&e, &g[&format!("{name}.gen.seg_embedding")], "seg embedding");
     // predict_forward's `prediction`: batch_decode(skip_special_tokens=False)[0].strip()
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture("sa2va-qwen3vl/goldens.json")).unwrap()).unwrap();
@@ -338,8 +307,9 @@ fn cli_segment_and_eval_run_the_qwen3_vl_checkpoint() {
     let images = coco_images(tmp.path());
     let pred = tmp.path().join("pred.jsonl");
     let refer = fixture("refcoco");
-    let o = run(
-        &[
+    // eval refcoco --model over the fixture split into `pred`, with `extra` flags.
+    let eval = |pred: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
             "eval",
             "refcoco",
             "--refer-root",
@@ -356,40 +326,20 @@ fn cli_segment_and_eval_run_the_qwen3_vl_checkpoint() {
             pred.to_str().unwrap(),
             "--force-seg",
             "--json",
-        ],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args, None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    let o = eval(&pred, &[]);
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(report["samples"].as_u64().unwrap() >= 4, "{report}");
     assert_eq!(report["missing_predictions"], 0);
     // --batch-size 3 on this family (one turn at a time through the LLM, SAM2 batched): the same
     // predictions in the same order.
     let pred3 = tmp.path().join("pred3.jsonl");
-    let o = run(
-        &[
-            "eval",
-            "refcoco",
-            "--refer-root",
-            refer.to_str().unwrap(),
-            "--dataset",
-            "refcoco",
-            "--split",
-            "val",
-            "--model",
-            m,
-            "--images",
-            images.to_str().unwrap(),
-            "--predictions",
-            pred3.to_str().unwrap(),
-            "--force-seg",
-            "--batch-size",
-            "3",
-            "--json",
-        ],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    eval(&pred3, &["--batch-size", "3"]);
     let lines = |p: &std::path::Path| -> Vec<(serde_json::Value, serde_json::Value)> {
         std::fs::read_to_string(p)
             .unwrap()

@@ -7,7 +7,7 @@ mod common;
 #[path = "common/sa2va.rs"]
 mod sa2va;
 use candle_core::{DType, Device, Tensor};
-use common::{assert_fails, fixture, run, stderr, stdout};
+use common::{assert_fails, f32s, fixture, i64s, run, stderr, stdout};
 use perceptio::models::checkpoint::Checkpoint;
 use perceptio::models::generate::GenerateOptions;
 use perceptio::models::perceptio::{Grounder, LoadOptions, SegmentOptions};
@@ -22,24 +22,6 @@ fn goldens() -> HashMap<String, Tensor> {
 fn unpack(packed: &Tensor, n: usize) -> Vec<u8> {
     let p: Vec<u8> = packed.to_vec1().unwrap();
     (0..n).map(|i| (p[i / 8] >> (7 - i % 8)) & 1).collect()
-}
-
-fn i64s(t: &Tensor) -> Vec<i64> {
-    t.to_dtype(DType::I64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// At most a handful of pixels may flip, and only where the reference logit is near 0.

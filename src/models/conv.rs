@@ -7,6 +7,7 @@
 //! Transposed convolutions are the adjoint: one GEMM Wᵀ·x per image band, then a col2im
 //! scatter-add per output channel. Other devices and dtypes use candle's kernels.
 
+use crate::models::fastops::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -32,13 +33,6 @@ const BAND_BYTES: usize = 1 << 20;
 
 thread_local! {
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("conv: expected contiguous f32"),
-    }
 }
 
 /// dst (m, n; row stride `dst_rs`) (+)= lhs (m, k; row-major) · rhs (k, n; row stride `rhs_rs`).

@@ -78,3 +78,36 @@ pub fn coco_images(root: &Path) -> PathBuf {
     }
     root.join("coco")
 }
+
+/// A golden tensor's values as f32.
+pub fn f32s(t: &candle_core::Tensor) -> Vec<f32> {
+    t.to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// A golden tensor's values as i64.
+pub fn i64s(t: &candle_core::Tensor) -> Vec<i64> {
+    t.to_dtype(candle_core::DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// max |got − want| ≤ 1e-4 · max |want| (f32 on both sides); prints the measured error.
+pub fn assert_close_rel(got: &candle_core::Tensor, want: &candle_core::Tensor, what: &str) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let (g, w) = (f32s(got), f32s(want));
+    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("{what}: max abs diff {err:.2e}, max |ref| {scale:.3}");
+    assert!(
+        err <= 1e-4 * scale,
+        "{what}: max abs diff {err} against max |ref| {scale}"
+    );
+}
