@@ -352,3 +352,42 @@ fn cli_segment_and_eval_run_the_qwen3_vl_checkpoint() {
     };
     assert_eq!(lines(&pred3), lines(&pred), "--batch-size 3 vs 1");
 }
+
+/// The prompt comes from the checkpoint's own chat template: a repo whose template adds a system
+/// turn is prompted with it, a `chat_template.json` overrides the `.jinja` (transformers 4.57's
+/// order), and a directory without one falls back to Qwen's stock prompt.
+#[test]
+fn prompt_follows_the_checkpoints_chat_template() {
+    use perceptio::models::qwen3_vl::chat::Qwen3VlChat;
+    let d = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture("sa2va-qwen3vl")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.path().join(e.file_name())).unwrap();
+    }
+    let stock = std::fs::read_to_string(d.path().join("chat_template.jinja")).unwrap();
+    let prompt = |dir: &std::path::Path| {
+        let ck = Checkpoint::open(dir, DType::F32, &Device::Cpu).unwrap();
+        Qwen3VlChat::from_checkpoint(&ck)
+            .unwrap()
+            .prompt_text("<image>\nWhere is the cat?", Some(2))
+            .unwrap()
+    };
+    let pads = "<|vision_start|><|image_pad|><|image_pad|><|vision_end|>";
+    let plain = format!("<|im_start|>user\n{pads}\nWhere is the cat?<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(prompt(d.path()), plain);
+    std::fs::write(
+        d.path().join("chat_template.jinja"),
+        format!("{{{{- '<|im_start|>system\\nYou are Sa2VA.<|im_end|>\\n' }}}}{stock}"),
+    )
+    .unwrap();
+    assert_eq!(
+        prompt(d.path()),
+        format!("<|im_start|>system\nYou are Sa2VA.<|im_end|>\n{plain}")
+    );
+    let legacy = serde_json::json!({ "chat_template": stock.replace("<|im_start|>assistant\\n", "<|im_start|>assistant\\n<think>\\n") });
+    std::fs::write(d.path().join("chat_template.json"), legacy.to_string()).unwrap();
+    assert_eq!(prompt(d.path()), format!("{plain}<think>\n"));
+    std::fs::remove_file(d.path().join("chat_template.json")).unwrap();
+    std::fs::remove_file(d.path().join("chat_template.jinja")).unwrap();
+    assert_eq!(prompt(d.path()), plain);
+}

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod chat;
+pub mod chat_template;
 pub mod checkpoint;
 pub mod conv;
 pub mod depth_anything;

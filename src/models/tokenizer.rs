@@ -150,7 +150,7 @@ pub fn load(dir: &Path) -> Result<(Tokenizer, TokenizerSource)> {
 }
 
 /// Print `msg` on stderr the first time it comes up in this process (and to tracing).
-fn note_once(msg: &str) {
+pub(crate) fn note_once(msg: &str) {
     static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     tracing::info!("{msg}");
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());

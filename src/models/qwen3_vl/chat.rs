@@ -1,11 +1,12 @@
 //! A loaded Sa2VA-Qwen3-VL checkpoint with its tokenizer: image + question → reply, as Sa2VA's
-//! `predict_forward` builds it (the processor's chat template with the image first and no system
-//! message, `<image>` removed from the text, Qwen's two smart resizes at 512·28²..2048·28² pixels).
-//! Qwen2.5-VL-based checkpoints load through [`Qwen3VlChat::from_checkpoint_qwen25`]: the same
-//! `predict_forward`, except that Qwen2.5-VL's chat template adds its default system message.
+//! `predict_forward` builds it (the checkpoint's own chat template rendered over one user turn,
+//! the image first, `<image>` removed from the text; Qwen's two smart resizes at
+//! 512·28²..2048·28² pixels). Qwen2.5-VL-based checkpoints load through
+//! [`Qwen3VlChat::from_checkpoint_qwen25`]: the same `predict_forward`.
 
 use super::{Config, Qwen3Vl};
 use crate::error::{Error, Result};
+use crate::models::chat_template::ChatTemplate;
 use crate::models::checkpoint::Checkpoint;
 use crate::models::internvl::chat::Vision;
 use crate::models::tokenizer::Tokenizer;
@@ -25,12 +26,17 @@ pub struct Qwen3VlChat {
     pub stop_ids: Vec<u32>,
     pub device: Device,
     pub dtype: DType,
-    /// The system turn the chat template inserts when the messages have none (Qwen2.5-VL's).
+    /// The checkpoint's chat template (chat_template.json / .jinja / processor_config.json).
+    pub template: Option<ChatTemplate>,
+    /// Without a template: the system turn the stock template inserts (Qwen2.5-VL's), if any.
     pub default_system: Option<&'static str>,
 }
 
 /// Qwen2.5-VL-Instruct's chat template's system message when none is given.
 pub const QWEN25_DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
+
+/// The token the processor expands to one per merged vision token.
+const IMAGE_PAD: &str = "<|image_pad|>";
 
 #[derive(serde::Deserialize)]
 struct PreprocessorConfig {
@@ -134,6 +140,15 @@ impl Qwen3VlChat {
                 stop_ids.push(eos);
             }
         }
+        let template = ChatTemplate::from_dir(dir)?;
+        if template.is_none() {
+            // transformers' processor refuses to build a prompt here; the stock Qwen template is
+            // the one every published Sa2VA-Qwen checkpoint ships, so use it and say so
+            crate::models::tokenizer::note_once(&format!(
+                "{} has no chat template (chat_template.jinja or chat_template.json); using Qwen's stock one",
+                dir.display()
+            ));
+        }
         Ok(Self {
             model,
             tokenizer,
@@ -141,6 +156,7 @@ impl Qwen3VlChat {
             stop_ids,
             device: ck.device().clone(),
             dtype: ck.dtype(),
+            template,
             default_system: qwen25.as_ref().map(|_| QWEN25_DEFAULT_SYSTEM),
         })
     }
@@ -168,18 +184,28 @@ impl Qwen3VlChat {
         })
     }
 
-    /// The prompt text of a user turn: the processor's chat template with the image first (its
-    /// `<|image_pad|>` expanded to the merged token count) and `<image>` removed from the text.
-    pub fn prompt_text(&self, user: &str, n_image_tokens: Option<usize>) -> String {
+    /// The prompt text of a user turn: the checkpoint's chat template over `predict_forward`'s
+    /// message (the image, then the text with `<image>` removed), then, as the processor does,
+    /// the template's one `<|image_pad|>` expanded to the merged token count.
+    pub fn prompt_text(&self, user: &str, n_image_tokens: Option<usize>) -> Result<String> {
         let text = user.replace("<image>", "");
-        let image = n_image_tokens
-            .map(|n| format!("<|vision_start|>{}<|vision_end|>", "<|image_pad|>".repeat(n)))
-            .unwrap_or_default();
-        let system = self
-            .default_system
-            .map(|s| format!("<|im_start|>system\n{s}<|im_end|>\n"))
-            .unwrap_or_default();
-        format!("{system}<|im_start|>user\n{image}{text}<|im_end|>\n<|im_start|>assistant\n")
+        let Some(t) = &self.template else {
+            let image = n_image_tokens
+                .map(|n| format!("<|vision_start|>{}<|vision_end|>", IMAGE_PAD.repeat(n)))
+                .unwrap_or_default();
+            let system = self
+                .default_system
+                .map(|s| format!("<|im_start|>system\n{s}<|im_end|>\n"))
+                .unwrap_or_default();
+            return Ok(format!(
+                "{system}<|im_start|>user\n{image}{text}<|im_end|>\n<|im_start|>assistant\n"
+            ));
+        };
+        let rendered = match n_image_tokens {
+            Some(_) => t.sa2va_image_turn(&text)?,
+            None => t.sa2va_text_turn(&text)?,
+        };
+        expand_image_pad(&rendered, n_image_tokens.unwrap_or(0)).map_err(|m| Error::input(&t.origin, m))
     }
 
     /// Prompt ids and embeddings of a user turn over `vision`; the text model keeps the prompt's
@@ -192,7 +218,7 @@ impl Qwen3VlChat {
             )
         })?;
         let n = img.embeds.dim(0)?;
-        let prompt = self.prompt_text(user, Some(n));
+        let prompt = self.prompt_text(user, Some(n))?;
         let enc = self
             .tokenizer
             .encode(prompt, false)
@@ -201,5 +227,35 @@ impl Qwen3VlChat {
         let (e, state) = self.model.embed_prompt(&ids, Some(img))?;
         self.model.text.set_prompt(state);
         Ok((ids, e))
+    }
+}
+
+/// The processor's expansion: the one image's `<|image_pad|>` becomes `n` of them. A template
+/// that places no pad, or more pads than images, is refused (the processor fails on both).
+fn expand_image_pad(prompt: &str, n: usize) -> std::result::Result<String, String> {
+    let found = prompt.matches(IMAGE_PAD).count();
+    let want = usize::from(n > 0);
+    if found != want {
+        return Err(format!(
+            "the chat template placed {found} {IMAGE_PAD} for {want} image(s) (rendered prompt: {prompt:?})"
+        ));
+    }
+    Ok(prompt.replacen(IMAGE_PAD, &IMAGE_PAD.repeat(n), 1))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn image_pad_expansion() {
+        let p = "<|vision_start|><|image_pad|><|vision_end|>hi";
+        assert_eq!(
+            super::expand_image_pad(p, 3).unwrap(),
+            "<|vision_start|><|image_pad|><|image_pad|><|image_pad|><|vision_end|>hi"
+        );
+        assert!(super::expand_image_pad("no pad", 3).unwrap_err().contains("placed 0"));
+        assert!(super::expand_image_pad(&p.repeat(2), 3)
+            .unwrap_err()
+            .contains("placed 2"));
+        assert_eq!(super::expand_image_pad("text only", 0).unwrap(), "text only");
     }
 }
