@@ -73,7 +73,7 @@ fn lookup_order_of_a_model_directory() {
         let t = ChatTemplate::from_dir(dir).unwrap().unwrap();
         (
             t.origin.file_name().unwrap().to_string_lossy().into_owned(),
-            t.sa2va_image_turn("x").unwrap(),
+            t.sa2va_turn("x", true).unwrap(),
         )
     };
     write(

@@ -98,18 +98,16 @@ impl ChatTemplate {
             .map_err(|e| Error::input(&self.origin, format!("rendering the chat template: {}", describe(&e))))
     }
 
-    /// The prompt Sa2VA's Qwen-VL `predict_forward` gives the processor for one photo and a
-    /// question: one user turn holding the image, then the text, and the generation prompt.
-    pub fn sa2va_image_turn(&self, text: &str) -> Result<String> {
-        let image = map([("type", Value::from("image")), ("image", Value::from("image"))]);
-        let text = map([("type", Value::from("text")), ("text", Value::from(text))]);
-        self.render(Value::from(vec![user_turn(vec![image, text])]), true, None, &[])
-    }
-
-    /// A text-only turn (`predict_forward` without an image).
-    pub fn sa2va_text_turn(&self, text: &str) -> Result<String> {
-        let text = map([("type", Value::from("text")), ("text", Value::from(text))]);
-        self.render(Value::from(vec![user_turn(vec![text])]), true, None, &[])
+    /// The prompt Sa2VA's Qwen-VL `predict_forward` gives the processor: one user turn holding
+    /// the image (when there is one), then the text, and the generation prompt.
+    pub fn sa2va_turn(&self, text: &str, with_image: bool) -> Result<String> {
+        let mut content = Vec::with_capacity(2);
+        if with_image {
+            content.push(map([("type", Value::from("image")), ("image", Value::from("image"))]));
+        }
+        content.push(map([("type", Value::from("text")), ("text", Value::from(text))]));
+        let turn = map([("role", Value::from("user")), ("content", Value::from(content))]);
+        self.render(Value::from(vec![turn]), true, None, &[])
     }
 }
 
@@ -118,18 +116,9 @@ fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
     Value::from_iter(entries.into_iter().map(|(k, v)| (k.to_string(), v)))
 }
 
-fn user_turn(content: Vec<Value>) -> Value {
-    map([("role", Value::from("user")), ("content", Value::from(content))])
-}
-
-/// A message naming the template line where minijinja points at one.
+/// minijinja's message (it names the template and line: "(in chat_template:2)") with its causes.
 fn describe(e: &minijinja::Error) -> String {
     let mut s = e.to_string();
-    if let Some(line) = e.line() {
-        if !s.contains("line") {
-            s.push_str(&format!(" (template line {line})"));
-        }
-    }
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {
         s.push_str(&format!(": {inner}"));
@@ -341,6 +330,32 @@ impl Dump<'_> {
         }
     }
 
+    /// `open` items `close`, each item on its own line when indenting; `[]` / `{}` when empty.
+    fn bracketed(
+        &self,
+        out: &mut String,
+        depth: usize,
+        (open, close): (char, char),
+        items: &[Value],
+        mut item: impl FnMut(&Value, &mut String) -> std::result::Result<(), minijinja::Error>,
+    ) -> std::result::Result<(), minijinja::Error> {
+        out.push(open);
+        if items.is_empty() {
+            out.push(close);
+            return Ok(());
+        }
+        for (i, x) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(self.item);
+            }
+            self.newline(out, depth + 1);
+            item(x, out)?;
+        }
+        self.newline(out, depth);
+        out.push(close);
+        Ok(())
+    }
+
     fn dump(&self, v: &Value, out: &mut String, depth: usize) -> std::result::Result<(), minijinja::Error> {
         use minijinja::value::ValueKind as K;
         match v.kind() {
@@ -357,16 +372,7 @@ impl Dump<'_> {
                 if self.sort {
                     keys.sort();
                 }
-                if keys.is_empty() {
-                    out.push_str("{}");
-                    return Ok(());
-                }
-                out.push('{');
-                for (i, k) in keys.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(self.item);
-                    }
-                    self.newline(out, depth + 1);
+                self.bracketed(out, depth, ('{', '}'), &keys, |k, out| {
                     // json.dumps turns None/bool/number keys into their JSON spelling
                     match k.as_str() {
                         Some(s) => py_string(s, out),
@@ -377,27 +383,12 @@ impl Dump<'_> {
                         }
                     }
                     out.push_str(self.key);
-                    self.dump(&v.get_item(k)?, out, depth + 1)?;
-                }
-                self.newline(out, depth);
-                out.push('}');
+                    self.dump(&v.get_item(k)?, out, depth + 1)
+                })?;
             }
             K::Seq | K::Iterable => {
                 let items: Vec<Value> = v.try_iter()?.collect();
-                if items.is_empty() {
-                    out.push_str("[]");
-                    return Ok(());
-                }
-                out.push('[');
-                for (i, x) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(self.item);
-                    }
-                    self.newline(out, depth + 1);
-                    self.dump(x, out, depth + 1)?;
-                }
-                self.newline(out, depth);
-                out.push(']');
+                self.bracketed(out, depth, ('[', ']'), &items, |x, out| self.dump(x, out, depth + 1))?;
             }
             other => {
                 return Err(minijinja::Error::new(
@@ -500,16 +491,8 @@ fn strftime(secs: i64, format: &str) -> std::result::Result<String, minijinja::E
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // civil-from-days (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy_mar = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy_mar + 2) / 153;
-    let d = doy_mar - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::util::civil_from_days(days);
+    let (m, d) = (i64::from(m), i64::from(d));
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     let cum = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
     let yday = cum[(m - 1) as usize] + d + i64::from(leap && m > 2);

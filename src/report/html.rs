@@ -161,23 +161,8 @@ pub fn now_utc() -> String {
                 .map_or(0, |d| d.as_secs() as i64)
         });
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::util::civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -188,9 +173,9 @@ mod tests {
     fn escaping_breaks_urls_and_dates_are_civil() {
         assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
         assert_eq!(esc("see https://x.org"), "see https:&#47;&#47;x.org");
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(crate::util::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(crate::util::civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(crate::util::civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(delta_pp(0.015), "+1.5");
         assert_eq!(delta_pp(-0.0001), "0.0");
         assert_eq!(pct(0.61118930330753), "61.1");

@@ -201,10 +201,7 @@ impl Qwen3VlChat {
                 "{system}<|im_start|>user\n{image}{text}<|im_end|>\n<|im_start|>assistant\n"
             ));
         };
-        let rendered = match n_image_tokens {
-            Some(_) => t.sa2va_image_turn(&text)?,
-            None => t.sa2va_text_turn(&text)?,
-        };
+        let rendered = t.sa2va_turn(&text, n_image_tokens.is_some())?;
         expand_image_pad(&rendered, n_image_tokens.unwrap_or(0)).map_err(|m| Error::input(&t.origin, m))
     }
 
