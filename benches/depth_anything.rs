@@ -43,18 +43,17 @@ fn main() -> candle_core::Result<()> {
         candle_core::utils::get_num_threads()
     );
     let px = Tensor::randn(0f32, 1.0, (1, 3, 518, 518), &dev)?;
-    // candle's conv kernels and perceptio's, alternating in this process (one warm-up each).
+    // perceptio's conv kernels, then candle's, each a block of one warm-up and 3 timed passes
+    // (interleaved, a pass right after one of candle's ran slower: its elementwise pool's worker
+    // was still spinning).
     let kernels = [("candle conv kernels", true), ("perceptio conv kernels", false)];
-    for &(name, candle) in &kernels {
+    let (mut runs, mut bb) = (vec![vec![]; 2], vec![vec![]; 2]);
+    for (i, &(name, candle)) in kernels.iter().enumerate().rev() {
         perceptio::models::conv::use_candle_kernels(candle);
         let t = Instant::now();
         let _ = model.forward(&px)?;
         println!("warm-up pass, {name:<24} {:.3} s", t.elapsed().as_secs_f64());
-    }
-    let (mut runs, mut bb) = (vec![vec![]; 2], vec![vec![]; 2]);
-    for _ in 0..3 {
-        for (i, &(_, candle)) in kernels.iter().enumerate() {
-            perceptio::models::conv::use_candle_kernels(candle);
+        for _ in 0..3 {
             let t = Instant::now();
             let d = model.forward(&px)?;
             runs[i].push(t.elapsed().as_secs_f64());
@@ -64,6 +63,7 @@ fn main() -> candle_core::Result<()> {
             bb[i].push(t.elapsed().as_secs_f64());
         }
     }
+    perceptio::models::conv::use_candle_kernels(false);
     for (i, &(name, _)) in kernels.iter().enumerate() {
         println!(
             "{name:<24} forward 1x3x518x518 median {:.3} s {:.3?}; DINOv2 backbone alone median {:.3} s {:.3?}",

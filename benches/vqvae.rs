@@ -13,20 +13,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The kernel sets a run can be timed with, alternating within one process.
+/// The kernel sets a run is timed with, one after the other in one process.
 const KERNELS: [(&str, bool); 2] = [("candle conv kernels", true), ("perceptio conv kernels", false)];
 
-/// For each kernel set, 1 untimed warm-up; then 10 rounds that time each set once in turn;
-/// prints the medians in ms and the ratio to candle's kernels.
+/// For each kernel set in turn, 1 untimed warm-up and 10 timed runs; prints the medians in ms and
+/// the ratio to candle's kernels. The sets run in blocks, not interleaved: right after one of
+/// candle's passes its elementwise pool's worker is still spinning and slowed the next pass.
 fn time<T>(label: &str, mut f: impl FnMut() -> candle_core::Result<T>) -> candle_core::Result<f64> {
-    for &(_, candle) in &KERNELS {
+    let mut v = vec![Vec::with_capacity(10); KERNELS.len()];
+    for (i, &(_, candle)) in KERNELS.iter().enumerate().rev() {
         perceptio::models::conv::use_candle_kernels(candle);
         let _ = f()?;
-    }
-    let mut v = vec![Vec::with_capacity(10); KERNELS.len()];
-    for _ in 0..10 {
-        for (i, &(_, candle)) in KERNELS.iter().enumerate() {
-            perceptio::models::conv::use_candle_kernels(candle);
+        for _ in 0..10 {
             let t = Instant::now();
             let _ = f()?;
             v[i].push(t.elapsed().as_secs_f64() * 1e3);

@@ -4,6 +4,9 @@
 //! reaches the allocator's large-block path), then one `gemm` call that accumulates the band
 //! straight into the output, pre-filled with the bias. candle's CPU `conv2d` and
 //! `conv_transpose2d` kernels run at a fraction of GEMM speed (~13 GMAC/s on a 3×3 conv).
+//! Bands run in parallel with single-threaded GEMMs; a small map with too few bands to share
+//! (the VQ-VAE's 10×10 to 40×40 layers) splits its output channels over the threads instead.
+//! A ReLU after the conv can be fused into it ([`conv2d_act`]).
 //! Transposed convolutions are the adjoint: one GEMM Wᵀ·x per image band, then a col2im
 //! scatter-add per output channel. Other devices and dtypes use candle's kernels.
 
@@ -100,43 +103,60 @@ impl Geom {
 }
 
 /// Fill `cols` (K rows × (rows·ow) columns) with the input taps of output rows `oy0..oy0+rows`
-/// of image `x` (cin, h, w); out-of-image taps are zero.
-fn im2col(g: &Geom, x: &[f32], oy0: usize, rows: usize, cols: &mut [f32]) {
-    let p = rows * g.ow;
-    let mut r = 0;
-    for ci in 0..g.cin {
-        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+/// of image `x` (cin, h, w); out-of-image taps are zero. Channels go in parallel when `par`.
+fn im2col(g: &Geom, x: &[f32], oy0: usize, rows: usize, cols: &mut [f32], par: bool) {
+    let per_ci = g.kh * g.kw * rows * g.ow;
+    let chunks = cols[..g.cin * per_ci].chunks_mut(per_ci).enumerate();
+    if par && g.cin > 1 {
+        let n = g.cin.div_ceil(4 * rayon::current_num_threads());
+        cols[..g.cin * per_ci]
+            .par_chunks_mut(n * per_ci)
+            .enumerate()
+            .for_each(|(c, part)| im2col_channels(g, x, oy0, rows, c * n, part));
+    } else {
+        for (ci, part) in chunks {
+            im2col_channels(g, x, oy0, rows, ci, part);
+        }
+    }
+}
+
+/// [`im2col`] for the channels from `ci0` whose kh·kw rows `cols` holds. Each input row a tap
+/// row reads is laid out once, zero-padded and split into its `stride` phases, so that every
+/// kx tap is one contiguous copy: tap (ky, kx) of output column ox reads padded column
+/// ox·s + kx, which is element ox + kx div s of phase kx mod s.
+fn im2col_channels(g: &Geom, x: &[f32], oy0: usize, rows: usize, ci0: usize, cols: &mut [f32]) {
+    let (s, p) = (g.stride, rows * g.ow);
+    let pw = (g.w + 2 * g.pad).div_ceil(s);
+    // Padding positions stay zero: only the image's own columns are ever written.
+    let mut phases = vec![0f32; s * pw];
+    for (c, taps) in cols.chunks_exact_mut(g.kh * g.kw * p).enumerate() {
+        let plane = &x[(ci0 + c) * g.h * g.w..][..g.h * g.w];
         for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let dst = &mut cols[r * p..(r + 1) * p];
-                r += 1;
-                // Output columns whose tap lands inside the row: ox·s + kx − pad ∈ [0, w).
-                let lo = g.pad.saturating_sub(kx).div_ceil(g.stride).min(g.ow);
-                let hi = if g.w + g.pad > kx {
-                    ((g.w + g.pad - kx - 1) / g.stride + 1).min(g.ow)
-                } else {
-                    0
-                }
-                .max(lo);
-                for (j, d) in dst.chunks_exact_mut(g.ow).enumerate() {
-                    let iy = ((oy0 + j) * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy as usize >= g.h {
-                        d.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    d[..lo].fill(0.0);
-                    d[hi..].fill(0.0);
-                    if hi == lo {
-                        continue;
-                    }
-                    let ix0 = lo * g.stride + kx - g.pad;
-                    if g.stride == 1 {
-                        d[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+            for j in 0..rows {
+                let iy = ((oy0 + j) * s + ky) as isize - g.pad as isize;
+                let inside = iy >= 0 && (iy as usize) < g.h;
+                if inside {
+                    let src = &plane[iy as usize * g.w..][..g.w];
+                    if s == 1 {
+                        phases[g.pad..g.pad + g.w].copy_from_slice(src);
                     } else {
-                        for (o, v) in d[lo..hi].iter_mut().zip(src[ix0..].iter().step_by(g.stride)) {
-                            *o = *v;
+                        // Phase r holds padded columns r, r + s, …: image columns from
+                        // r + t·s − pad for the first t that lands inside the image.
+                        for (r, ph) in phases.chunks_exact_mut(pw).enumerate() {
+                            let t0 = g.pad.saturating_sub(r).div_ceil(s);
+                            let ix0 = r + t0 * s - g.pad;
+                            for (o, v) in ph[t0..].iter_mut().zip(src.iter().skip(ix0).step_by(s)) {
+                                *o = *v;
+                            }
                         }
+                    }
+                }
+                for kx in 0..g.kw {
+                    let dst = &mut taps[(ky * g.kw + kx) * p + j * g.ow..][..g.ow];
+                    if inside {
+                        dst.copy_from_slice(&phases[(kx % s) * pw + kx / s..][..g.ow]);
+                    } else {
+                        dst.fill(0.0);
                     }
                 }
             }
@@ -157,6 +177,75 @@ fn gemm_par(flops: usize) -> gemm::Parallelism {
     }
 }
 
+/// The fewest GEMM columns (output pixels) a band should have: narrower GEMMs lose most of
+/// their speed to packing and edge kernels.
+const MIN_BAND_COLS: usize = 64;
+
+/// Run `f` on this thread's im2col buffer grown to `need` floats, or on a fresh one when the
+/// buffer is in use (a nested call from a task this thread picked up while waiting).
+fn with_cols<R>(need: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLS.with(|c| match c.try_borrow_mut() {
+        Ok(mut cols) => {
+            if cols.len() < need {
+                cols.resize(need, 0.0);
+            }
+            f(&mut cols[..need])
+        }
+        Err(_) => f(&mut vec![0f32; need]),
+    })
+}
+
+/// dst (m, n; row stride `dst_rs`) += w (m, k) · cols (k, n), the m output channels split into
+/// chunks that run in parallel, each a single-threaded GEMM. candle's gemm parallelises a
+/// GEMM this small (n ≤ a few hundred) poorly: 2 threads ran at 1.0–1.3× one thread's speed.
+///
+/// # Safety
+/// As [`gemm_acc`]: `dst` addresses m rows of n columns (row stride `dst_rs`) written by
+/// nobody else during the call.
+unsafe fn gemm_acc_split_m(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, w: &[f32], cols: &[f32]) {
+    let threads = rayon::current_num_threads();
+    if threads == 1 || m < 16 || m * n * k < 1 << 18 {
+        return gemm_acc(
+            m,
+            n,
+            k,
+            dst,
+            dst_rs,
+            w.as_ptr(),
+            k,
+            1,
+            cols.as_ptr(),
+            n,
+            true,
+            gemm::Parallelism::None,
+        );
+    }
+    // Chunks of whole 8-row panels, two per thread so that an uneven core still balances.
+    let chunk = m.div_ceil(2 * threads).next_multiple_of(8).max(8);
+    let dp = SendPtr(dst);
+    (0..m.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let p = dp;
+        let (r0, rows) = (c * chunk, chunk.min(m - c * chunk));
+        // SAFETY: rows r0..r0+rows of dst belong to this chunk only; w's rows likewise.
+        unsafe {
+            gemm_acc(
+                rows,
+                n,
+                k,
+                p.0.add(r0 * dst_rs),
+                dst_rs,
+                w[r0 * k..].as_ptr(),
+                k,
+                1,
+                cols.as_ptr(),
+                n,
+                true,
+                gemm::Parallelism::None,
+            )
+        }
+    });
+}
+
 /// y (b, cout, oh, ow) = conv(x, w) + bias, into `y` pre-filled with the bias.
 fn conv2d_f32(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
     let (k, ohw) = (g.k(), g.oh * g.ow);
@@ -165,72 +254,95 @@ fn conv2d_f32(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
         for (xi, yi) in x.chunks_exact(g.cin * g.h * g.w).zip(y.chunks_exact_mut(g.cout * ohw)) {
             // SAFETY: yi is (cout, ohw), w (cout, cin), xi (cin, ohw), all row-major.
             unsafe {
-                gemm_acc(
-                    g.cout,
-                    ohw,
-                    k,
-                    yi.as_mut_ptr(),
-                    ohw,
-                    w.as_ptr(),
-                    k,
-                    1,
-                    xi.as_ptr(),
-                    ohw,
-                    true,
-                    gemm_par(g.cout * ohw * k),
-                )
+                if ohw >= 4096 {
+                    gemm_acc(
+                        g.cout,
+                        ohw,
+                        k,
+                        yi.as_mut_ptr(),
+                        ohw,
+                        w.as_ptr(),
+                        k,
+                        1,
+                        xi.as_ptr(),
+                        ohw,
+                        true,
+                        gemm_par(g.cout * ohw * k),
+                    )
+                } else {
+                    gemm_acc_split_m(g.cout, ohw, k, yi.as_mut_ptr(), ohw, w, xi)
+                }
             };
         }
         return;
     }
-    let rows = band_rows(k, g.ow, g.oh);
+    let threads = rayon::current_num_threads();
+    // Enough bands for two per thread over the batch, each at least MIN_BAND_COLS wide and
+    // its im2col buffer within BAND_BYTES.
+    // Otherwise (small maps) the largest bands the buffer allows, their channels split.
+    let per_image = (2 * threads).div_ceil(g.b);
+    let most = band_rows(k, g.ow, g.oh);
+    let mut rows = g.oh.div_ceil(per_image).max(MIN_BAND_COLS.div_ceil(g.ow)).min(most);
+    if g.b * g.oh.div_ceil(rows) < 2 * threads {
+        rows = most;
+    }
     let bands = g.oh.div_ceil(rows);
     let tasks = g.b * bands;
-    let threads = rayon::current_num_threads();
-    // One band per task, bands of all images in parallel with single-threaded GEMMs; a pass
-    // with fewer bands than threads parallelises inside the GEMM instead.
-    let run = |t: usize, dst: *mut f32, par: gemm::Parallelism| {
+    let band = |t: usize| {
         let (bi, band) = (t / bands, t % bands);
         let oy0 = band * rows;
-        let r = rows.min(g.oh - oy0);
-        let xi = &x[bi * g.cin * g.h * g.w..(bi + 1) * g.cin * g.h * g.w];
-        COLS.with(|c| {
-            let mut cols = c.borrow_mut();
-            let need = k * r * g.ow;
-            if cols.len() < need {
-                cols.resize(need, 0.0);
-            }
-            im2col(g, xi, oy0, r, &mut cols[..need]);
-            // SAFETY: dst addresses image bi's output at row oy0; the band's rows r·ow columns
-            // of each of the cout channel planes (row stride ohw) are inside y and written by
-            // this task only; cols is (k, r·ow) row-major.
-            unsafe {
-                gemm_acc(
-                    g.cout,
-                    r * g.ow,
-                    k,
-                    dst.add(bi * g.cout * ohw + oy0 * g.ow),
-                    ohw,
-                    w.as_ptr(),
-                    k,
-                    1,
-                    cols.as_ptr(),
-                    r * g.ow,
-                    true,
-                    par,
-                )
-            };
-        });
+        (bi, oy0, rows.min(g.oh - oy0))
     };
+    let image = |bi: usize| &x[bi * g.cin * g.h * g.w..(bi + 1) * g.cin * g.h * g.w];
     let yp = SendPtr(y.as_mut_ptr());
     if tasks >= 2 * threads {
+        // One band per task, bands of all images in parallel with single-threaded GEMMs.
         (0..tasks).into_par_iter().for_each(|t| {
             let p = yp;
-            run(t, p.0, gemm::Parallelism::None)
+            let (bi, oy0, r) = band(t);
+            with_cols(k * r * g.ow, |cols| {
+                im2col(g, image(bi), oy0, r, cols, false);
+                // SAFETY: p addresses image bi's output at row oy0; the band's r·ow columns
+                // of each of the cout channel planes (row stride ohw) are inside y and written
+                // by this task only; cols is (k, r·ow) row-major.
+                unsafe {
+                    gemm_acc(
+                        g.cout,
+                        r * g.ow,
+                        k,
+                        p.0.add(bi * g.cout * ohw + oy0 * g.ow),
+                        ohw,
+                        w.as_ptr(),
+                        k,
+                        1,
+                        cols.as_ptr(),
+                        r * g.ow,
+                        true,
+                        gemm::Parallelism::None,
+                    )
+                }
+            });
         });
     } else {
+        // Too few bands to share out (small maps): bands in turn, each band's output channels
+        // split over the threads.
         for t in 0..tasks {
-            run(t, yp.0, gemm_par(g.cout * rows * g.ow * k));
+            let (bi, oy0, r) = band(t);
+            with_cols(k * r * g.ow, |cols| {
+                im2col(g, image(bi), oy0, r, cols, true);
+                // SAFETY: as above, the band's region of y; the chunks split its rows.
+                unsafe {
+                    gemm_acc_split_m(
+                        g.cout,
+                        r * g.ow,
+                        k,
+                        yp.0.add(bi * g.cout * ohw + oy0 * g.ow),
+                        ohw,
+                        w,
+                        cols,
+                    )
+                }
+            });
         }
     }
 }
@@ -244,6 +356,7 @@ unsafe impl Sync for SendPtr {}
 struct Conv2dOp {
     stride: usize,
     pad: usize,
+    relu: bool,
 }
 
 impl CustomOp3 for Conv2dOp {
@@ -287,8 +400,18 @@ impl CustomOp3 for Conv2dOp {
             .enumerate()
             .for_each(|(i, plane)| plane.fill(bias[i % cout]));
         conv2d_f32(&g, x, w, &mut y);
+        if self.relu {
+            relu_in_place(&mut y);
+        }
         Ok((CpuStorage::F32(y), Shape::from((b, cout, g.oh, g.ow))))
     }
+}
+
+/// max(x, 0) over `y`, in parallel chunks on rayon's pool (not candle's elementwise pool, whose
+/// spinning worker competes for the cores with the next convolution's GEMM threads).
+fn relu_in_place(y: &mut [f32]) {
+    y.par_chunks_mut(1 << 14)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
 }
 
 /// Geometry of one transposed conv2d (groups 1, dilation 1, no output padding).
@@ -326,7 +449,7 @@ fn scatter_phases(g: &TGeom, z: &[f32], zs: usize, iy0: usize, rows: usize, plan
 }
 
 /// y[oy, ox] = bias + plane[phase][(oy + pad) div s, (ox + pad) div s] for one output channel.
-fn gather_phases(g: &TGeom, planes: &[f32], bias: f32, y: &mut [f32]) {
+fn gather_phases(g: &TGeom, planes: &[f32], bias: f32, relu: bool, y: &mut [f32]) {
     let (s, pp) = (g.stride, g.ph * g.pw);
     for (oy, out) in y.chunks_exact_mut(g.ow).enumerate() {
         let u = oy + g.pad;
@@ -336,7 +459,7 @@ fn gather_phases(g: &TGeom, planes: &[f32], bias: f32, y: &mut [f32]) {
             let ox0 = (rx + s - g.pad % s) % s;
             let q0 = (ox0 + g.pad) / s;
             for (o, v) in out.iter_mut().skip(ox0).step_by(s).zip(&plane[q0..]) {
-                *o = bias + v;
+                *o = if relu { (bias + v).max(0.0) } else { bias + v };
             }
         }
     }
@@ -345,6 +468,7 @@ fn gather_phases(g: &TGeom, planes: &[f32], bias: f32, y: &mut [f32]) {
 struct ConvTranspose2dOp {
     stride: usize,
     pad: usize,
+    relu: bool,
 }
 
 impl CustomOp3 for ConvTranspose2dOp {
@@ -430,7 +554,7 @@ impl CustomOp3 for ConvTranspose2dOp {
                 .par_chunks_mut(ohw)
                 .zip(planes.par_chunks(pl))
                 .enumerate()
-                .for_each(|(co, (yc, p))| gather_phases(&g, p, bias[co], yc));
+                .for_each(|(co, (yc, p))| gather_phases(&g, p, bias[co], self.relu, yc));
         }
         Ok((CpuStorage::F32(y), Shape::from((b, cout, g.oh, g.ow))))
     }
@@ -455,9 +579,15 @@ fn bias_or_zeros(b: Option<&Tensor>, n: usize, x: &Tensor) -> Result<Tensor> {
 /// `candle_nn::Conv2d::forward` through the fast CPU kernel where it applies (f32 CPU,
 /// groups 1, dilation 1), else candle's.
 pub fn conv2d(conv: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
+    conv2d_act(conv, x, false)
+}
+
+/// [`conv2d`] followed by a ReLU when `relu`, fused into the kernel's output where it applies.
+pub fn conv2d_act(conv: &candle_nn::Conv2d, x: &Tensor, relu: bool) -> Result<Tensor> {
     let cfg = conv.config();
     if !fast_applies(x, conv.weight()) || cfg.groups != 1 || cfg.dilation != 1 {
-        return candle_nn::Module::forward(conv, x);
+        let y = candle_nn::Module::forward(conv, x)?;
+        return if relu { y.relu() } else { Ok(y) };
     }
     let b = bias_or_zeros(conv.bias(), conv.weight().dim(0)?, x)?;
     x.contiguous()?.apply_op3_no_bwd(
@@ -466,6 +596,7 @@ pub fn conv2d(conv: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
         &Conv2dOp {
             stride: cfg.stride,
             pad: cfg.padding,
+            relu,
         },
     )
 }
@@ -473,9 +604,15 @@ pub fn conv2d(conv: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
 /// `candle_nn::ConvTranspose2d::forward` through the fast CPU kernel where it applies (f32 CPU,
 /// groups 1, dilation 1, no output padding), else candle's.
 pub fn conv_transpose2d(conv: &candle_nn::ConvTranspose2d, x: &Tensor) -> Result<Tensor> {
+    conv_transpose2d_act(conv, x, false)
+}
+
+/// [`conv_transpose2d`] followed by a ReLU when `relu`, fused where the fast kernel applies.
+pub fn conv_transpose2d_act(conv: &candle_nn::ConvTranspose2d, x: &Tensor, relu: bool) -> Result<Tensor> {
     let cfg = conv.config();
     if !fast_applies(x, conv.weight()) || cfg.dilation != 1 || cfg.output_padding != 0 {
-        return candle_nn::Module::forward(conv, x);
+        let y = candle_nn::Module::forward(conv, x)?;
+        return if relu { y.relu() } else { Ok(y) };
     }
     let b = bias_or_zeros(conv.bias(), conv.weight().dim(1)?, x)?;
     x.contiguous()?.apply_op3_no_bwd(
@@ -484,6 +621,7 @@ pub fn conv_transpose2d(conv: &candle_nn::ConvTranspose2d, x: &Tensor) -> Result
         &ConvTranspose2dOp {
             stride: cfg.stride,
             pad: cfg.padding,
+            relu,
         },
     )
 }
@@ -520,6 +658,11 @@ mod tests {
             (1, 6, 33, 40, 4, 3, 2, 1, false),
             (1, 2, 300, 64, 3, 3, 1, 1, true), // several bands
             (3, 2, 5, 5, 2, 5, 1, 2, true),
+            // small maps with many channels: bands in turn, output channels split over threads
+            (1, 64, 10, 10, 72, 3, 1, 1, true),
+            (2, 48, 12, 9, 40, 4, 2, 1, false),
+            (1, 40, 6, 6, 200, 1, 1, 0, true), // pointwise, channels split
+            (1, 3, 41, 37, 5, 5, 3, 4, true),  // pad beyond the kernel's reach on both sides
         ];
         for (b, cin, h, w, cout, k, s, p, bias) in cases {
             let x = Tensor::randn(0f32, 1.0, (b, cin, h, w), &dev).unwrap();
@@ -537,6 +680,33 @@ mod tests {
             let e = max_rel(&got, &want);
             assert!(e < 1e-5, "case {b} {cin} {h} {w} {cout} {k} {s} {p}: rel err {e}");
         }
+    }
+
+    #[test]
+    fn fused_relu_matches_a_separate_relu() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 8, 11, 13), &dev).unwrap();
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let w = Tensor::randn(0f32, 1.0, (16, 8, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
+        let conv = candle_nn::Conv2d::new(w, Some(b.clone()), cfg);
+        let want = candle_nn::Module::forward(&conv, &x).unwrap().relu().unwrap();
+        let got = conv2d_act(&conv, &x, true).unwrap();
+        assert!(max_rel(&got, &want) < 1e-5);
+        assert_eq!(got.min_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let tcfg = ConvTranspose2dConfig {
+            stride: 2,
+            padding: 1,
+            ..Default::default()
+        };
+        let wt = Tensor::randn(0f32, 1.0, (8, 16, 4, 4), &dev).unwrap();
+        let tconv = candle_nn::ConvTranspose2d::new(wt, Some(b), tcfg);
+        let want = candle_nn::Module::forward(&tconv, &x).unwrap().relu().unwrap();
+        let got = conv_transpose2d_act(&tconv, &x, true).unwrap();
+        assert!(max_rel(&got, &want) < 1e-5);
     }
 
     #[test]

@@ -183,29 +183,39 @@ pub fn attend_values(w: &Tensor, v: &Tensor) -> Result<Tensor> {
 /// A candle `Conv2d` through [`crate::models::conv`]'s f32 CPU kernel, in f32 with a single
 /// rounding for f16/bf16 CPU inputs (see [`cpu_low_precision`]).
 pub fn conv2d(conv: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
+    conv2d_act(conv, x, false)
+}
+
+/// [`conv2d`] then a ReLU when `relu` (fused into the f32 CPU kernel).
+pub fn conv2d_act(conv: &candle_nn::Conv2d, x: &Tensor, relu: bool) -> Result<Tensor> {
     if !cpu_low_precision(x) {
-        return crate::models::conv::conv2d(conv, x);
+        return crate::models::conv::conv2d_act(conv, x, relu);
     }
     let c = candle_nn::Conv2d::new(
         conv.weight().to_dtype(DType::F32)?,
         conv.bias().map(|b| b.to_dtype(DType::F32)).transpose()?,
         *conv.config(),
     );
-    crate::models::conv::conv2d(&c, &x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
+    crate::models::conv::conv2d_act(&c, &x.to_dtype(DType::F32)?, relu)?.to_dtype(x.dtype())
 }
 
 /// A candle `ConvTranspose2d` through [`crate::models::conv`]'s f32 CPU kernel, in f32 with a
 /// single rounding for f16/bf16 CPU inputs.
 pub fn conv_transpose2d(conv: &candle_nn::ConvTranspose2d, x: &Tensor) -> Result<Tensor> {
+    conv_transpose2d_act(conv, x, false)
+}
+
+/// [`conv_transpose2d`] then a ReLU when `relu` (fused into the f32 CPU kernel).
+pub fn conv_transpose2d_act(conv: &candle_nn::ConvTranspose2d, x: &Tensor, relu: bool) -> Result<Tensor> {
     if !cpu_low_precision(x) {
-        return crate::models::conv::conv_transpose2d(conv, x);
+        return crate::models::conv::conv_transpose2d_act(conv, x, relu);
     }
     let c = candle_nn::ConvTranspose2d::new(
         conv.weight().to_dtype(DType::F32)?,
         conv.bias().map(|b| b.to_dtype(DType::F32)).transpose()?,
         *conv.config(),
     );
-    crate::models::conv::conv_transpose2d(&c, &x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
+    crate::models::conv::conv_transpose2d_act(&c, &x.to_dtype(DType::F32)?, relu)?.to_dtype(x.dtype())
 }
 
 /// RMSNorm computed in f32 whatever the activation dtype (as Qwen2/InternLM2 reference code).

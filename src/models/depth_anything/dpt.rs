@@ -115,8 +115,9 @@ impl PreActResidual {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = conv2d(&self.conv1, &x.relu()?)?;
-        let h = conv2d(&self.conv2, &h.relu()?)?;
+        // The ReLU before conv2 fused into conv1 (rayon's pool, not candle's elementwise one).
+        let h = crate::models::nn::conv2d_act(&self.conv1, &x.relu()?, true)?;
+        let h = conv2d(&self.conv2, &h)?;
         h + x
     }
 }
@@ -278,7 +279,7 @@ impl Head {
         };
         let x = conv2d(&self.conv1, x)?;
         let x = crate::models::fastops::upsample_bilinear2d(&x, ph * self.patch_size, pw * self.patch_size, true)?;
-        let x = conv2d(&self.conv2, &x)?.relu()?;
+        let x = crate::models::nn::conv2d_act(&self.conv2, &x, true)?;
         let x = conv2d(&self.conv3, &x)?;
         let x = if self.metric {
             candle_nn::ops::sigmoid(&x)?

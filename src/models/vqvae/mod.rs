@@ -15,7 +15,7 @@ pub mod preprocess;
 
 pub use config::Config;
 
-use crate::models::nn::{conv2d, conv_transpose2d};
+use crate::models::nn::{conv2d, conv2d_act, conv_transpose2d_act};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
 use std::collections::HashMap;
@@ -48,8 +48,8 @@ impl ResBlock {
 impl Module for ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        let h = conv2d(&self.c0, x)?.relu()?;
-        let h = conv2d(&self.c1, &h)?.relu()?;
+        let h = conv2d_act(&self.c0, x, true)?;
+        let h = conv2d_act(&self.c1, &h, true)?;
         conv2d(&self.c2, &h)? + x
     }
 }
@@ -98,7 +98,7 @@ impl Module for Encoder {
         let _g = self.span.enter();
         let mut h = x.clone();
         for c in &self.down {
-            h = conv2d(c, &h)?.relu()?;
+            h = conv2d_act(c, &h, true)?;
         }
         for r in &self.res {
             h = r.forward(&h)?;
@@ -155,12 +155,12 @@ impl Decoder {
 impl Module for Decoder {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        let mut h = conv2d(&self.inp, x)?.relu()?;
+        let mut h = conv2d_act(&self.inp, x, true)?;
         for r in &self.res {
             h = r.forward(&h)?;
         }
         for c in &self.up {
-            h = conv_transpose2d(c, &h)?.relu()?;
+            h = conv_transpose2d_act(c, &h, true)?;
         }
         conv2d(&self.out, &h)
     }
