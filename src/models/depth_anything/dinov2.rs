@@ -158,11 +158,8 @@ impl Layer {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        let h = self
-            .attention
-            .forward(&self.norm1.forward(xs)?)?
-            .broadcast_mul(&self.lambda1)?;
-        let xs = (xs + h)?;
+        let h = self.attention.forward(&self.norm1.forward(xs)?)?;
+        let xs = crate::models::fastops::add_scaled(xs, &h, &self.lambda1)?;
         let a = self.fc1.forward(&self.norm2.forward(&xs)?)?;
         let a = match self.act.as_str() {
             "gelu" => crate::models::fastops::gelu_erf(&a)?,
@@ -170,8 +167,7 @@ impl Layer {
             // gelu_pytorch_tanh / gelu_new: the tanh approximation
             _ => crate::models::nn::activation(&a, candle_nn::Activation::GeluPytorchTanh)?,
         };
-        let h = self.fc2.forward(&a)?.broadcast_mul(&self.lambda2)?;
-        xs + h
+        crate::models::fastops::add_scaled(&xs, &self.fc2.forward(&a)?, &self.lambda2)
     }
 }
 

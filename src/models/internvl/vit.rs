@@ -158,16 +158,15 @@ impl Layer {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        let h = self.attn.forward(&self.norm1.forward(xs)?)?.broadcast_mul(&self.ls1)?;
-        let xs = (xs + h)?;
+        let h = self.attn.forward(&self.norm1.forward(xs)?)?;
+        let xs = crate::models::fastops::add_scaled(xs, &h, &self.ls1)?;
         let a = self.fc1.forward(&self.norm2.forward(&xs)?)?;
         let a = if matches!(self.act, Activation::Gelu) {
             crate::models::fastops::gelu_erf(&a)?
         } else {
             crate::models::nn::activation(&a, self.act)?
         };
-        let h = self.fc2.forward(&a)?.broadcast_mul(&self.ls2)?;
-        xs + h
+        crate::models::fastops::add_scaled(&xs, &self.fc2.forward(&a)?, &self.ls2)
     }
 }
 
