@@ -106,7 +106,6 @@ impl Geom {
 /// of image `x` (cin, h, w); out-of-image taps are zero. Channels go in parallel when `par`.
 fn im2col(g: &Geom, x: &[f32], oy0: usize, rows: usize, cols: &mut [f32], par: bool) {
     let per_ci = g.kh * g.kw * rows * g.ow;
-    let chunks = cols[..g.cin * per_ci].chunks_mut(per_ci).enumerate();
     if par && g.cin > 1 {
         let n = g.cin.div_ceil(4 * rayon::current_num_threads());
         cols[..g.cin * per_ci]
@@ -114,7 +113,7 @@ fn im2col(g: &Geom, x: &[f32], oy0: usize, rows: usize, cols: &mut [f32], par: b
             .enumerate()
             .for_each(|(c, part)| im2col_channels(g, x, oy0, rows, c * n, part));
     } else {
-        for (ci, part) in chunks {
+        for (ci, part) in cols[..g.cin * per_ci].chunks_mut(per_ci).enumerate() {
             im2col_channels(g, x, oy0, rows, ci, part);
         }
     }
@@ -195,7 +194,28 @@ fn with_cols<R>(need: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// dst (m, n; row stride `dst_rs`) += w (m, k) · cols (k, n), the m output channels split into
+/// dst (m, n; row stride `dst_rs`) += w (m, k) · cols (k, n), both row-major, on this thread.
+///
+/// # Safety
+/// As [`gemm_acc`].
+unsafe fn gemm_w_cols(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, w: &[f32], cols: &[f32]) {
+    gemm_acc(
+        m,
+        n,
+        k,
+        dst,
+        dst_rs,
+        w.as_ptr(),
+        k,
+        1,
+        cols.as_ptr(),
+        n,
+        true,
+        gemm::Parallelism::None,
+    )
+}
+
+/// [`gemm_w_cols`] with the m output channels split into
 /// chunks that run in parallel, each a single-threaded GEMM. candle's gemm parallelises a
 /// GEMM this small (n ≤ a few hundred) poorly: 2 threads ran at 1.0–1.3× one thread's speed.
 ///
@@ -205,20 +225,7 @@ fn with_cols<R>(need: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 unsafe fn gemm_acc_split_m(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, w: &[f32], cols: &[f32]) {
     let threads = rayon::current_num_threads();
     if threads == 1 || m < 16 || m * n * k < 1 << 18 {
-        return gemm_acc(
-            m,
-            n,
-            k,
-            dst,
-            dst_rs,
-            w.as_ptr(),
-            k,
-            1,
-            cols.as_ptr(),
-            n,
-            true,
-            gemm::Parallelism::None,
-        );
+        return gemm_w_cols(m, n, k, dst, dst_rs, w, cols);
     }
     // Chunks of whole 8-row panels, two per thread so that an uneven core still balances.
     let chunk = m.div_ceil(2 * threads).next_multiple_of(8).max(8);
@@ -227,22 +234,7 @@ unsafe fn gemm_acc_split_m(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: 
         let p = dp;
         let (r0, rows) = (c * chunk, chunk.min(m - c * chunk));
         // SAFETY: rows r0..r0+rows of dst belong to this chunk only; w's rows likewise.
-        unsafe {
-            gemm_acc(
-                rows,
-                n,
-                k,
-                p.0.add(r0 * dst_rs),
-                dst_rs,
-                w[r0 * k..].as_ptr(),
-                k,
-                1,
-                cols.as_ptr(),
-                n,
-                true,
-                gemm::Parallelism::None,
-            )
-        }
+        unsafe { gemm_w_cols(rows, n, k, p.0.add(r0 * dst_rs), dst_rs, &w[r0 * k..], cols) }
     });
 }
 
@@ -277,73 +269,44 @@ fn conv2d_f32(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
         return;
     }
     let threads = rayon::current_num_threads();
-    // Enough bands for two per thread over the batch, each at least MIN_BAND_COLS wide and
-    // its im2col buffer within BAND_BYTES.
-    // Otherwise (small maps) the largest bands the buffer allows, their channels split.
+    // Enough bands for two per thread over the batch, each at least MIN_BAND_COLS wide and its
+    // im2col buffer within BAND_BYTES; failing that (small maps), the largest bands the buffer
+    // allows, their output channels split over the threads.
     let per_image = (2 * threads).div_ceil(g.b);
     let most = band_rows(k, g.ow, g.oh);
     let mut rows = g.oh.div_ceil(per_image).max(MIN_BAND_COLS.div_ceil(g.ow)).min(most);
-    if g.b * g.oh.div_ceil(rows) < 2 * threads {
+    let split = g.b * g.oh.div_ceil(rows) < 2 * threads;
+    if split {
         rows = most;
     }
     let bands = g.oh.div_ceil(rows);
-    let tasks = g.b * bands;
-    let band = |t: usize| {
+    let yp = SendPtr(y.as_mut_ptr());
+    // Band t: im2col of its rows, then its GEMM, single-threaded or channel-split.
+    let run = |t: usize| {
+        let p = yp;
         let (bi, band) = (t / bands, t % bands);
         let oy0 = band * rows;
-        (bi, oy0, rows.min(g.oh - oy0))
-    };
-    let image = |bi: usize| &x[bi * g.cin * g.h * g.w..(bi + 1) * g.cin * g.h * g.w];
-    let yp = SendPtr(y.as_mut_ptr());
-    if tasks >= 2 * threads {
-        // One band per task, bands of all images in parallel with single-threaded GEMMs.
-        (0..tasks).into_par_iter().for_each(|t| {
-            let p = yp;
-            let (bi, oy0, r) = band(t);
-            with_cols(k * r * g.ow, |cols| {
-                im2col(g, image(bi), oy0, r, cols, false);
-                // SAFETY: p addresses image bi's output at row oy0; the band's r·ow columns
-                // of each of the cout channel planes (row stride ohw) are inside y and written
-                // by this task only; cols is (k, r·ow) row-major.
-                unsafe {
-                    gemm_acc(
-                        g.cout,
-                        r * g.ow,
-                        k,
-                        p.0.add(bi * g.cout * ohw + oy0 * g.ow),
-                        ohw,
-                        w.as_ptr(),
-                        k,
-                        1,
-                        cols.as_ptr(),
-                        r * g.ow,
-                        true,
-                        gemm::Parallelism::None,
-                    )
+        let r = rows.min(g.oh - oy0);
+        let xi = &x[bi * g.cin * g.h * g.w..(bi + 1) * g.cin * g.h * g.w];
+        with_cols(k * r * g.ow, |cols| {
+            im2col(g, xi, oy0, r, cols, split);
+            // SAFETY: dst addresses image bi's output at row oy0; the band's r·ow columns of
+            // each of the cout channel planes (row stride ohw) are inside y and written by this
+            // band only; cols is (k, r·ow) row-major.
+            unsafe {
+                let dst = p.0.add(bi * g.cout * ohw + oy0 * g.ow);
+                if split {
+                    gemm_acc_split_m(g.cout, r * g.ow, k, dst, ohw, w, cols)
+                } else {
+                    gemm_w_cols(g.cout, r * g.ow, k, dst, ohw, w, cols)
                 }
-            });
+            }
         });
+    };
+    if split {
+        (0..g.b * bands).for_each(run);
     } else {
-        // Too few bands to share out (small maps): bands in turn, each band's output channels
-        // split over the threads.
-        for t in 0..tasks {
-            let (bi, oy0, r) = band(t);
-            with_cols(k * r * g.ow, |cols| {
-                im2col(g, image(bi), oy0, r, cols, true);
-                // SAFETY: as above, the band's region of y; the chunks split its rows.
-                unsafe {
-                    gemm_acc_split_m(
-                        g.cout,
-                        r * g.ow,
-                        k,
-                        yp.0.add(bi * g.cout * ohw + oy0 * g.ow),
-                        ohw,
-                        w,
-                        cols,
-                    )
-                }
-            });
-        }
+        (0..g.b * bands).into_par_iter().for_each(run);
     }
 }
 

@@ -655,7 +655,7 @@ impl CustomOp3 for AddScaled {
         let d = l.len();
         let mut y = vec![0f32; x.len()];
         // Rows of d in chunks of ~16 Ki elements.
-        let rows = (1usize << 14).div_ceil(d).max(1);
+        let rows = (1usize << 14).div_ceil(d);
         y.par_chunks_mut(rows * d)
             .zip(x.par_chunks(rows * d).zip(h.par_chunks(rows * d)))
             .for_each(|(y, (x, h))| {
