@@ -1,7 +1,9 @@
 //! Vectorisable f32 CPU kernels for the two element-wise hot spots of the encoders, softmax and
 //! erf-GELU. candle's CPU versions call libm's scalar `exp`/`erf` per element; these use
-//! Cephes-style polynomials (exp ≲ 3e-7 relative, erf ≲ 6e-7 absolute) that LLVM vectorises, with an AVX2+FMA
-//! build of the same code chosen at run time. The kernels only ever see contiguous f32 CPU storage:
+//! Cephes-style polynomials (exp ≲ 3e-7 relative, erf ≲ 6e-7 absolute) that LLVM vectorises. Each
+//! kernel has three builds chosen at run time: AVX-512 and AVX2, both with FMA (one rounding per
+//! multiply-add, the same 16 lanes and so the same result on either), and a portable one. The
+//! kernels only ever see contiguous f32 CPU storage:
 //! other devices use candle's ops (CUDA's softmax accumulates in f32 for f16/bf16, as PyTorch's), and
 //! f16/bf16 CPU tensors are widened to f32 first — candle's CPU softmax would otherwise take the
 //! exponentials *and their sum* in f16/bf16 (a 4096-wide row loses every term below the sum's ulp),
@@ -10,26 +12,112 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// a·b + c as a kernel build computes it: the portable build rounds twice (LLVM never fuses on
+/// its own), the AVX2 and AVX-512 builds once (an FMA instruction, about half the operations of
+/// the polynomials below).
+trait Madd {
+    fn madd(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// The portable build's a·b + c.
+struct TwoRoundings;
+
+impl Madd for TwoRoundings {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// The FMA builds' a·b + c.
+struct Fused;
+
+impl Madd for Fused {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// Defines `$name` running the generic kernel `$kernel::<M: Madd>` through its AVX-512 or AVX2
+/// build (both with FMA) when the CPU has them, else through the portable build.
+macro_rules! simd_kernel {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? = $kernel:ident;) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn v4($($a: $t),*) $(-> $r)? {
+                    $kernel::<Fused>($($a),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn v3($($a: $t),*) $(-> $r)? {
+                    $kernel::<Fused>($($a),*)
+                }
+                match simd_level() {
+                    // SAFETY: the CPU has the features each build is compiled for (checked at run time).
+                    Simd::Avx512 => return unsafe { v4($($a),*) },
+                    Simd::Avx2 => return unsafe { v3($($a),*) },
+                    Simd::Portable => {}
+                }
+            }
+            $kernel::<TwoRoundings>($($a),*)
+        }
+    };
+}
+
+/// Which build of the element-wise kernels this CPU runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Simd {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+fn simd_level() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            return Simd::Portable;
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            Simd::Avx512
+        } else {
+            Simd::Avx2
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Simd::Portable
+    }
+}
+
+fn has_avx2() -> bool {
+    simd_level() != Simd::Portable
+}
 
 /// exp(x) for f32 (Cephes expf; ≤ 2 ulp on [-87, 88]); 0 below -87.3, like the true value
 /// underflowing.
 #[inline(always)]
-fn exp_f32(x: f32) -> f32 {
+fn exp_f32<M: Madd>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer in the low bits
     let xc = x.clamp(-87.0, 88.0);
-    let t = xc * LOG2E + MAGIC;
+    let t = M::madd(xc, LOG2E, MAGIC);
     let n = t - MAGIC;
-    let r = xc - n * C1 - n * C2;
+    let r = M::madd(n, -C2, M::madd(n, -C1, xc));
     let mut p = 1.987_569_2e-4f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
+    p = M::madd(p, r, 1.398_2e-3);
+    p = M::madd(p, r, 8.333_452e-3);
+    p = M::madd(p, r, 4.166_579_6e-2);
+    p = M::madd(p, r, 0.166_666_65);
+    p = M::madd(p, r, 0.5);
+    let y = M::madd(p * r, r, r) + 1.0;
     let e = ((t.to_bits() as i32 - 0x4B40_0000 + 127) << 23) as u32;
     let v = y * f32::from_bits(e);
     if x < -87.3 {
@@ -41,11 +129,16 @@ fn exp_f32(x: f32) -> f32 {
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (1.5e-7 in exact arithmetic; ≤ 6e-7 absolute in f32).
 #[inline(always)]
-fn erf_f32(x: f32) -> f32 {
+fn erf_f32<M: Madd>(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
-    let y = 1.0 - poly * exp_f32(-a * a);
+    let t = 1.0 / M::madd(0.327_591_1, a, 1.0);
+    let mut p = 1.061_405_4f32;
+    p = M::madd(p, t, -1.453_152_1);
+    p = M::madd(p, t, 1.421_413_8);
+    p = M::madd(p, t, -0.284_496_74);
+    p = M::madd(p, t, 0.254_829_6);
+    let poly = p * t;
+    let y = M::madd(-poly, exp_f32::<M>(-a * a), 1.0);
     if x < 0.0 {
         -y
     } else {
@@ -53,48 +146,17 @@ fn erf_f32(x: f32) -> f32 {
     }
 }
 
-#[inline(always)]
-fn softmax_row(src: &[f32], dst: &mut [f32]) {
-    let mut m = [f32::NEG_INFINITY; 8];
-    let chunks = src.chunks_exact(8);
-    let rem = chunks.remainder();
-    for c in chunks {
-        for i in 0..8 {
-            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
-        }
-    }
-    let mut max = m.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    for &v in rem {
-        if v > max {
-            max = v;
-        }
-    }
-    let mut s = [0f32; 8];
-    let (dc, dr) = dst.split_at_mut(src.len() - rem.len());
-    for (d, c) in dc.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
-        for i in 0..8 {
-            d[i] = exp_f32(c[i] - max);
-            s[i] += d[i];
-        }
-    }
-    let mut sum: f32 = s.iter().sum();
-    for (d, &v) in dr.iter_mut().zip(rem) {
-        *d = exp_f32(v - max);
-        sum += *d;
-    }
-    let inv = 1.0 / sum;
-    for d in dst.iter_mut() {
-        *d *= inv;
-    }
-}
+/// Lanes of the running max and sum: 16 in every build, so the AVX2 and AVX-512 builds add in
+/// the same order and agree bit for bit.
+const LANES: usize = 16;
 
-/// The same softmax in place (the fused attention's score rows).
+/// max over a row.
 #[inline(always)]
-fn softmax_row_mut(x: &mut [f32]) {
-    let mut m = [f32::NEG_INFINITY; 8];
-    let split = x.len() - x.len() % 8;
-    for c in x[..split].chunks_exact(8) {
-        for i in 0..8 {
+fn row_max(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let split = x.len() - x.len() % LANES;
+    for c in x[..split].chunks_exact(LANES) {
+        for i in 0..LANES {
             m[i] = if c[i] > m[i] { c[i] } else { m[i] };
         }
     }
@@ -104,78 +166,64 @@ fn softmax_row_mut(x: &mut [f32]) {
             max = v;
         }
     }
-    let mut s = [0f32; 8];
-    for c in x[..split].chunks_exact_mut(8) {
-        for i in 0..8 {
-            c[i] = exp_f32(c[i] - max);
+    max
+}
+
+/// exp(x − max(x)) in place; returns the sum of the exponentials.
+#[inline(always)]
+fn exp_shifted<M: Madd>(x: &mut [f32]) -> f32 {
+    let max = row_max(x);
+    let mut s = [0f32; LANES];
+    let split = x.len() - x.len() % LANES;
+    for c in x[..split].chunks_exact_mut(LANES) {
+        for i in 0..LANES {
+            c[i] = exp_f32::<M>(c[i] - max);
             s[i] += c[i];
         }
     }
     let mut sum: f32 = s.iter().sum();
     for v in &mut x[split..] {
-        *v = exp_f32(*v - max);
+        *v = exp_f32::<M>(*v - max);
         sum += *v;
     }
-    let inv = 1.0 / sum;
+    sum
+}
+
+/// Softmax of one row in place.
+#[inline(always)]
+fn softmax_row<M: Madd>(x: &mut [f32]) {
+    let inv = 1.0 / exp_shifted::<M>(x);
     for v in x.iter_mut() {
         *v *= inv;
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_mut_avx2(x: &mut [f32]) {
-    softmax_row_mut(x)
+simd_kernel! {
+    /// Softmax of one f32 row in place.
+    pub fn softmax_in_place(x: &mut [f32]) = softmax_row;
 }
 
-/// Softmax of one f32 row in place, with the AVX2 build when the CPU has it.
-pub fn softmax_in_place(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { softmax_row_mut_avx2(x) };
-    }
-    softmax_row_mut(x)
+simd_kernel! {
+    /// The unnormalised softmax of one f32 row in place, exp(x − max x); returns the row's sum
+    /// (the fused attention divides its output rows by it instead of every weight).
+    pub fn exp_shifted_in_place(x: &mut [f32]) -> f32 = exp_shifted;
 }
 
 #[inline(always)]
-fn gelu_chunk(src: &[f32], dst: &mut [f32]) {
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+fn gelu_row<M: Madd>(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = 0.5 * *v * (1.0 + erf_f32::<M>(*v * std::f32::consts::FRAC_1_SQRT_2));
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_avx2(src: &[f32], dst: &mut [f32]) {
-    softmax_row(src, dst)
+simd_kernel! {
+    /// erf-GELU of f32 values in place.
+    pub fn gelu_in_place(x: &mut [f32]) = gelu_row;
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_chunk_avx2(src: &[f32], dst: &mut [f32]) {
-    gelu_chunk(src, dst)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn softmax_row_avx2(src: &[f32], dst: &mut [f32]) {
-    softmax_row(src, dst)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn gelu_chunk_avx2(src: &[f32], dst: &mut [f32]) {
-    gelu_chunk(src, dst)
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// erf-GELU over a whole buffer in place, in parallel chunks (a linear layer's fresh output).
+pub(crate) fn gelu_in_place_par(x: &mut [f32]) {
+    x.par_chunks_mut(1 << 14).for_each(gelu_in_place);
 }
 
 /// The f32 values of a contiguous CPU storage (the custom CPU kernels' input check).
@@ -186,30 +234,39 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f
     }
 }
 
-/// Apply a row/chunk kernel over a contiguous f32 storage in parallel, through its AVX2+FMA
-/// build when the CPU has those features.
-#[allow(unused_variables)]
-fn map_chunks(
-    s: &CpuStorage,
-    l: &Layout,
-    chunk: usize,
-    plain: fn(&[f32], &mut [f32]),
-    avx2: unsafe fn(&[f32], &mut [f32]),
-) -> Result<(CpuStorage, Shape)> {
+/// A new `len`-element vector whose chunks `fill` writes in parallel (chunk index, chunk). The
+/// buffer is never zero-filled first: `vec![0.0; n]` on a reused heap block is calloc's memset, a
+/// single-threaded pass over the whole tensor while the other threads wait. `fill` must write
+/// every element of its chunk.
+pub(crate) fn par_filled(len: usize, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: every chunk of the first `len` elements was written by `fill`.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// `src` copied into `dst` (uninitialised), returned as the initialised slice.
+#[inline]
+pub(crate) fn init_copy<'a>(dst: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a mut [f32] {
+    assert_eq!(dst.len(), src.len());
+    // SAFETY: f32 has the layout of MaybeUninit<f32>; the copy initialises all of `dst`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr() as *mut f32, src.len());
+        &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32])
+    }
+}
+
+/// Apply an in-place row/chunk kernel to a copy of a contiguous f32 storage, chunks in parallel.
+fn map_chunks(s: &CpuStorage, l: &Layout, chunk: usize, kernel: fn(&mut [f32])) -> Result<(CpuStorage, Shape)> {
     let src = contiguous_f32(s, l)?;
-    let mut dst = vec![0f32; src.len()];
-    let avx = has_avx2();
-    src.par_chunks(chunk.max(1))
-        .zip(dst.par_chunks_mut(chunk.max(1)))
-        .for_each(|(s, d)| {
-            #[cfg(target_arch = "x86_64")]
-            if avx {
-                // SAFETY: the CPU supports AVX2 and FMA (checked above).
-                unsafe { avx2(s, d) };
-                return;
-            }
-            plain(s, d)
-        });
+    let chunk = chunk.max(1);
+    let dst = par_filled(src.len(), chunk, |i, d| {
+        kernel(init_copy(d, &src[i * chunk..i * chunk + d.len()]));
+    });
     Ok((CpuStorage::F32(dst), l.shape().clone()))
 }
 
@@ -221,7 +278,7 @@ impl CustomOp1 for Softmax {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = *l.shape().dims().last().unwrap_or(&1);
-        map_chunks(s, l, n, softmax_row, softmax_row_avx2)
+        map_chunks(s, l, n, softmax_in_place)
     }
 }
 
@@ -232,7 +289,7 @@ impl CustomOp1 for GeluErf {
         "fast-gelu-erf"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        map_chunks(s, l, 1 << 14, gelu_chunk, gelu_chunk_avx2)
+        map_chunks(s, l, 1 << 14, gelu_in_place)
     }
 }
 
@@ -420,8 +477,11 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 /// x·Wᵀ + b for f32 CPU rows x (m, k), a row-major weight W (n, k) and a bias b (n): the
 /// output is filled with the bias rows and the GEMM accumulates onto it (`gemm`'s `read_dst`), so
 /// the bias costs no separate pass. candle's `broadcast_add` after its matmul is a single-threaded
-/// pass over the whole output (for Hiera-L, ~1.2 G outputs per image).
-struct LinearBias;
+/// pass over the whole output (for Hiera-L, ~1.2 G outputs per image). With `gelu` the erf-GELU
+/// follows in place on the same buffer (an MLP's fc1): no second tensor is allocated and written.
+struct LinearBias {
+    gelu: bool,
+}
 
 impl CustomOp3 for LinearBias {
     fn name(&self) -> &'static str {
@@ -444,10 +504,9 @@ impl CustomOp3 for LinearBias {
         if k == 0 || x.len() != m * k || b.len() != n {
             candle_core::bail!("linear: x {:?}, w ({n}, {k}), bias {}", xl.shape(), b.len());
         }
-        let mut y = vec![0f32; m * n];
-        y.par_chunks_mut(n * 64).for_each(|c| {
+        let mut y = par_filled(m * n, n * 64, |_, c| {
             for row in c.chunks_exact_mut(n) {
-                row.copy_from_slice(b);
+                init_copy(row, b);
             }
         });
         let par = if m * n * k > 1 << 18 {
@@ -480,6 +539,9 @@ impl CustomOp3 for LinearBias {
                 par,
             );
         }
+        if self.gelu {
+            gelu_in_place_par(&mut y);
+        }
         let mut dims = xl.shape().dims().to_vec();
         *dims.last_mut().unwrap_or(&mut 0) = n;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -489,6 +551,16 @@ impl CustomOp3 for LinearBias {
 /// x·Wᵀ + b through [`LinearBias`] for contiguous f32 CPU tensors (any leading dims); `None`
 /// when that path does not apply.
 pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    linear_bias_act(x, w, b, false)
+}
+
+/// gelu_erf(x·Wᵀ + b) in one op (the same values as [`linear_bias`] then [`gelu_erf`]); `None`
+/// when that path does not apply.
+pub fn linear_bias_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    linear_bias_act(x, w, b, true)
+}
+
+fn linear_bias_act(x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Option<Tensor>> {
     let k = *x.dims().last().unwrap_or(&0);
     let fits = x.device().is_cpu()
         && [x.dtype(), w.dtype(), b.dtype()].iter().all(|&d| d == DType::F32)
@@ -503,7 +575,7 @@ pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>>
     if !fits {
         return Ok(None);
     }
-    x.apply_op3_no_bwd(w, b, &LinearBias).map(Some)
+    x.apply_op3_no_bwd(w, b, &LinearBias { gelu }).map(Some)
 }
 
 /// Source rows/columns and weights of one axis of `F.interpolate(mode="bilinear")` given the
@@ -653,18 +725,16 @@ impl CustomOp3 for AddScaled {
             contiguous_f32(ls, ll)?,
         );
         let d = l.len();
-        let mut y = vec![0f32; x.len()];
         // Rows of d in chunks of ~16 Ki elements.
-        let rows = (1usize << 14).div_ceil(d);
-        y.par_chunks_mut(rows * d)
-            .zip(x.par_chunks(rows * d).zip(h.par_chunks(rows * d)))
-            .for_each(|(y, (x, h))| {
-                for ((y, x), h) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(h.chunks_exact(d)) {
-                    for (((y, &x), &h), &l) in y.iter_mut().zip(x).zip(h).zip(l) {
-                        *y = x + h * l;
-                    }
+        let c = (1usize << 14).div_ceil(d) * d;
+        let y = par_filled(x.len(), c, |i, y| {
+            let (x, h) = (&x[i * c..i * c + y.len()], &h[i * c..i * c + y.len()]);
+            for ((y, x), h) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(h.chunks_exact(d)) {
+                for (((y, &x), &h), &l) in y.iter_mut().zip(x).zip(h).zip(l) {
+                    y.write(x + h * l);
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 }
@@ -709,25 +779,64 @@ mod tests {
         assert_eq!(got, want);
     }
 
-    #[test]
-    fn exp_and_erf_are_accurate() {
+    fn exp_erf_accuracy<M: Madd>() -> (f64, f64) {
         let mut worst_exp = 0f64;
         let mut worst_erf = 0f64;
         for i in -100_000..=100_000 {
             let x = i as f32 * 0.00088; // -88..88
-            let e = exp_f32(x) as f64;
+            let e = exp_f32::<M>(x) as f64;
             let t = (x as f64).exp();
             if t > 1e-37 {
                 worst_exp = worst_exp.max(((e - t) / t).abs());
             }
             let y = i as f32 * 0.0001; // -10..10
-            let a = erf_f32(y) as f64;
+            let a = erf_f32::<M>(y) as f64;
             worst_erf = worst_erf.max((a - libm_erf(y as f64)).abs());
         }
-        assert!(worst_exp < 3e-7, "exp relative error {worst_exp}");
-        assert!(worst_erf < 1e-6, "erf absolute error {worst_erf}");
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert!(exp_f32(f32::NAN).is_nan());
+        assert_eq!(exp_f32::<M>(f32::NEG_INFINITY), 0.0);
+        assert!(exp_f32::<M>(f32::NAN).is_nan());
+        (worst_exp, worst_erf)
+    }
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        // both roundings of a·b + c: the portable build's and the FMA builds'
+        for (name, (worst_exp, worst_erf)) in [
+            ("two roundings", exp_erf_accuracy::<TwoRoundings>()),
+            ("fused", exp_erf_accuracy::<Fused>()),
+        ] {
+            assert!(worst_exp < 3e-7, "{name}: exp relative error {worst_exp}");
+            assert!(worst_erf < 1e-6, "{name}: erf absolute error {worst_erf}");
+        }
+    }
+
+    #[test]
+    fn simd_builds_agree_with_the_portable_one() {
+        // The dispatched build (AVX-512 or AVX2 with FMA here) against the portable kernels, on
+        // rows whose lengths are not multiples of the 16 lanes.
+        let mut s = 12345u64;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 16.0 - 8.0
+        };
+        for n in [1usize, 15, 16, 17, 100, 1025] {
+            let x: Vec<f32> = (0..n).map(|_| next()).collect();
+            let (mut a, mut b) = (x.clone(), x.clone());
+            softmax_in_place(&mut a);
+            softmax_row::<TwoRoundings>(&mut b);
+            let d = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-6, "softmax of {n}: {d}");
+            let (mut a, mut b) = (x.clone(), x.clone());
+            let sum = exp_shifted_in_place(&mut a);
+            softmax_row::<TwoRoundings>(&mut b);
+            let d = a.iter().zip(&b).map(|(p, q)| (p / sum - q).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-6, "unnormalised softmax of {n}: {d}");
+            let (mut a, mut b) = (x.clone(), x);
+            gelu_in_place(&mut a);
+            gelu_row::<TwoRoundings>(&mut b);
+            let d = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-5, "gelu of {n}: {d}");
+        }
     }
 
     fn libm_erf(x: f64) -> f64 {

@@ -122,6 +122,26 @@ impl Module for Linear {
 }
 
 impl Linear {
+    /// `gelu_erf(self.forward(xs))`, an MLP's fc1 and its activation: for many f32 CPU rows with a
+    /// bias the GELU runs in place on the linear's output inside the same op (the same values,
+    /// one tensor less allocated and written).
+    pub fn forward_gelu(&self, xs: &Tensor) -> Result<Tensor> {
+        let k = *xs.dims().last().unwrap_or(&0);
+        let rows = xs.elem_count() / k.max(1);
+        // More rows than a decode step's GEMV takes: `forward` would pick the biased GEMM too.
+        if let Some(b) = self
+            .inner
+            .bias()
+            .filter(|_| rows > crate::models::fastops::GEMV_MAX_ROWS)
+        {
+            let _g = self.span.enter();
+            if let Some(y) = crate::models::fastops::linear_bias_gelu(xs, self.inner.weight(), b)? {
+                return Ok(y);
+            }
+        }
+        crate::models::fastops::gelu_erf(&self.forward(xs)?)
+    }
+
     /// f16/bf16 on the CPU: x·Wᵀ + b accumulated in f32 and rounded once, as PyTorch's addmm
     /// (see [`cpu_low_precision`]).
     fn forward_f32_accumulate(&self, xs: &Tensor) -> Result<Tensor> {

@@ -160,12 +160,12 @@ impl Layer {
         let _g = self.span.enter();
         let h = self.attention.forward(&self.norm1.forward(xs)?)?;
         let xs = crate::models::fastops::add_scaled(xs, &h, &self.lambda1)?;
-        let a = self.fc1.forward(&self.norm2.forward(&xs)?)?;
+        let xn = self.norm2.forward(&xs)?;
         let a = match self.act.as_str() {
-            "gelu" => crate::models::fastops::gelu_erf(&a)?,
-            "relu" => a.relu()?,
+            "gelu" => self.fc1.forward_gelu(&xn)?,
+            "relu" => self.fc1.forward(&xn)?.relu()?,
             // gelu_pytorch_tanh / gelu_new: the tanh approximation
-            _ => crate::models::nn::activation(&a, candle_nn::Activation::GeluPytorchTanh)?,
+            _ => crate::models::nn::activation(&self.fc1.forward(&xn)?, candle_nn::Activation::GeluPytorchTanh)?,
         };
         crate::models::fastops::add_scaled(&xs, &self.fc2.forward(&a)?, &self.lambda2)
     }

@@ -110,9 +110,7 @@ impl Projector {
 impl Module for Projector {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _g = self.span.enter();
-        self.fc2.forward(&crate::models::fastops::gelu_erf(
-            &self.fc1.forward(&self.norm.forward(xs)?)?,
-        )?)
+        self.fc2.forward(&self.fc1.forward_gelu(&self.norm.forward(xs)?)?)
     }
 }
 

@@ -160,11 +160,11 @@ impl Layer {
         let _g = self.span.enter();
         let h = self.attn.forward(&self.norm1.forward(xs)?)?;
         let xs = crate::models::fastops::add_scaled(xs, &h, &self.ls1)?;
-        let a = self.fc1.forward(&self.norm2.forward(&xs)?)?;
+        let xn = self.norm2.forward(&xs)?;
         let a = if matches!(self.act, Activation::Gelu) {
-            crate::models::fastops::gelu_erf(&a)?
+            self.fc1.forward_gelu(&xn)?
         } else {
-            crate::models::nn::activation(&a, self.act)?
+            crate::models::nn::activation(&self.fc1.forward(&xn)?, self.act)?
         };
         crate::models::fastops::add_scaled(&xs, &self.fc2.forward(&a)?, &self.ls2)
     }

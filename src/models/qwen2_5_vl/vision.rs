@@ -5,7 +5,6 @@
 //! No learned position table and no DeepStack (unlike Qwen3-VL's).
 
 use super::config::VisionConfig;
-use crate::models::fastops::gelu_erf;
 use crate::models::nn::{Linear, RmsNorm};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -218,7 +217,7 @@ impl VisionModel {
             x = b.forward(&x, &cos, &sin, seg)?;
         }
         let merged = self.ln_q.forward(&x)?.reshape((n / unit, ()))?;
-        let y = self.fc2.forward(&gelu_erf(&self.fc1.forward(&merged)?)?)?;
+        let y = self.fc2.forward(&self.fc1.forward_gelu(&merged)?)?;
         // Back to processor order: row widx[j] of the output is row j of y.
         let mut rev = vec![0u32; widx.len()];
         for (j, &w) in widx.iter().enumerate() {

@@ -4,7 +4,6 @@
 //! DeepStack mergers that tap intermediate blocks for the LLM's first layers.
 
 use super::config::VisionConfig;
-use crate::models::fastops::gelu_erf;
 use crate::models::nn::{LayerNorm, Linear};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -92,7 +91,7 @@ impl Merger {
         } else {
             self.norm.forward(x)?.reshape(((), self.merged))?
         };
-        self.fc2.forward(&gelu_erf(&self.fc1.forward(&x)?)?)
+        self.fc2.forward(&self.fc1.forward_gelu(&x)?)
     }
 }
 

@@ -4,7 +4,6 @@
 //! pooling of the queries where a stage starts. Activations are channels-last (B, H, W, C).
 
 use super::config::{BlockSpec, HieraConfig};
-use crate::models::fastops;
 use crate::models::nn::{LayerNorm, Linear};
 use crate::preprocess::resize::bicubic_matrix;
 use candle_core::{Module, Result, Tensor, D};
@@ -81,7 +80,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&fastops::gelu_erf(&self.fc1.forward(x)?)?)
+        self.fc2.forward(&self.fc1.forward_gelu(x)?)
     }
 }
 
