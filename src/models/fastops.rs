@@ -77,7 +77,13 @@ enum Simd {
     Portable,
 }
 
+/// The CPU's build, detected once per process (the kernels ask on every call, once per attention row).
 fn simd_level() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(detect_simd)
+}
+
+fn detect_simd() -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
         if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
@@ -221,9 +227,12 @@ simd_kernel! {
     pub fn gelu_in_place(x: &mut [f32]) = gelu_row;
 }
 
+/// Elements per parallel GELU chunk (64 KiB: a few hundred per MLP output, each in L2).
+const GELU_CHUNK: usize = 1 << 14;
+
 /// erf-GELU over a whole buffer in place, in parallel chunks (a linear layer's fresh output).
 pub(crate) fn gelu_in_place_par(x: &mut [f32]) {
-    x.par_chunks_mut(1 << 14).for_each(gelu_in_place);
+    x.par_chunks_mut(GELU_CHUNK).for_each(gelu_in_place);
 }
 
 /// The f32 values of a contiguous CPU storage (the custom CPU kernels' input check).
@@ -289,7 +298,7 @@ impl CustomOp1 for GeluErf {
         "fast-gelu-erf"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        map_chunks(s, l, 1 << 14, gelu_in_place)
+        map_chunks(s, l, GELU_CHUNK, gelu_in_place)
     }
 }
 
