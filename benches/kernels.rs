@@ -1,7 +1,8 @@
 //! The CPU kernels perceptio adds to candle, at the shapes of Sa2VA-1B's real stages, against the
 //! plain candle ops they replace, interleaved in one process (so machine noise hits both alike).
-//! Run: `cargo bench --bench kernels` (f32). Prints the minimum and median of `PERCEPTIO_BENCH_RUNS`
-//! (default 3) runs per variant and the speed-up. Figures: docs/performance.md.
+//! Run: `cargo bench --bench kernels` (f32). Prints the minimum and median (ms) of `PERCEPTIO_BENCH_RUNS`
+//! (default 3) runs per variant and the speed-up; `PERCEPTIO_BENCH_FILTER=TEXT` runs only the cases
+//! whose name contains TEXT. Figures: docs/performance.md.
 
 use candle_core::{Device, Tensor};
 use perceptio::models::attention;
@@ -18,7 +19,11 @@ fn time(f: &mut dyn FnMut()) -> f64 {
 }
 
 /// Runs `a` and `b` alternately; prints min/median seconds of each and min(a)/min(b).
+/// Cases whose name lacks `PERCEPTIO_BENCH_FILTER` (when set) are skipped.
 fn ab(name: &str, a_name: &str, a: &mut dyn FnMut(), b_name: &str, b: &mut dyn FnMut()) {
+    if std::env::var("PERCEPTIO_BENCH_FILTER").is_ok_and(|f| !name.contains(&f)) {
+        return;
+    }
     let runs: usize = std::env::var("PERCEPTIO_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -36,7 +41,11 @@ fn ab(name: &str, a_name: &str, a: &mut dyn FnMut(), b_name: &str, b: &mut dyn F
     };
     let ((amin, amed), (bmin, bmed)) = (stats(&mut ta), stats(&mut tb));
     println!(
-        "{name:<44} {a_name} {amin:.4}/{amed:.4} s   {b_name} {bmin:.4}/{bmed:.4} s   {a_name}/{b_name} {:.2}",
+        "{name:<44} {a_name} {:.3}/{:.3} ms   {b_name} {:.3}/{:.3} ms   {a_name}/{b_name} {:.2}",
+        amin * 1e3,
+        amed * 1e3,
+        bmin * 1e3,
+        bmed * 1e3,
         amin / bmin
     );
 }
@@ -145,7 +154,12 @@ fn conv_case(
     ab(name, "candle", &mut *slow, "perceptio", &mut *fast);
 }
 
+/// On the compute pool, as the model commands run.
 fn main() {
+    perceptio::util::on_compute_pool(run)
+}
+
+fn run() {
     println!("threads: {}", rayon::current_num_threads());
     if std::env::var("PERCEPTIO_BENCH_ONLY").as_deref() == Ok("conv") {
         return conv_cases();
@@ -257,9 +271,27 @@ fn conv_cases() {
         false,
     );
     conv_case(
+        "conv VQ-VAE enc 32->64 4x4 s2 at 80",
+        (1, 32, 80, 80),
+        64,
+        4,
+        2,
+        1,
+        false,
+    );
+    conv_case(
         "conv VQ-VAE enc 64->128 4x4 s2 at 40",
         (1, 64, 40, 40),
         128,
+        4,
+        2,
+        1,
+        false,
+    );
+    conv_case(
+        "conv VQ-VAE enc 128->256 4x4 s2 at 20",
+        (1, 128, 20, 20),
+        256,
         4,
         2,
         1,
@@ -272,6 +304,24 @@ fn conv_cases() {
         3,
         1,
         1,
+        false,
+    );
+    conv_case(
+        "conv VQ-VAE res 256->256 1x1 at 10",
+        (1, 256, 10, 10),
+        256,
+        1,
+        1,
+        0,
+        false,
+    );
+    conv_case(
+        "conv VQ-VAE enc out 256->512 1x1 at 10",
+        (1, 256, 10, 10),
+        512,
+        1,
+        1,
+        0,
         false,
     );
     conv_case(

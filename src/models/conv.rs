@@ -119,45 +119,62 @@ fn im2col(g: &Geom, x: &[f32], oy0: usize, rows: usize, cols: &mut [f32], par: b
     }
 }
 
-/// [`im2col`] for the channels from `ci0` whose kh·kw rows `cols` holds. Each input row a tap
-/// row reads is laid out once, zero-padded and split into its `stride` phases, so that every
-/// kx tap is one contiguous copy: tap (ky, kx) of output column ox reads padded column
-/// ox·s + kx, which is element ox + kx div s of phase kx mod s.
+/// [`im2col`] for the channels from `ci0` whose kh·kw rows `cols` holds. Each input row the
+/// band reads is laid out once per channel, zero-padded and split into its `stride` phases, so
+/// that every tap is one contiguous copy: tap (ky, kx) of output (j, ox) reads padded column
+/// ox·s + kx of band input row j·s + ky, which is element ox + kx div s of phase kx mod s.
 fn im2col_channels(g: &Geom, x: &[f32], oy0: usize, rows: usize, ci0: usize, cols: &mut [f32]) {
     let (s, p) = (g.stride, rows * g.ow);
     let pw = (g.w + 2 * g.pad).div_ceil(s);
-    // Padding positions stay zero: only the image's own columns are ever written.
-    let mut phases = vec![0f32; s * pw];
+    let (nin, iy0) = ((rows - 1) * s + g.kh, (oy0 * s) as isize - g.pad as isize);
+    // Rows outside the image and the padding columns are never written: they stay zero for
+    // every channel, since each channel writes the same positions.
+    let mut phases = vec![0f32; nin * s * pw];
     for (c, taps) in cols.chunks_exact_mut(g.kh * g.kw * p).enumerate() {
         let plane = &x[(ci0 + c) * g.h * g.w..][..g.h * g.w];
+        for (r, row) in phases.chunks_exact_mut(s * pw).enumerate() {
+            let iy = iy0 + r as isize;
+            if iy < 0 || iy as usize >= g.h {
+                continue;
+            }
+            split_phases(&plane[iy as usize * g.w..][..g.w], g.pad, s, pw, row);
+        }
         for ky in 0..g.kh {
             for j in 0..rows {
-                let iy = ((oy0 + j) * s + ky) as isize - g.pad as isize;
-                let inside = iy >= 0 && (iy as usize) < g.h;
-                if inside {
-                    let src = &plane[iy as usize * g.w..][..g.w];
-                    if s == 1 {
-                        phases[g.pad..g.pad + g.w].copy_from_slice(src);
-                    } else {
-                        // Phase r holds padded columns r, r + s, …: image columns from
-                        // r + t·s − pad for the first t that lands inside the image.
-                        for (r, ph) in phases.chunks_exact_mut(pw).enumerate() {
-                            let t0 = g.pad.saturating_sub(r).div_ceil(s);
-                            let ix0 = r + t0 * s - g.pad;
-                            for (o, v) in ph[t0..].iter_mut().zip(src.iter().skip(ix0).step_by(s)) {
-                                *o = *v;
-                            }
-                        }
-                    }
-                }
+                let row = &phases[(j * s + ky) * s * pw..][..s * pw];
                 for kx in 0..g.kw {
-                    let dst = &mut taps[(ky * g.kw + kx) * p + j * g.ow..][..g.ow];
-                    if inside {
-                        dst.copy_from_slice(&phases[(kx % s) * pw + kx / s..][..g.ow]);
-                    } else {
-                        dst.fill(0.0);
-                    }
+                    taps[(ky * g.kw + kx) * p + j * g.ow..][..g.ow]
+                        .copy_from_slice(&row[(kx % s) * pw + kx / s..][..g.ow]);
                 }
+            }
+        }
+    }
+}
+
+/// Image row `src` into its `s` phases of `pw` padded columns each: phase r holds padded
+/// columns r, r + s, …, i.e. image columns r + t·s − pad for the t that land inside the image.
+fn split_phases(src: &[f32], pad: usize, s: usize, pw: usize, row: &mut [f32]) {
+    if s == 1 {
+        row[pad..pad + src.len()].copy_from_slice(src);
+        return;
+    }
+    for (r, ph) in row.chunks_exact_mut(pw).enumerate() {
+        let t0 = pad.saturating_sub(r).div_ceil(s);
+        let ix0 = r + t0 * s - pad;
+        if ix0 >= src.len() {
+            continue;
+        }
+        let src = &src[ix0..];
+        if s == 2 {
+            // every other element: a plain indexed loop that LLVM turns into shuffles
+            let n = src.len().div_ceil(2).min(pw - t0);
+            let ph = &mut ph[t0..t0 + n];
+            for (i, o) in ph.iter_mut().enumerate() {
+                *o = src[2 * i];
+            }
+        } else {
+            for (o, v) in ph[t0..].iter_mut().zip(src.iter().step_by(s)) {
+                *o = *v;
             }
         }
     }
@@ -626,6 +643,9 @@ mod tests {
             (2, 48, 12, 9, 40, 4, 2, 1, false),
             (1, 40, 6, 6, 200, 1, 1, 0, true), // pointwise, channels split
             (1, 3, 41, 37, 5, 5, 3, 4, true),  // pad beyond the kernel's reach on both sides
+            // stride-2 phases: no padding, padding of 2 (phase 0 starts one column in), odd sizes
+            (1, 3, 15, 13, 4, 3, 2, 0, true),
+            (1, 2, 11, 10, 3, 5, 2, 2, false),
         ];
         for (b, cin, h, w, cout, k, s, p, bias) in cases {
             let x = Tensor::randn(0f32, 1.0, (b, cin, h, w), &dev).unwrap();
