@@ -35,7 +35,12 @@ struct Setup {
     gen_rounds: usize,
 }
 
+/// On the compute pool, as the model commands run.
 fn main() {
+    perceptio::util::on_compute_pool(bench)
+}
+
+fn bench() {
     perceptio::util::tune_allocator();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let tmp = tempfile::tempdir().unwrap();

@@ -26,7 +26,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// On the compute pool, as the model commands run.
 fn main() -> candle_core::Result<()> {
+    perceptio::util::on_compute_pool(run)
+}
+
+fn run() -> candle_core::Result<()> {
     perceptio::util::tune_allocator(); // as `perceptio ask` does
     let dev = Device::Cpu;
     let vm = VarMap::new();

@@ -39,7 +39,12 @@ fn maxabs(a: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// On the compute pool, as the model commands run.
 fn main() -> candle_core::Result<()> {
+    perceptio::util::on_compute_pool(run)
+}
+
+fn run() -> candle_core::Result<()> {
     perceptio::util::tune_allocator();
     let dir = PathBuf::from(std::env::var("PERCEPTIO_SAM2_DIR").unwrap_or_else(|_| "/tmp/perceptio-sam2".into()));
     let models = std::env::var("PERCEPTIO_SAM2_MODELS").unwrap_or_else(|_| "hiera_t,hiera_l".into());

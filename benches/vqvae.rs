@@ -45,7 +45,12 @@ fn time<T>(label: &str, mut f: impl FnMut() -> candle_core::Result<T>) -> candle
     Ok(m[KERNELS.len() - 1])
 }
 
+/// On the compute pool, as the model commands run.
 fn main() -> candle_core::Result<()> {
+    perceptio::util::on_compute_pool(run)
+}
+
+fn run() -> candle_core::Result<()> {
     perceptio::util::tune_allocator(); // as the CLI does
     let dev = Device::Cpu;
     let cfg = Config::default();

@@ -66,13 +66,16 @@ pub fn main() -> i32 {
     }
 }
 
+/// Compute commands run on the compute pool ([`crate::util::on_compute_pool`]); the server
+/// only on its model thread, as its accept loop would hold one of the pool's workers.
 fn run(cli: Cli) -> Result<i32> {
+    use crate::util::on_compute_pool;
     match cli.command {
-        Command::Eval(args) => eval::run(args).map(|_| exit::OK),
+        Command::Eval(args) => on_compute_pool(|| eval::run(args)).map(|_| exit::OK),
         Command::Download(args) => download::run(args).map(|_| exit::OK),
-        Command::Segment(args) => segment::run(args),
-        Command::Depth(args) => depth::run(args),
-        Command::Ask(args) => ask::run(args).map(|_| exit::OK),
+        Command::Segment(args) => on_compute_pool(|| segment::run(args)),
+        Command::Depth(args) => on_compute_pool(|| depth::run(args)),
+        Command::Ask(args) => on_compute_pool(|| ask::run(args)).map(|_| exit::OK),
         Command::Serve(args) => serve::run(args).map(|_| exit::OK),
         Command::Report(args) => report::run(args).map(|_| exit::OK),
     }

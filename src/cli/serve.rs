@@ -238,7 +238,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let wl = load.clone();
     let worker = std::thread::Builder::new()
         .name("perceptio-model".into())
-        .spawn(move || worker.run(rx, &wl))
+        .spawn(move || crate::util::on_compute_pool(|| worker.run(rx, &wl)))
         .map_err(|e| Error::io("<worker thread>", e))?;
     let app = Arc::new(App {
         jobs: tx,

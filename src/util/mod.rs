@@ -48,6 +48,28 @@ pub fn tune_allocator() {
     }
 }
 
+/// Runs `f` on a worker of perceptio's compute pool (rayon; `RAYON_NUM_THREADS` or one thread
+/// per CPU), or directly when the caller already is a rayon worker. From a plain thread every
+/// parallel kernel is handed to the pool while the caller sleeps and must be woken after each op;
+/// on a worker the caller takes part itself (AURORA's VQ-VAE encode, 2-vCPU EPYC: medians
+/// 8.8–9.5 → 7.7–8.1 ms). Model commands run inside it; the server's model thread likewise.
+pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let pool = POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("perceptio-compute-{i}"))
+            .build()
+            .ok()
+    });
+    match pool {
+        Some(p) => p.install(f),
+        None => f(), // no threads to be had: rayon's global pool, as before
+    }
+}
+
 /// The shard files a `model.safetensors.index.json` names (its `weight_map` values), sorted and
 /// without repeats: the one reader of that file for the hub and the model loader.
 pub fn safetensors_index_shards(path: &Path) -> Result<Vec<String>> {
@@ -81,4 +103,24 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_compute_pool;
+    use rayon::prelude::*;
+
+    #[test]
+    fn compute_pool_runs_on_a_worker_and_nests_inline() {
+        let (on_worker, nested, sum) = on_compute_pool(|| {
+            let outer = rayon::current_thread_index();
+            // a nested call runs in place, on the same worker
+            let inner = on_compute_pool(rayon::current_thread_index);
+            let sum: u64 = (0..10_000u64).into_par_iter().sum();
+            (outer.is_some(), inner == outer, sum)
+        });
+        assert!(on_worker, "the closure did not run on a rayon worker");
+        assert!(nested);
+        assert_eq!(sum, 10_000 * 9_999 / 2);
+    }
 }
