@@ -172,6 +172,9 @@ pub struct VqVae {
     pub encoder: Encoder,
     pub decoder: Decoder,
     codebook: Tensor,
+    /// The codebook transposed to (D, K), contiguous f32, and its squared norms ‖e‖² (K): made
+    /// once, not per [`VqVae::quantize`] call (the product with a transposed view took twice as long).
+    nearest: (Tensor, Vec<f32>),
     cfg: Config,
     span: tracing::Span,
 }
@@ -191,7 +194,10 @@ impl VqVae {
         } else {
             cb.get(shape, "_embedding")?
         };
+        let e = codebook.to_dtype(DType::F32)?;
+        let nearest = (e.t()?.contiguous()?, e.sqr()?.sum(1)?.to_vec1()?);
         Ok(Self {
+            nearest,
             encoder: Encoder::new(cfg, vb.pp("encoder"))?,
             decoder: Decoder::new(cfg, vb.pp("decoder"))?,
             codebook,
@@ -237,13 +243,22 @@ impl VqVae {
             .permute((0, 2, 3, 1))?
             .reshape((b * gh * gw, d))?
             .to_dtype(DType::F32)?;
-        let e = self.codebook.to_dtype(DType::F32)?;
-        let x2 = flat.sqr()?.sum_keepdim(1)?;
-        let e2 = e.sqr()?.sum(1)?.unsqueeze(0)?;
-        let xe = flat.matmul(&e.t()?)?;
-        let dist = x2.broadcast_add(&e2)?.sub(&(xe * 2.0)?)?;
-        let dist: Vec<Vec<f32>> = dist.to_vec2()?;
-        let codes: Vec<u32> = dist.iter().map(|row| argmin_first(row)).collect();
+        let (e_t, e2) = &self.nearest;
+        let x2: Vec<f32> = flat.sqr()?.sum(1)?.to_vec1()?;
+        let xe = flat.matmul(e_t)?.flatten_all()?.to_vec1::<f32>()?;
+        // (x2 + e2) − 2·xe per row, in the f32 order of the reference's broadcast ops, and the
+        // first minimum; one pass instead of three tensor ops and a Vec per row.
+        let mut row = vec![0f32; e2.len()];
+        let codes: Vec<u32> = xe
+            .chunks_exact(e2.len().max(1))
+            .zip(&x2)
+            .map(|(xe, &x2)| {
+                for ((d, &e2), &xe) in row.iter_mut().zip(e2.iter()).zip(xe) {
+                    *d = (x2 + e2) - xe * 2.0;
+                }
+                argmin_first(&row)
+            })
+            .collect();
         Tensor::from_vec(codes, (b, gh, gw), latents.device())
     }
 
