@@ -18,7 +18,7 @@ fn time(f: &mut dyn FnMut()) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// Runs `a` and `b` alternately; prints min/median seconds of each and min(a)/min(b).
+/// Runs `a` and `b` alternately; prints min/median milliseconds of each and min(a)/min(b).
 /// Cases whose name lacks `PERCEPTIO_BENCH_FILTER` (when set) are skipped.
 fn ab(name: &str, a_name: &str, a: &mut dyn FnMut(), b_name: &str, b: &mut dyn FnMut()) {
     if std::env::var("PERCEPTIO_BENCH_FILTER").is_ok_and(|f| !name.contains(&f)) {

@@ -66,7 +66,7 @@ pub fn main() -> i32 {
     }
 }
 
-/// Compute commands run on the compute pool ([`crate::util::on_compute_pool`]); the server
+/// Compute commands run on a rayon worker ([`crate::util::on_compute_pool`]); the server
 /// only on its model thread, as its accept loop would hold one of the pool's workers.
 fn run(cli: Cli) -> Result<i32> {
     use crate::util::on_compute_pool;

@@ -164,18 +164,8 @@ fn split_phases(src: &[f32], pad: usize, s: usize, pw: usize, row: &mut [f32]) {
         if ix0 >= src.len() {
             continue;
         }
-        let src = &src[ix0..];
-        if s == 2 {
-            // every other element: a plain indexed loop that LLVM turns into shuffles
-            let n = src.len().div_ceil(2).min(pw - t0);
-            let ph = &mut ph[t0..t0 + n];
-            for (i, o) in ph.iter_mut().enumerate() {
-                *o = src[2 * i];
-            }
-        } else {
-            for (o, v) in ph[t0..].iter_mut().zip(src.iter().step_by(s)) {
-                *o = *v;
-            }
+        for (o, v) in ph[t0..].iter_mut().zip(src[ix0..].iter().step_by(s)) {
+            *o = *v;
         }
     }
 }

@@ -48,26 +48,14 @@ pub fn tune_allocator() {
     }
 }
 
-/// Runs `f` on a worker of perceptio's compute pool (rayon; `RAYON_NUM_THREADS` or one thread
-/// per CPU), or directly when the caller already is a rayon worker. From a plain thread every
-/// parallel kernel is handed to the pool while the caller sleeps and must be woken after each op;
-/// on a worker the caller takes part itself (AURORA's VQ-VAE encode, 2-vCPU EPYC: medians
-/// 8.8–9.5 → 7.7–8.1 ms). Model commands run inside it; the server's model thread likewise.
+/// Runs `f` on a worker of rayon's global pool (`RAYON_NUM_THREADS` or one thread per CPU), or
+/// in place when the caller already is one. From a plain thread every parallel kernel is handed
+/// to the pool while the caller sleeps on a latch and must be woken after each op; on a worker
+/// the caller runs its share itself (AURORA's VQ-VAE encode, 2-vCPU EPYC: medians 9.2–9.4 →
+/// 7.5–8.1 ms). Model commands run inside it; the server's model thread likewise.
 pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    if rayon::current_thread_index().is_some() {
-        return f();
-    }
-    let pool = POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("perceptio-compute-{i}"))
-            .build()
-            .ok()
-    });
-    match pool {
-        Some(p) => p.install(f),
-        None => f(), // no threads to be had: rayon's global pool, as before
-    }
+    // `rayon::scope` runs its body on a worker: the global pool's when called from outside it.
+    rayon::scope(|_| f())
 }
 
 /// The shard files a `model.safetensors.index.json` names (its `weight_map` values), sorted and
