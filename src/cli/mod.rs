@@ -70,6 +70,8 @@ pub fn main() -> i32 {
 /// only on its model thread, as its accept loop would hold one of the pool's workers.
 fn run(cli: Cli) -> Result<i32> {
     use crate::util::on_compute_pool;
+    // Before the pool's threads exist: a thread takes its malloc arena at its first allocation.
+    crate::util::tune_allocator();
     match cli.command {
         Command::Eval(args) => on_compute_pool(|| eval::run(args)).map(|_| exit::OK),
         Command::Download(args) => download::run(args).map(|_| exit::OK),

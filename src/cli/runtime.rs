@@ -45,9 +45,8 @@ impl RuntimeArgs {
         self.trace.as_deref().map(super::trace::Trace::start).transpose()
     }
 
-    /// The device and dtype asked for (also tunes the allocator for model work).
+    /// The device and dtype asked for.
     pub fn device_dtype(&self) -> Result<(Device, DType)> {
-        crate::util::tune_allocator();
         let device = parse_device(&self.device)?;
         let dtype = parse_dtype(&self.dtype, &device)?;
         Ok((device, dtype))
