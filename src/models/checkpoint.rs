@@ -207,13 +207,14 @@ fn safetensors_entries(path: &Path) -> Result<Vec<(String, Entry)>> {
     Ok(out)
 }
 
-/// A `VarBuilder` backend that reads each tensor with positioned reads straight into its final
-/// buffer. candle's mmap backend copies out of the mapping, so every 4 KiB page faults twice
-/// (once in the mapping, once in the new buffer) and both stay resident: 1.1 M minor faults and
-/// twice the weights' size in memory for Sa2VA-1B's 4.1 GB. Here the kernel copies from the page
-/// cache into the final buffer, and large tensors are read by several threads.
+/// A `VarBuilder` backend whose tensors are views of the page cache where the global allocator
+/// allows it ([`crate::util::mapped`]): no copy, no zero-filled pages. Otherwise each tensor is
+/// read with positioned reads straight into its final buffer, large ones by several threads.
+/// (candle's mmap backend copies out of the mapping, so every 4 KiB page faulted twice and both
+/// stayed resident: 1.1 M minor faults and twice the weights' size for Sa2VA-1B's 4.1 GB.)
 struct ReadBackend {
-    files: Vec<(PathBuf, std::fs::File)>,
+    /// Each file, opened, and mapped where [`MappedFile`](crate::util::mapped::MappedFile) can be.
+    files: Vec<(PathBuf, std::fs::File, Option<crate::util::mapped::MappedFile>)>,
     entries: std::collections::HashMap<String, (usize, Entry)>,
 }
 
@@ -237,7 +238,9 @@ impl ReadBackend {
                     }
                 }
             }
-            files.push((w.clone(), std::fs::File::open(w).map_err(|e| Error::io(w, e))?));
+            let f = std::fs::File::open(w).map_err(|e| Error::io(w, e))?;
+            let mapped = crate::util::mapped::MappedFile::open(&f).map_err(|e| Error::io(w, e))?;
+            files.push((w.clone(), f, mapped));
         }
         Ok(Self { files, entries })
     }
@@ -248,7 +251,7 @@ impl ReadBackend {
             .entries
             .get(name)
             .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() }.bt())?;
-        let (path, file) = &self.files[*fi];
+        let (path, file, mapped) = &self.files[*fi];
         let dtype = match e.dtype.as_str() {
             "F32" => DType::F32,
             "F16" => DType::F16,
@@ -278,16 +281,16 @@ impl ReadBackend {
         };
         match dtype {
             DType::F32 => {
-                let v = read_vec::<f32>(file, e.start, n).map_err(fail)?;
-                Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu)
+                let v = load::<f32>(mapped.as_ref(), file, e.start, n);
+                Tensor::from_vec(v.map_err(fail)?, e.shape.as_slice(), &Device::Cpu)
             }
             DType::F16 => {
-                let v = read_vec::<half::f16>(file, e.start, n).map_err(fail)?;
-                Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu)
+                let v = load::<half::f16>(mapped.as_ref(), file, e.start, n);
+                Tensor::from_vec(v.map_err(fail)?, e.shape.as_slice(), &Device::Cpu)
             }
             DType::BF16 => {
-                let v = read_vec::<half::bf16>(file, e.start, n).map_err(fail)?;
-                Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu)
+                let v = load::<half::bf16>(mapped.as_ref(), file, e.start, n);
+                Tensor::from_vec(v.map_err(fail)?, e.shape.as_slice(), &Device::Cpu)
             }
             _ => {
                 let v = read_vec::<u8>(file, e.start, bytes).map_err(fail)?;
@@ -297,23 +300,26 @@ impl ReadBackend {
     }
 }
 
-/// Marker for the plain value types a file's bytes may be read into: any bit pattern is valid.
-///
-/// # Safety
-/// Implementors must have no padding and no invalid bit patterns.
-unsafe trait Plain: Copy {}
-// SAFETY: integers and IEEE floats of these widths accept every bit pattern.
-unsafe impl Plain for u8 {}
-unsafe impl Plain for f32 {}
-unsafe impl Plain for half::f16 {}
-unsafe impl Plain for half::bf16 {}
+/// `n` values at byte `offset` of `file`: over its mapping when there is one and they are aligned
+/// there, else read into a new vector.
+fn load<T: crate::util::mapped::Plain>(
+    mapped: Option<&crate::util::mapped::MappedFile>,
+    file: &std::fs::File,
+    offset: u64,
+    n: usize,
+) -> std::io::Result<Vec<T>> {
+    match mapped.and_then(|m| m.vec(offset as usize, n)) {
+        Some(v) => Ok(v),
+        None => read_vec(file, offset, n),
+    }
+}
 
 /// `n` values read from `file` at `offset` into a new vector. The buffer is allocated without
 /// being written (so the allocator never touches it), then positioned reads of 32 MiB pieces fill
 /// it on parallel threads. (Advising it for transparent huge pages was tried: with the kernel's
 /// `defrag=madvise` every huge-page fault compacts memory synchronously, and the load took 2.3x
 /// longer.)
-fn read_vec<T: Plain>(file: &std::fs::File, offset: u64, n: usize) -> std::io::Result<Vec<T>> {
+fn read_vec<T: crate::util::mapped::Plain>(file: &std::fs::File, offset: u64, n: usize) -> std::io::Result<Vec<T>> {
     use rayon::prelude::*;
     use std::os::fd::AsRawFd;
     const PIECE: usize = 32 << 20;

@@ -2,6 +2,7 @@
 
 pub mod atomic;
 pub mod jsonl;
+pub mod mapped;
 
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
