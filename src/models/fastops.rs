@@ -101,7 +101,7 @@ fn detect_simd() -> Simd {
     }
 }
 
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     simd_level() != Simd::Portable
 }
 
@@ -358,9 +358,15 @@ fn gemv_rows(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
     }
 }
 
+/// How far ahead (in floats: 2 KiB) the AVX2 GEMV prefetches. The hardware prefetchers stop at
+/// each 4 KiB page, so every page of the weight began with demand misses and, on a VM, a nested
+/// page walk; fetching half a page ahead overlaps both with the FMAs (1-tile `ask` decode on a
+/// 2-vCPU Xeon: 8.6-10.7 -> 12.4-13.3 tok/s; 256 to 2048 floats all within noise of it).
+const PREFETCH: usize = 512;
+
 /// The AVX2 build: one weight row at a time (a single forward stream, which the prefetchers
 /// follow best: measured faster than four interleaved rows on the LM head) with four 8-lane FMA
-/// chains.
+/// chains, and software prefetch [`PREFETCH`] floats ahead.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gemv_rows_avx2(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
@@ -372,6 +378,9 @@ unsafe fn gemv_rows_avx2(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
         let mut a = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i < main {
+            // The two lines read PREFETCH floats from now (past the row's end: the next row's).
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + PREFETCH + 16) as *const i8);
             for (j, acc) in a.iter_mut().enumerate() {
                 *acc = _mm256_fmadd_ps(
                     _mm256_loadu_ps(p.add(i + 8 * j)),
