@@ -165,6 +165,41 @@ fn ask_cli_end_to_end() {
     assert_eq!(stdout(&o).trim(), j["answer"].as_str().unwrap());
 }
 
+/// `--quantize q8_0` decodes through Q8_0 weights: it runs, and on this tiny random checkpoint
+/// (near-tied logits) its first 8 greedy tokens still follow the f32 reference's (12 of them do
+/// today; then the two part).
+#[test]
+fn ask_cli_quantized_decode_follows_the_reference_at_first() {
+    let g = golden("tiny-qwen2", "chelsea");
+    let want: Vec<u32> = g["generated_ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+    let model = fixture("internvl/tiny-qwen2");
+    let img = fixture("images/chelsea.png");
+    let j = run_json(&[
+        "ask",
+        img.to_str().unwrap(),
+        QUESTION,
+        "--model",
+        model.to_str().unwrap(),
+        "--max-tiles",
+        "6",
+        "--max-new-tokens",
+        "40",
+        "--device",
+        "cpu",
+        "--quantize",
+        "q8_0",
+        "--json",
+    ]);
+    let got: Vec<u32> = j["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert!(got.len() >= 8, "{got:?}");
+    assert_eq!(&got[..8], &want[..8]);
+}
+
 #[test]
 fn bad_inputs_are_clear_errors() {
     let model = fixture("internvl/tiny-qwen2");

@@ -16,6 +16,7 @@ pub mod internlm2;
 pub mod internvl;
 pub mod nn;
 pub mod perceptio;
+pub mod q8_0;
 pub mod qwen2;
 pub mod qwen2_5_vl;
 pub mod qwen3_vl;

@@ -20,7 +20,7 @@ pub struct Linear {
     inner: candle_nn::Linear,
     /// A quantized copy of the weight that one-row inputs (decode steps) use instead, when asked
     /// for with [`Linear::quantize_for_decode`]; every other input keeps the full weight.
-    decode: Option<candle_core::quantized::QMatMul>,
+    decode: Option<std::sync::Arc<crate::models::q8_0::Q8Weight>>,
     span: tracing::Span,
 }
 
@@ -54,8 +54,11 @@ impl Linear {
         if !w.device().is_cpu() {
             candle_core::bail!("quantized decoding is a CPU path; on a GPU use --dtype bf16");
         }
-        let q = candle_core::quantized::QTensor::quantize(w, dtype)?;
-        self.decode = Some(candle_core::quantized::QMatMul::from_qtensor(q)?);
+        if dtype != candle_core::quantized::GgmlDType::Q8_0 {
+            candle_core::bail!("quantized decoding supports Q8_0 only, not {dtype:?}");
+        }
+        let w = w.to_dtype(DType::F32)?;
+        self.decode = Some(std::sync::Arc::new(crate::models::q8_0::Q8Weight::quantize(&w)?));
         Ok(())
     }
 }
@@ -86,14 +89,9 @@ impl Module for Linear {
             .as_ref()
             .filter(|_| xs.elem_count() == k && xs.dtype() == DType::F32)
         {
-            let y = q.forward(&xs.reshape((1, k))?)?;
-            let y = match self.inner.bias() {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            };
-            let mut out = xs.dims().to_vec();
-            *out.last_mut().unwrap_or(&mut 0) = y.dim(1)?;
-            return y.reshape(out);
+            if let Some(y) = q.forward(xs, self.inner.bias())? {
+                return Ok(y);
+            }
         }
         // One f32 row on the CPU (a decode step): the streaming GEMV (faster than candle's GEMM).
         if let Some(y) = crate::models::fastops::gemv(xs, self.inner.weight())? {
