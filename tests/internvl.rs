@@ -113,13 +113,12 @@ fn internlm2_portrait() {
     check_pair("tiny-internlm2", "portrait");
 }
 
-#[test]
-fn ask_cli_end_to_end() {
-    let g = golden("tiny-qwen2", "chelsea");
-    let want: Vec<u32> = g["generated_ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+/// `perceptio ask chelsea.png QUESTION --json` on tiny-qwen2 (6 tiles, up to 40 tokens) with
+/// `extra` flags: the JSON object and its token ids.
+fn ask_json(extra: &[&str]) -> (serde_json::Value, Vec<u32>) {
     let model = fixture("internvl/tiny-qwen2");
     let img = fixture("images/chelsea.png");
-    let j = run_json(&[
+    let mut args = vec![
         "ask",
         img.to_str().unwrap(),
         QUESTION,
@@ -132,13 +131,25 @@ fn ask_cli_end_to_end() {
         "--device",
         "cpu",
         "--json",
-    ]);
-    let got: Vec<u32> = j["token_ids"]
+    ];
+    args.extend_from_slice(extra);
+    let j = run_json(&args);
+    let ids = j["token_ids"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
+    (j, ids)
+}
+
+#[test]
+fn ask_cli_end_to_end() {
+    let g = golden("tiny-qwen2", "chelsea");
+    let want: Vec<u32> = g["generated_ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+    let model = fixture("internvl/tiny-qwen2");
+    let img = fixture("images/chelsea.png");
+    let (j, got) = ask_json(&[]);
     // the CLI stops at a stop token; up to there it must follow the reference exactly
     assert!(!got.is_empty());
     assert_eq!(&got[..], &want[..got.len()]);
@@ -172,30 +183,7 @@ fn ask_cli_end_to_end() {
 fn ask_cli_quantized_decode_follows_the_reference_at_first() {
     let g = golden("tiny-qwen2", "chelsea");
     let want: Vec<u32> = g["generated_ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
-    let model = fixture("internvl/tiny-qwen2");
-    let img = fixture("images/chelsea.png");
-    let j = run_json(&[
-        "ask",
-        img.to_str().unwrap(),
-        QUESTION,
-        "--model",
-        model.to_str().unwrap(),
-        "--max-tiles",
-        "6",
-        "--max-new-tokens",
-        "40",
-        "--device",
-        "cpu",
-        "--quantize",
-        "q8_0",
-        "--json",
-    ]);
-    let got: Vec<u32> = j["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let (_, got) = ask_json(&["--quantize", "q8_0"]);
     assert!(got.len() >= 8, "{got:?}");
     assert_eq!(&got[..8], &want[..8]);
 }
