@@ -205,6 +205,103 @@ fn block_rows(nq: usize, nk: usize, causal: bool) -> usize {
     nq.div_ceil(nq.div_ceil(most).max(1)).max(1)
 }
 
+impl FusedAttention {
+    /// One query row (a decode step) with grouped heads: the `rep` query heads that share a kv
+    /// head are one `rep`-row block against it (their q rows lie `sh` apart, their output rows
+    /// `d` apart), so each cached k/v head is read once per step instead of once per query head,
+    /// in one task per (batch row, kv head).
+    fn one_row_grouped(
+        &self,
+        q: View,
+        k: View,
+        v: View,
+        (b, hq, d): (usize, usize, usize),
+        (nk, hk): (usize, usize),
+    ) -> (CpuStorage, Shape) {
+        let rep = hq / hk;
+        let len = b * hq * d;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let optr = OutPtr(out.as_mut_ptr());
+        let (scale, causal) = (self.scale, self.causal_offset);
+        let key_start = self.key_start.as_deref();
+        (0..b * hk).into_par_iter().for_each_init(Vec::<f32>::new, |scores, t| {
+            let (bi, kh) = (t / hk, t % hk);
+            let h0 = kh * rep;
+            // SAFETY: output rows (bi, 0, h0..h0 + rep), d apart, lie inside the buffer.
+            let op = unsafe { optr.at((bi * hq + h0) * d) };
+            let ks = key_start.map_or(0, |k| k[bi]).min(nk);
+            let kv_end = causal.map_or(nk, |off| (off + 1).min(nk));
+            if kv_end <= ks {
+                // SAFETY: the group's rep·d output values belong to this task.
+                unsafe { std::ptr::write_bytes(op, 0, rep * d) };
+                return;
+            }
+            let kv_len = kv_end - ks;
+            scores.resize(rep * kv_len + rep, 0.0);
+            let (scores, inv) = scores.split_at_mut(rep * kv_len);
+            // SAFETY: every pointer stays inside its storage (checked by `view` and the shapes);
+            // the output rows of heads h0..h0 + rep of batch row bi belong to this task alone.
+            unsafe {
+                // scores (rep × kv_len) = scale · q_group (rep × d, rows sh apart) · kᵀ
+                gemm::gemm(
+                    rep,
+                    kv_len,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    kv_len as isize,
+                    false,
+                    q.at(bi, 0, h0),
+                    1,
+                    q.sh as isize,
+                    k.at(bi, ks, kh),
+                    k.sn as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+                    inv[i] = 1.0 / crate::models::fastops::exp_shifted_in_place(row);
+                }
+                // out (rep × d, rows d apart) = p (rep × kv_len) · v (kv_len × d)
+                gemm::gemm(
+                    rep,
+                    d,
+                    kv_len,
+                    op,
+                    1,
+                    d as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    kv_len as isize,
+                    v.at(bi, ks, kh),
+                    1,
+                    v.sn as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                for (i, &r) in inv.iter().enumerate() {
+                    for o in std::slice::from_raw_parts_mut(op.add(i * d), d) {
+                        *o *= r;
+                    }
+                }
+            }
+        });
+        // SAFETY: the tasks together wrote every (b, head) row of the output.
+        unsafe { out.set_len(len) };
+        (CpuStorage::F32(out), Shape::from((b, 1, hq, d)))
+    }
+}
+
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -223,6 +320,9 @@ impl CustomOp3 for FusedAttention {
         let &[b, nq, hq, d] = l1.dims() else { unreachable!() };
         let &[_, nk, hk, _] = l2.dims() else { unreachable!() };
         let rep = hq / hk;
+        if nq == 1 && rep > 1 {
+            return Ok(self.one_row_grouped(q, k, v, (b, hq, d), (nk, hk)));
+        }
         let bq = block_rows(nq, nk, self.causal_offset.is_some());
         let nblocks = nq.div_ceil(bq);
         // Not zero-filled first: every task writes all of its rows (zeros where no key is seen).
@@ -357,7 +457,8 @@ mod tests {
     #[test]
     fn fused_matches_materialised_attention() {
         // ViT-like, SAM2-window-like (d = 72), grouped causal prefill with and without a cache
-        // offset, a decode step, and a multi-block size that does not divide evenly.
+        // offset, decode steps (one row: the grouped-heads path), and a multi-block size that
+        // does not divide evenly.
         type Case = (usize, usize, usize, usize, usize, usize, Option<usize>);
         let cases: &[Case] = &[
             (2, 65, 65, 4, 4, 16, None),
@@ -365,6 +466,9 @@ mod tests {
             (1, 37, 37, 7, 1, 8, Some(0)),
             (1, 9, 40, 4, 2, 16, Some(31)),
             (1, 1, 50, 14, 2, 64, Some(49)),
+            // one row with grouped heads, batched, without a mask and under one
+            (3, 1, 33, 6, 2, 8, None),
+            (2, 1, 40, 4, 1, 16, Some(30)),
             (1, 700, 700, 2, 1, 8, None),
         ];
         for (i, &(b, nq, nk, hq, hk, d, causal)) in cases.iter().enumerate() {
