@@ -21,7 +21,8 @@
 # Needs: a release build (cargo build --release), the venv of tools/gen_internvl_goldens.py
 # (torch, transformers 5, Meta sam2 1.1.0 + hydra) as $PY, the reference sources in /tmp/refsrc
 # (see tools/bench_e2e_torch.py). Results: one JSON line per run in $OUT (default
-# target/bench-e2e/runs.jsonl), the summary table on stdout. Figures: docs/performance.md.
+# target/bench-e2e/runs.jsonl, also kept as runs-<UTC time>.jsonl), the summary table with each
+# round's all-compute ratio on stdout. Figures: docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-/work/venv-torch/bin/python}
@@ -106,6 +107,9 @@ import json, sys
 d = json.loads(sys.stdin.read()); d.update(mode='$1', round=$2, wall_s=$t1 - $t0); print(json.dumps(d))" >> "$OUT"
 }
 
+# keep this invocation's rounds next to the latest (runs.jsonl is rewritten by the next one)
+trap 'cp "$OUT" "${OUT%.jsonl}-$STAMP.jsonl" 2>/dev/null || true' EXIT
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 for mode in $MODES; do
   for r in $(seq 1 "$ROUNDS"); do
     # alternate which side goes first, so neither always runs on a warmer machine
@@ -140,6 +144,14 @@ for mode in sorted({r['mode'] for r in runs}):
         ratio = p / t if t else float('nan')
         print(f"{name:<18}{p:>12.3f}{t:>12.3f}{ratio:>8.2f}")
     print(f"{'all compute':<18}{tot_p:>12.3f}{tot_t:>12.3f}{tot_p / tot_t:>8.2f}")
+    keys = [k for _, k in stages[mode] if k not in ('load_s', 'decode_tok_per_s')]
+    def total(side, r):
+        v = [x for x in runs if x.get('side') == side and x.get('mode') == mode and x.get('round') == r]
+        return sum(v[0].get(k, 0.0) for k in keys) if v else None
+    for r in sorted({x['round'] for x in runs if x['mode'] == mode}):
+        p, t = total('perceptio', r), total('pytorch', r)
+        if p and t:
+            print(f"  round {r}: all compute {p:.2f} vs {t:.2f} s ({p / t:.2f})")
     if mode == 'ask':
         pt = [r.get('token_ids') for r in runs if r['mode'] == 'ask' and r['side'] == 'perceptio']
         tt = [r.get('token_ids') for r in runs if r['mode'] == 'ask' and r['side'] == 'pytorch']
