@@ -205,6 +205,100 @@ fn block_rows(nq: usize, nk: usize, causal: bool) -> usize {
     nq.div_ceil(nq.div_ceil(most).max(1)).max(1)
 }
 
+/// One block of `m` query rows against `kv_len` keys, the core both task shapes share: q row i
+/// at `q + i·q_rs`, key/value j at `k + j·k_rs` / `v + j·v_rs`, output row i at `out + i·out_rs`;
+/// query row i sees the first `seen(i)` keys (none: its output is 0).
+struct Block {
+    m: usize,
+    kv_len: usize,
+    d: usize,
+    q: *const f32,
+    q_rs: usize,
+    k: *const f32,
+    k_rs: usize,
+    v: *const f32,
+    v_rs: usize,
+    out: *mut f32,
+    out_rs: usize,
+    scale: f32,
+}
+
+impl Block {
+    /// softmax(scale·q·kᵀ)·v of the block, with `scratch` for its scores. SAFETY: every row the
+    /// fields name lies inside its storage, and the output rows belong to the caller alone.
+    unsafe fn run(&self, scratch: &mut Vec<f32>, seen: impl Fn(usize) -> usize) {
+        let (m, kv_len, d) = (self.m, self.kv_len, self.d);
+        // the block's scores, then the reciprocals of its rows' exponential sums
+        scratch.resize(m * kv_len + m, 0.0);
+        let (scores, inv) = scratch.split_at_mut(m * kv_len);
+        // SAFETY (both products): the caller's guarantees on the fields.
+        unsafe {
+            // scores (m × kv_len, row-major) = scale · q_blk (m × d) · kᵀ (d × kv_len)
+            gemm::gemm(
+                m,
+                kv_len,
+                d,
+                scores.as_mut_ptr(),
+                1,
+                kv_len as isize,
+                false,
+                self.q,
+                1,
+                self.q_rs as isize,
+                self.k,
+                self.k_rs as isize,
+                1,
+                0.0,
+                self.scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+            let seen = seen(i);
+            // exp(s − max) here; the output row is scaled by 1/sum after P·V (m·d
+            // multiplications instead of m·kv_len)
+            inv[i] = if seen > 0 {
+                1.0 / crate::models::fastops::exp_shifted_in_place(&mut row[..seen])
+            } else {
+                0.0
+            };
+            row[seen..].fill(0.0);
+        }
+        unsafe {
+            // out rows (m × d, row stride out_rs) = p (m × kv_len) · v (kv_len × d)
+            gemm::gemm(
+                m,
+                d,
+                kv_len,
+                self.out,
+                1,
+                self.out_rs as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                kv_len as isize,
+                self.v,
+                1,
+                self.v_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+            for (i, &r) in inv.iter().enumerate() {
+                for o in std::slice::from_raw_parts_mut(self.out.add(i * self.out_rs), d) {
+                    *o *= r;
+                }
+            }
+        }
+    }
+}
+
 impl FusedAttention {
     /// One query row (a decode step) with grouped heads: the `rep` query heads that share a kv
     /// head are one `rep`-row block against it (their q rows lie `sh` apart, their output rows
@@ -236,65 +330,24 @@ impl FusedAttention {
                 unsafe { std::ptr::write_bytes(op, 0, rep * d) };
                 return;
             }
-            let kv_len = kv_end - ks;
-            scores.resize(rep * kv_len + rep, 0.0);
-            let (scores, inv) = scores.split_at_mut(rep * kv_len);
-            // SAFETY: every pointer stays inside its storage (checked by `view` and the shapes);
-            // the output rows of heads h0..h0 + rep of batch row bi belong to this task alone.
-            unsafe {
-                // scores (rep × kv_len) = scale · q_group (rep × d, rows sh apart) · kᵀ
-                gemm::gemm(
-                    rep,
-                    kv_len,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    kv_len as isize,
-                    false,
-                    q.at(bi, 0, h0),
-                    1,
-                    q.sh as isize,
-                    k.at(bi, ks, kh),
-                    k.sn as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
-                    inv[i] = 1.0 / crate::models::fastops::exp_shifted_in_place(row);
-                }
-                // out (rep × d, rows d apart) = p (rep × kv_len) · v (kv_len × d)
-                gemm::gemm(
-                    rep,
-                    d,
-                    kv_len,
-                    op,
-                    1,
-                    d as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    kv_len as isize,
-                    v.at(bi, ks, kh),
-                    1,
-                    v.sn as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                for (i, &r) in inv.iter().enumerate() {
-                    for o in std::slice::from_raw_parts_mut(op.add(i * d), d) {
-                        *o *= r;
-                    }
-                }
-            }
+            let block = Block {
+                m: rep,
+                kv_len: kv_end - ks,
+                d,
+                // SAFETY: (bi, 0, h0) and (bi, ks, kh) lie inside the views' shapes.
+                q: unsafe { q.at(bi, 0, h0) },
+                q_rs: q.sh,
+                k: unsafe { k.at(bi, ks, kh) },
+                k_rs: k.sn,
+                v: unsafe { v.at(bi, ks, kh) },
+                v_rs: v.sn,
+                out: op,
+                out_rs: d,
+                scale,
+            };
+            // SAFETY: the group's q rows lie sh apart inside q, its keys inside k and v, and the
+            // output rows of heads h0..h0 + rep of batch row bi belong to this task alone.
+            unsafe { block.run(scores, |_| block.kv_len) };
         });
         // SAFETY: the tasks together wrote every (b, head) row of the output.
         unsafe { out.set_len(len) };
@@ -353,83 +406,31 @@ impl CustomOp3 for FusedAttention {
                 }
                 return;
             }
-            let kv_len = kv_end - ks;
             let kh = h / rep;
-            // the block's scores, then the reciprocals of its rows' exponential sums
-            scores.resize(m * kv_len + m, 0.0);
-            let (scores, inv) = scores.split_at_mut(m * kv_len);
-            // SAFETY: every pointer below stays inside its storage (checked by `view` and the
-            // shapes), and the output rows (bi, r0..r0+m, h) belong to this task alone.
-            unsafe {
-                let qp = q.at(bi, r0, h);
-                let kp = k.at(bi, ks, kh);
-                let vp = v.at(bi, ks, kh);
-                // scores (m × kv_len, row-major) = scale · q_blk (m × d) · kᵀ (d × kv_len)
-                gemm::gemm(
-                    m,
-                    kv_len,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    kv_len as isize,
-                    false,
-                    qp,
-                    1,
-                    q.sn as isize,
-                    kp,
-                    k.sn as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
-                    // keys ks..ks + seen of this query (none: a pad row before the key start)
-                    let seen = match causal {
-                        Some(off) => (off + r0 + i + 1).min(kv_end).saturating_sub(ks),
-                        None => kv_len,
-                    };
-                    // exp(s − max) here; the output row is scaled by 1/sum after P·V (m·d
-                    // multiplications instead of m·kv_len)
-                    inv[i] = if seen > 0 {
-                        1.0 / crate::models::fastops::exp_shifted_in_place(&mut row[..seen])
-                    } else {
-                        0.0
-                    };
-                    row[seen..].fill(0.0);
-                }
-                // out rows (m × d, row stride hq·d) = p (m × kv_len) · v (kv_len × d)
-                let op = optr.at(orow(0));
-                gemm::gemm(
-                    m,
-                    d,
-                    kv_len,
-                    op,
-                    1,
-                    (hq * d) as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    kv_len as isize,
-                    vp,
-                    1,
-                    v.sn as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                for (i, &r) in inv.iter().enumerate() {
-                    for o in std::slice::from_raw_parts_mut(optr.at(orow(i)), d) {
-                        *o *= r;
-                    }
-                }
-            }
+            let block = Block {
+                m,
+                kv_len: kv_end - ks,
+                d,
+                // SAFETY: (bi, r0, h), (bi, ks, kh) and output row (bi, r0, h) lie inside their
+                // buffers.
+                q: unsafe { q.at(bi, r0, h) },
+                q_rs: q.sn,
+                k: unsafe { k.at(bi, ks, kh) },
+                k_rs: k.sn,
+                v: unsafe { v.at(bi, ks, kh) },
+                v_rs: v.sn,
+                out: unsafe { optr.at(orow(0)) },
+                out_rs: hq * d,
+                scale,
+            };
+            // keys ks..ks + seen of query i (none: a pad row before the key start)
+            let seen = |i: usize| match causal {
+                Some(off) => (off + r0 + i + 1).min(kv_end).saturating_sub(ks),
+                None => block.kv_len,
+            };
+            // SAFETY: every row stays inside its storage (checked by `view` and the shapes), and
+            // the output rows (bi, r0..r0+m, h) belong to this task alone.
+            unsafe { block.run(scores, seen) };
         });
         // SAFETY: the tasks together wrote every (b, row, head) of the output.
         unsafe { out.set_len(len) };
