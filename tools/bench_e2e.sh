@@ -108,8 +108,8 @@ d = json.loads(sys.stdin.read()); d.update(mode='$1', round=$2, wall_s=$t1 - $t0
 }
 
 # keep this invocation's rounds next to the latest (runs.jsonl is rewritten by the next one)
-trap 'cp "$OUT" "${OUT%.jsonl}-$STAMP.jsonl" 2>/dev/null || true' EXIT
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+trap 'cp "$OUT" "${OUT%.jsonl}-$STAMP.jsonl" 2>/dev/null || true' EXIT
 for mode in $MODES; do
   for r in $(seq 1 "$ROUNDS"); do
     # alternate which side goes first, so neither always runs on a warmer machine
@@ -134,17 +134,18 @@ stages = {'segment': [('vision_s', 'vision_s'), ('llm_s', 'llm_s'), ('sam2_encod
 for mode in sorted({r['mode'] for r in runs}):
     print(f"\n{mode}: median of {len([r for r in runs if r['mode'] == mode and r['side'] == 'perceptio'])} runs each")
     print(f"{'stage':<18}{'perceptio':>12}{'pytorch':>12}{'ratio':>8}")
+    # the stages that add up to "all compute" (not the load, not a rate)
+    keys = [k for _, k in stages[mode] if k not in ('load_s', 'decode_tok_per_s')]
     tot_p = tot_t = 0.0
     for name, key in stages[mode]:
         p, t = med('perceptio', mode, key), med('pytorch', mode, key)
         if p is None or t is None:
             continue
-        if key not in ('load_s', 'decode_tok_per_s'):
+        if key in keys:
             tot_p += p; tot_t += t
         ratio = p / t if t else float('nan')
         print(f"{name:<18}{p:>12.3f}{t:>12.3f}{ratio:>8.2f}")
     print(f"{'all compute':<18}{tot_p:>12.3f}{tot_t:>12.3f}{tot_p / tot_t:>8.2f}")
-    keys = [k for _, k in stages[mode] if k not in ('load_s', 'decode_tok_per_s')]
     def total(side, r):
         v = [x for x in runs if x.get('side') == side and x.get('mode') == mode and x.get('round') == r]
         return sum(v[0].get(k, 0.0) for k in keys) if v else None
