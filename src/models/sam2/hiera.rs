@@ -42,16 +42,10 @@ fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (
     Ok(x)
 }
 
-/// 2×2 (stride 2, floor) max pooling of (B, H, W, C).
+/// 2×2 (stride 2, floor) max pooling of (B, H, W, C), as Meta's `do_pool` with `nn.MaxPool2d`.
 fn max_pool2(x: &Tensor) -> Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
-    let (ho, wo) = (h / 2, w / 2);
-    let x = if h % 2 == 1 || w % 2 == 1 {
-        x.narrow(1, 0, ho * 2)?.narrow(2, 0, wo * 2)?
-    } else {
-        x.clone()
-    };
-    x.reshape((b, ho, 2, wo, 2, c))?.max(4)?.max(2)
+    crate::models::fastops::max_pool2_pixels(&x.reshape((b, h * w, c))?, h, w)?.reshape((b, h / 2, w / 2, c))
 }
 
 /// Softmax attention of (N, heads, Lq, hd) queries against (N, heads, Lk, hd) keys/values, as
@@ -127,7 +121,8 @@ impl Block {
         let (mut q, mut hq, mut wq) = (part(0)?, h, w);
         if self.spec.q_pool {
             (hq, wq) = (h / 2, w / 2);
-            q = max_pool2(&q.reshape((b, h, w, o))?)?.reshape((b, hq * wq, heads, hd))?;
+            // pooled straight from the strided view of the projection
+            q = crate::models::fastops::max_pool2_pixels(&q, h, w)?;
         }
         let y = crate::models::attention::attention(&q, &part(1)?, &part(2)?, (hd as f64).powf(-0.5), None)?
             .reshape((b, hq, wq, o))?;
