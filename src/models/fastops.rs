@@ -701,22 +701,24 @@ impl CustomOp1 for MaxPool2 {
         };
         let (dims, st) = (l.dims(), l.stride());
         let (h, w) = (self.h, self.w);
-        let c: usize = dims[2..].iter().product();
         if dims.len() < 3 || dims[1] != h * w || !dense_pixels(dims, st) {
             candle_core::bail!(
                 "max_pool2: {:?} (strides {st:?}) is not (b, {h}·{w}, …) with dense pixels",
                 dims
             );
         }
+        let c: usize = dims[2..].iter().product();
         let (b, ps, bs, off) = (dims[0], st[1], st[0], l.start_offset());
         let (ho, wo) = (h / 2, w / 2);
+        // one chunk per output row; an empty output has no chunks
         let y = par_filled(b * ho * wo * c, (wo * c).max(1), |r, out| {
-            let (bi, oy) = (r / ho.max(1), r % ho.max(1));
+            let (bi, oy) = (r / ho, r % ho);
             let base = off + bi * bs;
             for (ox, o) in out.chunks_exact_mut(c).enumerate() {
                 let at = |dy: usize, dx: usize| &x[base + ((2 * oy + dy) * w + 2 * ox + dx) * ps..][..c];
-                let (a, b1, c0, d) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
-                for ((((o, &a), &p), &q), &r) in o.iter_mut().zip(a).zip(b1).zip(c0).zip(d) {
+                let (tl, tr, bl, br) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                for ((((o, &a), &p), &q), &r) in o.iter_mut().zip(tl).zip(tr).zip(bl).zip(br) {
+                    // ATen's tap order and rule: a later tap wins if greater or NaN
                     let mut m = a;
                     for v in [p, q, r] {
                         if v > m || v.is_nan() {
