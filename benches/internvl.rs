@@ -1,7 +1,7 @@
 //! InternVL2.5-1B stages at real size with random weights on this machine, for comparison with
 //! the PyTorch reference (../shared/tools/perf_reference.py, figures in docs/performance.md).
 //! Run: `cargo bench --bench internvl` (f32, CPU; ~2 GB of RAM; `-- decode`: only the batched
-//! decode steps).
+//! decode steps; `-- prefill`: the LLM prefill alone).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -26,6 +26,37 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `-- prefill`: the Qwen2.5-0.5B prefill alone over `PERCEPTIO_BENCH_TOKENS` (default 1816, a
+/// 7-tile prompt) random embeddings, the whole last layer and the last row only (what
+/// generation reads), alternating; one warm-up pass, then 3 timed passes each.
+fn prefill(model: &mut InternVl, dev: &Device) -> candle_core::Result<()> {
+    let n: usize = std::env::var("PERCEPTIO_BENCH_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1816);
+    let x = (Tensor::randn(0f32, 1.0, (1, n, 896), dev)? * 0.02)?;
+    let (mut full, mut tail) = (vec![], vec![]);
+    for i in 0..4 {
+        for (keep, times) in [(1, &mut tail), (n, &mut full)] {
+            model.llm.clear_kv_cache();
+            let t = Instant::now();
+            let _ = model.llm.forward_embeds_tail(&x, 0, keep)?;
+            if i > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    println!(
+        "Qwen2.5-0.5B prefill {n}, all rows   median {:.3} s  {full:.3?}",
+        median(full.clone())
+    );
+    println!(
+        "Qwen2.5-0.5B prefill {n}, last row   median {:.3} s  {tail:.3?}",
+        median(tail.clone())
+    );
+    Ok(())
+}
+
 /// On the compute pool, as the model commands run.
 fn main() -> candle_core::Result<()> {
     perceptio::util::on_compute_pool(run)
@@ -47,6 +78,9 @@ fn run() -> candle_core::Result<()> {
         "InternVL2.5-1B shapes (InternViT-300M + Qwen2.5-0.5B), random f32 weights, {} threads",
         candle_core::utils::get_num_threads()
     );
+    if std::env::args().any(|a| a == "prefill") {
+        return prefill(&mut model, &dev);
+    }
     let ids: Vec<u32> = (0..300u32).map(|i| (i * 7919) % 151000).collect();
     if !std::env::args().any(|a| a == "decode") {
         let px = Tensor::randn(0f32, 1.0, (1, 3, 448, 448), &dev)?;

@@ -82,6 +82,12 @@ pub trait CausalLm {
     /// reference reports as `hidden_states[-1]` (final-normed for InternVL's LLMs, pre-norm for
     /// Qwen3-VL on transformers 4.57).
     fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor>;
+    /// [`Self::forward_embeds`]'s states for the last `keep` rows only (1, keep, h); every row
+    /// is still cached. A decoder may skip its last layer's work for the other rows.
+    fn forward_embeds_tail(&mut self, xs: &Tensor, offset: usize, keep: usize) -> Result<Tensor> {
+        let s = xs.dim(1)?;
+        self.forward_embeds(xs, offset)?.narrow(1, s - keep.min(s), keep.min(s))
+    }
     fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
     fn clear_kv_cache(&mut self);
 }
@@ -92,6 +98,9 @@ impl CausalLm for InternVl {
     }
     fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         self.llm.forward_embeds(xs, offset)
+    }
+    fn forward_embeds_tail(&mut self, xs: &Tensor, offset: usize, keep: usize) -> Result<Tensor> {
+        self.llm.forward_embeds_tail(xs, offset, keep)
     }
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.llm.logits(hidden)
@@ -129,8 +138,9 @@ pub fn generate_constrained<M: CausalLm + ?Sized>(
     model.clear_kv_cache();
     let prompt_tokens = embeds.dim(1)?;
     let t0 = Instant::now();
-    let h = model.forward_embeds(embeds, 0)?;
-    let mut last = h.i((0, prompt_tokens - 1))?;
+    // Only the last prompt row is read: the last layer skips the others.
+    let h = model.forward_embeds_tail(embeds, 0, 1)?;
+    let mut last = h.i((0, 0))?;
     // Stage times are the device's: wait for an asynchronous GPU before reading the clock.
     embeds.device().synchronize()?;
     let prefill_secs = t0.elapsed().as_secs_f64();
@@ -215,8 +225,8 @@ pub fn generate_batch(model: &mut InternVl, embeds: &[Tensor], opts: &GenerateOp
     model.llm.clear_kv_cache();
     model.llm.set_left_padding(&pads);
     let t0 = Instant::now();
-    let h = model.llm.forward_embeds(&Tensor::cat(&rows, 0)?, 0)?;
-    let mut last = h.i((.., width - 1))?; // (n, h)
+    let h = model.llm.forward_embeds_tail(&Tensor::cat(&rows, 0)?, 0, 1)?;
+    let mut last = h.i((.., 0))?; // (n, h)
     dev.synchronize()?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -281,11 +291,11 @@ pub fn generate_batch(model: &mut InternVl, embeds: &[Tensor], opts: &GenerateOp
 /// last-layer hidden states of those tokens (n, h).
 pub fn teacher_force<M: CausalLm + ?Sized>(model: &mut M, embeds: &Tensor, forced: &[u32]) -> Result<Tensor> {
     model.clear_kv_cache();
-    let l = embeds.dim(1)?;
     let f = model.embed(&Tensor::new(forced, embeds.device())?.unsqueeze(0)?)?;
     let all = Tensor::cat(&[embeds, &f], 1)?;
-    let h = model.forward_embeds(&all, 0)?;
-    h.i((0, l..l + forced.len()))
+    let keep = forced.len().max(1);
+    let h = model.forward_embeds_tail(&all, 0, keep)?;
+    h.i((0, keep - forced.len()..))
 }
 
 /// [`teacher_force`] for several prompts in one forward: each row is `embeds[i]` (1, Lᵢ, h)
@@ -310,9 +320,13 @@ pub fn teacher_force_batch(model: &mut InternVl, embeds: &[Tensor], forced: &[u3
             row.pad_with_zeros(1, 0, width - l - forced.len())
         })
         .collect::<Result<Vec<_>>>()?;
-    let h = model.llm.forward_embeds(&Tensor::cat(&rows, 0)?, 0)?;
+    // Only the forced rows are read: the last layer computes from the shortest row's first.
+    let first = lens.iter().min().copied().unwrap_or(0);
+    let h = model
+        .llm
+        .forward_embeds_tail(&Tensor::cat(&rows, 0)?, 0, width - first)?;
     lens.iter()
         .enumerate()
-        .map(|(i, &l)| h.i((i, l..l + forced.len())))
+        .map(|(i, &l)| h.i((i, l - first..l - first + forced.len())))
         .collect()
 }

@@ -77,25 +77,40 @@ impl DecoderLayer for Layer {
     }
 
     fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        self.forward_tail(xs, offset, xs.dim(1)?)
+    }
+
+    /// The fused wqkv runs on every row (all keys and values are cached); wo and the MLP on the
+    /// kept rows only.
+    fn forward_tail(&mut self, xs: &Tensor, offset: usize, keep: usize) -> Result<Tensor> {
         let _g = self.span.enter();
         let (b, s, _) = xs.dims3()?;
+        let keep = keep.min(s);
         let x = self.attention_norm.forward(xs)?;
         // (b, s, kv, groups + 2, d): queries are the first `groups` slots, then k, then v.
         let qkv = self
             .wqkv
             .forward(&x)?
             .reshape((b, s, self.n_kv, self.groups + 2, self.head_dim))?;
-        let q = qkv
-            .narrow(3, 0, self.groups)?
-            .reshape((b, s, self.n_kv * self.groups, self.head_dim))?;
+        let q = qkv.narrow(1, s - keep, keep)?.narrow(3, 0, self.groups)?.reshape((
+            b,
+            keep,
+            self.n_kv * self.groups,
+            self.head_dim,
+        ))?;
         let k = qkv.narrow(3, self.groups, 1)?.squeeze(3)?;
         let v = qkv.narrow(3, self.groups + 1, 1)?.squeeze(3)?;
-        let a = self.core.forward(&q, &k, &v, offset)?.apply(&self.wo)?;
+        let a = self.core.forward_tail(&q, &k, &v, offset)?.apply(&self.wo)?;
+        let xs = if keep < s {
+            xs.narrow(1, s - keep, keep)?
+        } else {
+            xs.clone()
+        };
         let xs = (xs + a)?;
         let x = self.ffn_norm.forward(&xs)?;
-        let f = self.w2.forward(
-            &(super::nn::activation(&self.w1.forward(&x)?, candle_nn::Activation::Silu)? * self.w3.forward(&x)?)?,
-        )?;
+        let f = self
+            .w2
+            .forward(&super::fastops::silu_mul(&self.w1.forward(&x)?, &self.w3.forward(&x)?)?)?;
         xs + f
     }
 
@@ -133,5 +148,27 @@ impl Decoder<Layer> {
             lm_head: Linear::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("output"))?,
             span: tracing::span!(tracing::Level::TRACE, "internlm2"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::*;
+
+    #[test]
+    fn last_layer_tail_gives_the_full_forwards_rows_and_cache() {
+        let dev = candle_core::Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+        let cfg: Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 16, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32,
+        }))
+        .unwrap();
+        let mut m = Model::new(&cfg, vb).unwrap();
+        for v in vm.all_vars() {
+            v.set(&Tensor::randn(0f32, 0.5, v.shape(), &dev).unwrap()).unwrap();
+        }
+        crate::models::nn::tail_check::tail_matches_full(&mut m, 16, 11);
     }
 }

@@ -453,7 +453,7 @@ impl Rope {
     /// [`Self::apply`] for a left-padded batch: row i's token at cache slot `offset + j` is at
     /// position `offset + j − pads[i]` (its first real token at 0, as alone); pad slots get 0.
     pub fn apply_padded(&self, q: &Tensor, k: &Tensor, offset: usize, pads: &[usize]) -> Result<(Tensor, Tensor)> {
-        let (b, _, s, _) = q.dims4()?;
+        let (b, _, s, _) = k.dims4()?;
         if pads.len() != b {
             candle_core::bail!("RoPE: {} pad counts for a batch of {b}", pads.len());
         }
@@ -466,20 +466,38 @@ impl Rope {
         let half = cos.dim(1)?;
         let pick = |t: &Tensor| t.index_select(&idx, 0)?.reshape((b, s, half));
         let (cos, sin) = (pick(&cos)?, pick(&sin)?);
+        let sq = Self::query_rows(q, s)?;
+        let tail = |t: &Tensor| t.narrow(1, s - sq, sq)?.contiguous();
         Ok((
-            candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?,
+            candle_nn::rotary_emb::rope(&q.contiguous()?, &tail(&cos)?, &tail(&sin)?)?,
             candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?,
         ))
     }
 
-    /// Rotate-half RoPE on (b, h, s, d) at positions offset..offset+s.
+    /// Rotate-half RoPE on (b, h, s, d) at positions offset..offset+s. `q` may hold only the
+    /// last rows of those positions (a last layer that computes only the rows read, see
+    /// [`DecoderLayer::forward_tail`]).
     pub fn apply(&self, q: &Tensor, k: &Tensor, offset: usize) -> Result<(Tensor, Tensor)> {
-        let (_, _, s, _) = q.dims4()?;
+        let (_, _, s, _) = k.dims4()?;
         let (cos, sin) = self.cos_sin(offset, s)?;
+        let sq = Self::query_rows(q, s)?;
         Ok((
-            candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?,
+            candle_nn::rotary_emb::rope(
+                &q.contiguous()?,
+                &cos.narrow(0, s - sq, sq)?,
+                &sin.narrow(0, s - sq, sq)?,
+            )?,
             candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?,
         ))
+    }
+
+    /// The query rows of (b, h, sq, d), which must not outnumber the `s` key positions.
+    fn query_rows(q: &Tensor, s: usize) -> Result<usize> {
+        let (_, _, sq, _) = q.dims4()?;
+        if sq > s {
+            candle_core::bail!("RoPE: {sq} query rows for {s} key positions");
+        }
+        Ok(sq)
     }
 }
 
@@ -519,7 +537,15 @@ impl CausalAttention {
     /// Attend new positions offset..offset+s causally to everything cached; returns
     /// (b, s, heads·head_dim). The fused kernel reads the cache and the grouped heads in place.
     pub fn forward(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
-        let (b, s, _, _) = q.dims4()?;
+        self.forward_tail(q, k, v, offset)
+    }
+
+    /// [`Self::forward`] where `q` (b, sq, heads, head_dim) holds only the last sq of the s new
+    /// positions that `k` and `v` hold: every key and value is cached, and only those queries
+    /// attend (each to the keys up to its own position); returns (b, sq, heads·head_dim).
+    pub fn forward_tail(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
+        let (b, sq, _, _) = q.dims4()?;
+        let s = k.dim(1)?;
         let q = q.transpose(1, 2)?;
         let k = k.transpose(1, 2)?;
         let v = v.transpose(1, 2)?.contiguous()?;
@@ -532,9 +558,10 @@ impl CausalAttention {
         let t = |x: &Tensor| x.transpose(1, 2);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let starts = self.left_pad.as_deref();
-        crate::models::attention::attention_from(&t(&q)?, &t(&k)?, &t(&v)?, scale, Some(offset), starts)?.reshape((
+        let first = offset + s - sq;
+        crate::models::attention::attention_from(&t(&q)?, &t(&k)?, &t(&v)?, scale, Some(first), starts)?.reshape((
             b,
-            s,
+            sq,
             self.n_heads * self.head_dim,
         ))
     }
@@ -549,6 +576,14 @@ impl CausalAttention {
 /// One layer of a decoder-only transformer with a KV cache.
 pub trait DecoderLayer {
     fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor>;
+    /// [`Self::forward`]'s output for the last `keep` of the s rows only (b, keep, h): every row's
+    /// keys and values are still computed and cached, but a layer that overrides this computes
+    /// its queries, output projection and MLP for the kept rows alone (the last layer of a
+    /// prefill whose other rows nobody reads).
+    fn forward_tail(&mut self, xs: &Tensor, offset: usize, keep: usize) -> Result<Tensor> {
+        let s = xs.dim(1)?;
+        self.forward(xs, offset)?.narrow(1, s - keep.min(s), keep.min(s))
+    }
     fn reset_cache(&mut self);
     /// Every linear layer of the block (for [`Decoder::quantize_for_decode`]).
     fn linears_mut(&mut self) -> Vec<&mut Linear>;
@@ -559,9 +594,33 @@ pub trait DecoderLayer {
 /// Run a decoder stack on embeddings (b, s, h) at positions offset.. (causal attention), then
 /// the final norm (the state transformers reports as `hidden_states[-1]`).
 pub fn run_decoder<L: DecoderLayer>(layers: &mut [L], norm: &RmsNorm, xs: &Tensor, offset: usize) -> Result<Tensor> {
+    run_decoder_tail(layers, norm, xs, offset, xs.dim(1)?)
+}
+
+/// [`run_decoder`]'s states for the last `keep` rows only (b, keep, h): the last layer computes
+/// only those rows ([`DecoderLayer::forward_tail`]); every row's keys and values are cached.
+pub fn run_decoder_tail<L: DecoderLayer>(
+    layers: &mut [L],
+    norm: &RmsNorm,
+    xs: &Tensor,
+    offset: usize,
+    keep: usize,
+) -> Result<Tensor> {
+    let s = xs.dim(1)?;
+    if keep == 0 || keep > s {
+        candle_core::bail!("decoder: keep {keep} of {s} rows");
+    }
     let mut xs = xs.clone();
-    for l in layers.iter_mut() {
-        xs = l.forward(&xs, offset)?;
+    let n = layers.len();
+    for (i, l) in layers.iter_mut().enumerate() {
+        xs = if i + 1 == n && keep < s {
+            l.forward_tail(&xs, offset, keep)?
+        } else {
+            l.forward(&xs, offset)?
+        };
+    }
+    if n == 0 {
+        xs = xs.narrow(1, s - keep, keep)?;
     }
     norm.forward(&xs)
 }
@@ -587,6 +646,13 @@ impl<L: DecoderLayer> Decoder<L> {
     pub fn forward_embeds(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         let _g = self.span.enter();
         run_decoder(&mut self.layers, &self.norm, xs, offset)
+    }
+
+    /// [`Self::forward_embeds`]'s states for the last `keep` rows only (b, keep, h), the rest of
+    /// the last layer left uncomputed; the KV cache holds every row as after `forward_embeds`.
+    pub fn forward_embeds_tail(&mut self, xs: &Tensor, offset: usize, keep: usize) -> Result<Tensor> {
+        let _g = self.span.enter();
+        run_decoder_tail(&mut self.layers, &self.norm, xs, offset, keep)
     }
 
     /// Logits for hidden states (…, h) → (…, vocab), in f32.
@@ -734,5 +800,64 @@ mod tests {
             RopeScaling::from_config(Some(&serde_json::Value::Null)),
             Ok(RopeScaling::None)
         );
+    }
+}
+
+/// Checks for [`DecoderLayer::forward_tail`] implementations, shared by the decoders' tests.
+#[cfg(test)]
+pub(crate) mod tail_check {
+    use super::{Decoder, DecoderLayer};
+    use candle_core::{Device, IndexOp, Tensor};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// A tail forward gives the full forward's last rows, caches every row (the next step's
+    /// state is the same as after a full forward), also for a left-padded batch and past the
+    /// RoPE table (dynamic scaling recomputes it); random weights from `vm`.
+    pub(crate) fn tail_matches_full<L: DecoderLayer>(m: &mut Decoder<L>, h: usize, s: usize) {
+        let dev = Device::Cpu;
+        for (b, pads) in [(1usize, None), (2, Some(vec![0usize, 3]))] {
+            let x = Tensor::randn(0f32, 1.0, (b, s, h), &dev).unwrap();
+            let step = Tensor::randn(0f32, 1.0, (b, 1, h), &dev).unwrap();
+            let mut run = |keep: Option<usize>| {
+                m.clear_kv_cache();
+                if let Some(p) = &pads {
+                    m.set_left_padding(p);
+                }
+                let out = match keep {
+                    Some(k) => m.forward_embeds_tail(&x, 0, k).unwrap(),
+                    None => m.forward_embeds(&x, 0).unwrap(),
+                };
+                (out, m.forward_embeds(&step, s).unwrap())
+            };
+            let (full, full_next) = run(None);
+            for keep in [1, 3, s] {
+                let (tail, next) = run(Some(keep));
+                assert_eq!(tail.dims(), &[b, keep, h]);
+                let want = full.i((.., s - keep..)).unwrap();
+                assert!(
+                    max_diff(&tail, &want) < 1e-5,
+                    "keep {keep}, batch {b}: {}",
+                    max_diff(&tail, &want)
+                );
+                assert!(
+                    max_diff(&next, &full_next) < 1e-5,
+                    "next step after keep {keep}, batch {b}"
+                );
+            }
+            m.clear_kv_cache();
+            assert!(m.forward_embeds_tail(&x, 0, 0).is_err() && m.forward_embeds_tail(&x, 0, s + 1).is_err());
+        }
     }
 }

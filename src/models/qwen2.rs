@@ -63,8 +63,12 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let lhs = super::nn::activation(&xs.apply(&self.gate_proj)?, self.act)?;
-        self.down_proj.forward(&(lhs * xs.apply(&self.up_proj)?)?)
+        let (gate, up) = (xs.apply(&self.gate_proj)?, xs.apply(&self.up_proj)?);
+        let h = match self.act {
+            Activation::Silu => super::fastops::silu_mul(&gate, &up)?,
+            act => (super::nn::activation(&gate, act)? * up)?,
+        };
+        self.down_proj.forward(&h)
     }
 }
 
@@ -99,13 +103,23 @@ impl Attention {
         })
     }
 
-    fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+    /// Attention for the last `keep` rows of `xs` (all of them when `keep` is s); keys and values
+    /// of every row are cached.
+    fn forward(&mut self, xs: &Tensor, offset: usize, keep: usize) -> Result<Tensor> {
         let _g = self.span.enter();
         let (b, s, _) = xs.dims3()?;
-        let q = self.q_proj.forward(xs)?.reshape((b, s, self.n_heads, self.head_dim))?;
+        let tail = if keep < s {
+            xs.narrow(1, s - keep, keep)?
+        } else {
+            xs.clone()
+        };
+        let q = self
+            .q_proj
+            .forward(&tail)?
+            .reshape((b, keep, self.n_heads, self.head_dim))?;
         let k = self.k_proj.forward(xs)?.reshape((b, s, self.n_kv, self.head_dim))?;
         let v = self.v_proj.forward(xs)?.reshape((b, s, self.n_kv, self.head_dim))?;
-        self.core.forward(&q, &k, &v, offset)?.apply(&self.o_proj)
+        self.core.forward_tail(&q, &k, &v, offset)?.apply(&self.o_proj)
     }
 }
 
@@ -147,7 +161,20 @@ impl DecoderLayer for Layer {
     }
 
     fn forward(&mut self, xs: &Tensor, offset: usize) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, offset)?;
+        self.forward_tail(xs, offset, xs.dim(1)?)
+    }
+
+    fn forward_tail(&mut self, xs: &Tensor, offset: usize, keep: usize) -> Result<Tensor> {
+        let s = xs.dim(1)?;
+        let keep = keep.min(s);
+        let h = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(xs)?, offset, keep)?;
+        let xs = if keep < s {
+            xs.narrow(1, s - keep, keep)?
+        } else {
+            xs.clone()
+        };
         let xs = (xs + h)?;
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?;
         xs + h
@@ -255,5 +282,29 @@ mod sliding_window_tests {
         c.use_sliding_window = true;
         let e = Model::new(&c, vb).err().unwrap().to_string();
         assert!(e.contains("use_sliding_window"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::*;
+
+    #[test]
+    fn last_layer_tail_gives_the_full_forwards_rows_and_cache() {
+        let dev = candle_core::Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+        // Past max_position_embeddings (8) with dynamic scaling: the table is recomputed.
+        let cfg: Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 16, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 8,
+            "rope_scaling": {"type": "dynamic", "factor": 2.0},
+        }))
+        .unwrap();
+        let mut m = Model::new(&cfg, vb).unwrap();
+        for v in vm.all_vars() {
+            v.set(&Tensor::randn(0f32, 0.5, v.shape(), &dev).unwrap()).unwrap();
+        }
+        crate::models::nn::tail_check::tail_matches_full(&mut m, 16, 11);
     }
 }

@@ -32,6 +32,13 @@ impl Llm {
             Llm::InternLm2(m) => m.forward_embeds(xs, offset),
         }
     }
+    /// See [`crate::models::nn::Decoder::forward_embeds_tail`].
+    pub fn forward_embeds_tail(&mut self, xs: &Tensor, offset: usize, keep: usize) -> Result<Tensor> {
+        match self {
+            Llm::Qwen2(m) => m.forward_embeds_tail(xs, offset, keep),
+            Llm::InternLm2(m) => m.forward_embeds_tail(xs, offset, keep),
+        }
+    }
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match self {
             Llm::Qwen2(m) => m.logits(hidden),
