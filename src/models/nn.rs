@@ -321,6 +321,15 @@ pub fn activation(xs: &Tensor, act: candle_nn::Activation) -> Result<Tensor> {
     }
 }
 
+/// act(gate)·up, a gated MLP's hidden state: SiLU goes through [`crate::models::fastops::silu_mul`]
+/// (one pass on the CPU), other activations through [`activation`] and a product.
+pub fn gated(gate: &Tensor, up: &Tensor, act: candle_nn::Activation) -> Result<Tensor> {
+    match act {
+        candle_nn::Activation::Silu => crate::models::fastops::silu_mul(gate, up),
+        act => activation(gate, act)? * up,
+    }
+}
+
 /// Repeat KV heads for grouped-query attention: (b, kv, s, d) → (b, kv·n_rep, s, d).
 pub fn repeat_kv(xs: Tensor, n_rep: usize) -> Result<Tensor> {
     if n_rep == 1 {

@@ -64,11 +64,7 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (gate, up) = (xs.apply(&self.gate_proj)?, xs.apply(&self.up_proj)?);
-        let h = match self.act {
-            Activation::Silu => super::fastops::silu_mul(&gate, &up)?,
-            act => (super::nn::activation(&gate, act)? * up)?,
-        };
-        self.down_proj.forward(&h)
+        self.down_proj.forward(&super::nn::gated(&gate, &up, self.act)?)
     }
 }
 

@@ -79,7 +79,7 @@ impl Block {
         let a = Tensor::cat(&parts, 1)?;
         let x = (x + self.proj.forward(&a.reshape((n, h))?)?)?;
         let y = self.norm2.forward(&x)?;
-        let m = (crate::models::nn::activation(&self.gate.forward(&y)?, self.act)? * self.up.forward(&y)?)?;
+        let m = crate::models::nn::gated(&self.gate.forward(&y)?, &self.up.forward(&y)?, self.act)?;
         x + self.down.forward(&m)?
     }
 }

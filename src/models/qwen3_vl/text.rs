@@ -123,7 +123,7 @@ impl Layer {
         ))?;
         let x = (x + self.o_proj.forward(&a)?)?;
         let h = self.ln2.forward(&x)?;
-        let m = crate::models::nn::activation(&self.gate.forward(&h)?, self.act)? * self.up.forward(&h)?;
+        let m = crate::models::nn::gated(&self.gate.forward(&h)?, &self.up.forward(&h)?, self.act);
         x + self.down.forward(&m?)?
     }
 }
