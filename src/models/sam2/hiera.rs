@@ -21,10 +21,11 @@ fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
         x = x.pad_with_zeros(2, 0, pw)?;
     }
     let (hp, wp) = (h + ph, w + pw);
-    let x = x
-        .reshape((b, hp / ws, ws, wp / ws, ws, c))?
-        .permute((0, 1, 3, 2, 4, 5))?
-        .reshape((b * (hp / ws) * (wp / ws), ws, ws, c))?;
+    let x = crate::models::fastops::contiguous(
+        &x.reshape((b, hp / ws, ws, wp / ws, ws, c))?
+            .permute((0, 1, 3, 2, 4, 5))?,
+    )?
+    .reshape((b * (hp / ws) * (wp / ws), ws, ws, c))?;
     Ok((x, (hp, wp)))
 }
 
@@ -32,10 +33,11 @@ fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
 fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (usize, usize)) -> Result<Tensor> {
     let c = x.dim(D::Minus1)?;
     let b = x.dim(0)? / ((hp / ws) * (wp / ws));
-    let mut x = x
-        .reshape((b, hp / ws, wp / ws, ws, ws, c))?
-        .permute((0, 1, 3, 2, 4, 5))?
-        .reshape((b, hp, wp, c))?;
+    let mut x = crate::models::fastops::contiguous(
+        &x.reshape((b, hp / ws, wp / ws, ws, ws, c))?
+            .permute((0, 1, 3, 2, 4, 5))?,
+    )?
+    .reshape((b, hp, wp, c))?;
     if hp > h || wp > w {
         x = x.narrow(1, 0, h)?.narrow(2, 0, w)?;
     }

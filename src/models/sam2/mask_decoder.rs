@@ -63,15 +63,13 @@ impl Attention {
     fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let split = |t: Tensor| -> Result<Tensor> {
             let (b, n, c) = t.dims3()?;
-            t.reshape((b, n, self.heads, c / self.heads))?
-                .transpose(1, 2)?
-                .contiguous()
+            fastops::contiguous(&t.reshape((b, n, self.heads, c / self.heads))?.transpose(1, 2)?)
         };
         let q = split(self.q.forward(q)?)?;
         let k = split(self.k.forward(k)?)?;
         let v = split(self.v.forward(v)?)?;
         let (b, h, n, c) = q.dims4()?;
-        let o = attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, n, h * c))?;
+        let o = fastops::contiguous(&attention(&q, &k, &v)?.transpose(1, 2)?)?.reshape((b, n, h * c))?;
         self.out.forward(&o)
     }
 }
@@ -187,8 +185,11 @@ impl TwoWayTransformer {
 
     /// image (b, c, h, w), image_pe (b, c, h, w), tokens (b, n, c) → (tokens, image tokens (b, hw, c)).
     fn forward(&self, image: &Tensor, image_pe: &Tensor, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
-        let keys0 = image.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-        let key_pe = image_pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        // (b, c, h, w) → (b, hw, c) by one copy whatever the layout (the dense PE is a
+        // channels-last map viewed as (b, c, h, w): the copy is then row by row).
+        let tokens_cl = |t: &Tensor| fastops::contiguous(&t.permute((0, 2, 3, 1))?)?.flatten(1, 2);
+        let keys0 = tokens_cl(image)?;
+        let key_pe = tokens_cl(image_pe)?;
         let (mut queries, mut keys) = (tokens.clone(), keys0);
         for l in &self.layers {
             (queries, keys) = l.forward(&queries, &keys, tokens, &key_pe)?;
@@ -227,7 +228,7 @@ impl Module for LayerNorm2d {
 /// channels-last: (b, h·w, in) with the grid (h, w) → (b, 2h, 2w, out).
 #[derive(Debug, Clone)]
 struct Up2 {
-    w: Tensor, // (in, out·4)
+    w: Tensor, // (in, 4·out), column = (ky·2 + kx)·out + o
     b: Tensor, // (out)
     out: usize,
 }
@@ -236,7 +237,8 @@ impl Up2 {
     fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         let w = vb.get((cin, cout, 2, 2), "weight")?;
         Ok(Self {
-            w: w.reshape((cin, cout * 4))?,
+            // Output channels innermost, so painting the 2×2 blocks copies rows of 2·out values.
+            w: w.permute((0, 2, 3, 1))?.contiguous()?.reshape((cin, 4 * cout))?,
             b: vb.get(cout, "bias")?,
             out: cout,
         })
@@ -246,11 +248,13 @@ impl Up2 {
     fn forward(&self, x: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let x = x.to_dtype(self.w.dtype())?;
-        let y = crate::models::nn::matmul(&x.reshape((b * n, c))?, &self.w)?; // (b·hw, out·4), column = o·4 + ky·2 + kx
-        let y = y
-            .reshape((b, h, w, self.out, 2, 2))?
-            .permute((0, 1, 4, 2, 5, 3))?
-            .reshape((b, 2 * h, 2 * w, self.out))?;
+        let y = crate::models::nn::matmul(&x.reshape((b * n, c))?, &self.w)?; // (b·hw, 4·out)
+        let y = fastops::contiguous(&y.reshape((b, h, w, 2, 2, self.out))?.permute((0, 1, 3, 2, 4, 5))?)?.reshape((
+            b,
+            2 * h,
+            2 * w,
+            self.out,
+        ))?;
         y.broadcast_add(&self.b)
     }
 }
