@@ -478,8 +478,8 @@ impl Rope {
         let sq = Self::query_rows(q, s)?;
         let tail = |t: &Tensor| t.narrow(1, s - sq, sq)?.contiguous();
         Ok((
-            candle_nn::rotary_emb::rope(&q.contiguous()?, &tail(&cos)?, &tail(&sin)?)?,
-            candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?,
+            candle_nn::rotary_emb::rope(&crate::models::fastops::contiguous(q)?, &tail(&cos)?, &tail(&sin)?)?,
+            candle_nn::rotary_emb::rope(&crate::models::fastops::contiguous(k)?, &cos, &sin)?,
         ))
     }
 
@@ -492,11 +492,11 @@ impl Rope {
         let sq = Self::query_rows(q, s)?;
         Ok((
             candle_nn::rotary_emb::rope(
-                &q.contiguous()?,
+                &crate::models::fastops::contiguous(q)?,
                 &cos.narrow(0, s - sq, sq)?,
                 &sin.narrow(0, s - sq, sq)?,
             )?,
-            candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?,
+            candle_nn::rotary_emb::rope(&crate::models::fastops::contiguous(k)?, &cos, &sin)?,
         ))
     }
 
@@ -557,7 +557,7 @@ impl CausalAttention {
         let s = k.dim(1)?;
         let q = q.transpose(1, 2)?;
         let k = k.transpose(1, 2)?;
-        let v = v.transpose(1, 2)?.contiguous()?;
+        let v = crate::models::fastops::contiguous(&v.transpose(1, 2)?)?;
         let (q, k) = match &self.left_pad {
             Some(p) => self.rope.apply_padded(&q, &k, offset, p)?,
             None => self.rope.apply(&q, &k, offset)?,

@@ -56,7 +56,7 @@ impl Module for Conv1x1 {
 
 /// Channels-last → NCHW, contiguous.
 fn nchw(x: &Tensor) -> Result<Tensor> {
-    x.permute((0, 3, 1, 2))?.contiguous()
+    crate::models::fastops::contiguous(&x.permute((0, 3, 1, 2))?)
 }
 
 #[derive(Debug, Clone)]
