@@ -21,6 +21,8 @@ pub struct Linear {
     /// A quantized copy of the weight that one-row inputs (decode steps) use instead, when asked
     /// for with [`Linear::quantize_for_decode`]; every other input keeps the full weight.
     decode: Option<std::sync::Arc<crate::models::q8_0::Q8Weight>>,
+    /// Inputs of a few rows in any layout take the streaming GEMV ([`Linear::few_rows`]).
+    few_rows: bool,
     span: tracing::Span,
 }
 
@@ -30,6 +32,7 @@ impl Linear {
         Ok(Self {
             inner,
             decode: None,
+            few_rows: false,
             span: tracing::span!(tracing::Level::TRACE, "linear"),
         })
     }
@@ -38,8 +41,17 @@ impl Linear {
         Self {
             inner: candle_nn::Linear::new(w, b),
             decode: None,
+            few_rows: false,
             span: tracing::span!(tracing::Level::TRACE, "linear"),
         }
+    }
+
+    /// Send f32 CPU inputs of up to [`crate::models::fastops::GEMV_FEW_ROWS`] rows, whatever their
+    /// leading dims, through the streaming GEMV instead of a GEMM: for layers that see a handful of
+    /// token rows on every call (SAM2's mask decoder), where a GEMM's fixed cost is most of the time.
+    pub fn few_rows(mut self) -> Self {
+        self.few_rows = true;
+        self
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -89,8 +101,14 @@ impl Module for Linear {
                 return Ok(y);
             }
         }
-        // One f32 row on the CPU (a decode step): the streaming GEMV (faster than candle's GEMM).
-        if let Some(y) = crate::models::fastops::gemv(xs, self.inner.weight())? {
+        // One f32 row on the CPU (a decode step), or a few rows of a `few_rows` layer: the streaming
+        // GEMV (faster than candle's GEMM there).
+        let few = if self.few_rows {
+            crate::models::fastops::gemv_few(xs, self.inner.weight())?
+        } else {
+            crate::models::fastops::gemv(xs, self.inner.weight())?
+        };
+        if let Some(y) = few {
             return match self.inner.bias() {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),

@@ -52,10 +52,10 @@ impl Attention {
     fn new(dim: usize, heads: usize, downsample: usize, vb: VarBuilder) -> Result<Self> {
         let inner = dim / downsample;
         Ok(Self {
-            q: Linear::new(dim, inner, true, vb.pp("q_proj"))?,
-            k: Linear::new(dim, inner, true, vb.pp("k_proj"))?,
-            v: Linear::new(dim, inner, true, vb.pp("v_proj"))?,
-            out: Linear::new(inner, dim, true, vb.pp("out_proj"))?,
+            q: Linear::new(dim, inner, true, vb.pp("q_proj"))?.few_rows(),
+            k: Linear::new(dim, inner, true, vb.pp("k_proj"))?.few_rows(),
+            v: Linear::new(dim, inner, true, vb.pp("v_proj"))?.few_rows(),
+            out: Linear::new(inner, dim, true, vb.pp("out_proj"))?.few_rows(),
             heads,
         })
     }
@@ -87,7 +87,7 @@ impl Mlp {
         for i in 0..n {
             let a = if i == 0 { input } else { hidden };
             let b = if i + 1 == n { output } else { hidden };
-            layers.push(Linear::new(a, b, true, vb.pp(format!("layers.{i}")))?);
+            layers.push(Linear::new(a, b, true, vb.pp(format!("layers.{i}")))?.few_rows());
         }
         Ok(Self { layers, sigmoid })
     }
@@ -307,7 +307,7 @@ impl MaskDecoder {
                 Mlp::new(d, d, 1, 3, false, vb.pp("pred_obj_score_head"))?
             } else {
                 Mlp {
-                    layers: vec![Linear::new(d, 1, true, vb.pp("pred_obj_score_head"))?],
+                    layers: vec![Linear::new(d, 1, true, vb.pp("pred_obj_score_head"))?.few_rows()],
                     sigmoid: false,
                 }
             })
