@@ -86,7 +86,54 @@ fn run() -> candle_core::Result<()> {
     let x = Tensor::randn(0f32, 0.5, (1, 1, cfg.image_size, cfg.image_size), &dev)?.clamp(-1f32, 1f32)?;
     assert_eq!(model.encode(&x)?.dims(), &[1, gh, gw]);
     time("encode (1,1,320,320) -> codes (1,10,10)", || model.encode(&x))?;
+    // The encode's two parts: the conv stack, and the nearest-code search on its 10×10 latents.
+    time("  of which the encoder's convolutions", || model.encode_latents(&x))?;
+    let lat = model.encode_latents(&x)?;
+    time("  of which the nearest-code search", || model.quantize(&lat))?;
     let c8 = codes(8)?;
     time("decode codes (8,10,10) -> (8,1,320,320)", || model.decode(&c8))?;
+    encoder_layers(&dev)
+}
+
+/// The encoder's convolutions one by one at AURORA's shapes (random weights, ReLU fused as in the
+/// model), perceptio's kernels only, 5 warm-ups and 50 timed runs each: to set against
+/// PyTorch's own layers (`nn.Conv2d` + ReLU at the same shapes) when the whole encode is close.
+fn encoder_layers(dev: &Device) -> candle_core::Result<()> {
+    use candle_nn::{Conv2dConfig, Module};
+    let layers: [(&str, usize, usize, usize, usize, usize, usize); 8] = [
+        ("down 1->16 4x4 s2 at 320²", 1, 16, 4, 2, 1, 320),
+        ("down 16->32 at 160²", 16, 32, 4, 2, 1, 160),
+        ("down 32->64 at 80²", 32, 64, 4, 2, 1, 80),
+        ("down 64->128 at 40²", 64, 128, 4, 2, 1, 40),
+        ("down 128->256 at 20²", 128, 256, 4, 2, 1, 20),
+        ("res 3x3 256->256 at 10² (x4)", 256, 256, 3, 1, 1, 10),
+        ("res 1x1 256->256 at 10² (x2)", 256, 256, 1, 1, 0, 10),
+        ("out 1x1 256->512 at 10²", 256, 512, 1, 1, 0, 10),
+    ];
+    println!("encoder layers, perceptio conv kernels (+ReLU), median of 50");
+    for (name, ci, co, k, stride, padding, hw) in layers {
+        let w = (Tensor::randn(0f32, 1.0, (co, ci, k, k), dev)? * (1.0 / ((ci * k * k) as f64).sqrt()))?;
+        let b = Tensor::randn(0f32, 0.1, co, dev)?;
+        let cfg = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let conv = candle_nn::Conv2d::new(w, Some(b), cfg);
+        let x = Tensor::randn(0f32, 1.0, (1, ci, hw, hw), dev)?;
+        let want = conv.forward(&x)?.relu()?;
+        let got = perceptio::models::conv::conv2d_act(&conv, &x, true)?;
+        assert_eq!(got.dims(), want.dims());
+        for _ in 0..5 {
+            perceptio::models::conv::conv2d_act(&conv, &x, true)?;
+        }
+        let mut v = Vec::with_capacity(50);
+        for _ in 0..50 {
+            let t = Instant::now();
+            perceptio::models::conv::conv2d_act(&conv, &x, true)?;
+            v.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        println!("  {name:<30} median {:.3} ms", median(v));
+    }
     Ok(())
 }
