@@ -4,7 +4,7 @@ counterpart of `cargo bench --bench vqvae` (benches/vqvae.rs), same cases and pr
 
 Usage (from repo root; the AiT checkout as in fixtures/depth/README.md):
     git --git-dir=<mirror of SwinTransformer/AiT> archive HEAD vae | tar -x -C /tmp/ait
-    /work/venv-torch/bin/python tools/bench_vqvae_torch.py [--ait /tmp/ait/vae] [--threads 2]
+    /work/venv-torch/bin/python tools/bench_vqvae_torch.py [--ait /tmp/ait/vae] [--threads 2] [--layers]
 
 AURORA's configs/depth/ait_depth_vqvae.py (320², 128 codes × 512, hidden 16, 2 ResBlocks, stride
 32 → 10×10 grid), random torch init, eval(), no_grad, float32, torch.set_num_threads(2),
@@ -26,6 +26,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--ait', default='/tmp/ait/vae')
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--layers', action='store_true',
+                    help="also time the encoder's modules one by one (a conv with its ReLU, each ResBlock; "
+                         "median of 50), as benches/vqvae.rs does per layer")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -59,6 +62,24 @@ def main():
         timeit('decode codes (1,10,10) -> (1,1,320,320)', lambda: vae.decode(c1))
         timeit('encode (1,1,320,320) -> codes (1,10,10)', lambda: vae(img=x, return_indices=True))
         timeit('decode codes (8,10,10) -> (8,1,320,320)', lambda: vae.decode(c8))
+        if args.layers:
+            # AiT's encoder is one nn.Sequential: Conv2d, ReLU, ..., ResBlocks, the 1x1 Conv2d.
+            mods, h = list(vae.encoder), x
+            i = 0
+            while i < len(mods):
+                step = mods[i:i + 2] if i + 1 < len(mods) and isinstance(mods[i + 1], torch.nn.ReLU) else mods[i:i + 1]
+                f = torch.nn.Sequential(*step)
+                for _ in range(5):
+                    f(h)
+                v = []
+                for _ in range(50):
+                    t = time.perf_counter()
+                    f(h)
+                    v.append((time.perf_counter() - t) * 1e3)
+                name = ' + '.join(type(m).__name__ for m in step)
+                print(f"  encoder {i:>2} {name:<16} in {tuple(h.shape)}: median {sorted(v)[25]:.3f} ms")
+                h = f(h)
+                i += len(step)
 
 
 if __name__ == '__main__':
