@@ -7,6 +7,7 @@
 #   ROUNDS=3 MODES="segment ask" tools/bench_e2e.sh
 #   PERCEPTIO=target/release/perceptio MODEL=/work/realsize-f32 tools/bench_e2e.sh
 #   MODES=depth tools/bench_e2e.sh             # `depth` (model tokens -> VQ-VAE) on $DEPTH_MODEL
+#   WARM=0 tools/bench_e2e.sh                  # without reading the checkpoint into the page cache first
 #   MODES=depth DEPTH_TILES=1 ROUNDS=1 tools/bench_e2e.sh   # smoke: both sides run, ids agree
 #
 # depth: `perceptio depth IMG --model $DEPTH_MODEL --max-tiles $DEPTH_TILES --force-depth --max-new-tokens 101
@@ -41,6 +42,7 @@ FORCE_DEPTH=${FORCE_DEPTH:-1}
 DEPTH_NEW=${DEPTH_NEW:-101}
 THREADS=${THREADS:-2}
 EXTRA=${EXTRA:-}            # extra perceptio flags, e.g. "--quantize q8_0"
+WARM=${WARM:-1}             # read the checkpoint through the page cache before every run (0: don't)
 OUTDIR=${OUTDIR:-target/bench-e2e}
 mkdir -p "$OUTDIR"
 OUT=${OUT:-$OUTDIR/runs.jsonl}
@@ -107,14 +109,24 @@ import json, sys
 d = json.loads(sys.stdin.read()); d.update(mode='$1', round=$2, wall_s=$t1 - $t0); print(json.dumps(d))" >> "$OUT"
 }
 
+# Before every run, either side's, the checkpoint is read once through the page cache (untimed):
+# a run whose own load had to fetch part of it from disk computed 2-40 % slower afterwards
+# (docs/performance.md, Zen 5 section), and which side drew that depended on what ran before.
+warm_cache() { # mode
+  [ "$WARM" = 1 ] || return 0
+  local dir=$MODEL
+  [ "$1" = depth ] && dir=$DEPTH_MODEL
+  cat "$dir"/*.safetensors > /dev/null
+}
+
 # keep this invocation's rounds next to the latest (runs.jsonl is rewritten by the next one)
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 trap 'cp "$OUT" "${OUT%.jsonl}-$STAMP.jsonl" 2>/dev/null || true' EXIT
 for mode in $MODES; do
   for r in $(seq 1 "$ROUNDS"); do
     # alternate which side goes first, so neither always runs on a warmer machine
-    if [ $((r % 2)) = 1 ]; then run_perceptio "$mode" "$r"; run_torch "$mode" "$r"
-    else run_torch "$mode" "$r"; run_perceptio "$mode" "$r"; fi
+    if [ $((r % 2)) = 1 ]; then warm_cache "$mode"; run_perceptio "$mode" "$r"; warm_cache "$mode"; run_torch "$mode" "$r"
+    else warm_cache "$mode"; run_torch "$mode" "$r"; warm_cache "$mode"; run_perceptio "$mode" "$r"; fi
     echo "round $r of $mode done" >&2
   done
 done
