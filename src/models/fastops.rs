@@ -1177,11 +1177,11 @@ mod tests {
         let x = (Tensor::randn(0f32, 3.0, (7, 37), &dev).unwrap()).contiguous().unwrap();
         let a = softmax_last_dim(&x).unwrap();
         let b = candle_nn::ops::softmax_last_dim(&x).unwrap();
-        let d: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let d = crate::models::max_abs_diff(&a, &b);
         assert!(d < 1e-6, "softmax diff {d}");
         let a = gelu_erf(&x).unwrap();
         let b = x.gelu_erf().unwrap();
-        let d: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let d = crate::models::max_abs_diff(&a, &b);
         assert!(d < 1e-5, "gelu diff {d}");
         // silu(g)·u against candle's silu then mul, relative to the product's size, over 3 chunks
         // of the parallel pass and the exp's clamped ends.
@@ -1232,14 +1232,7 @@ mod tests {
             let want = x.upsample_bilinear2d(oh, ow, ac).unwrap();
             let got = upsample_bilinear2d(&x, oh, ow, ac).unwrap();
             assert_eq!(got.dims(), want.dims());
-            let d: f32 = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = crate::models::max_abs_diff(&got, &want);
             assert!(d < 1e-5, "{b} {c} {h} {w} -> {oh} {ow} ac={ac}: {d}");
         }
     }
@@ -1286,14 +1279,7 @@ mod tests {
             let got = gemv(&x, &w).unwrap().expect("fast path applies");
             assert_eq!(got.dims(), &[1, 1, n]);
             let want = x.reshape((1, k)).unwrap().matmul(&w.t().unwrap()).unwrap();
-            let d: f32 = (got.reshape((1, n)).unwrap() - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = crate::models::max_abs_diff(&got.reshape((1, n)).unwrap(), &want);
             assert!(d < 1e-4, "({n}, {k}): {d}");
         }
         // GEMM with the bias folded in, against matmul + broadcast_add
@@ -1304,14 +1290,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (3, 5, 33), &dev).unwrap();
         let got = linear_bias(&x, &w, &b).unwrap().expect("fast path applies");
         let want = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
-        let d: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = crate::models::max_abs_diff(&got, &want);
         assert!(d < 1e-4, "linear_bias: {d}");
         // up to GEMV_MAX_ROWS rows of one position each: every row exactly its one-row result
         let w = Tensor::randn(0f32, 1.0, (197, 896), &dev).unwrap();
@@ -1322,14 +1301,7 @@ mod tests {
             let flat = got.reshape((m, 197)).unwrap();
             for i in 0..m {
                 let one = gemv(&x.narrow(0, i, 1).unwrap(), &w).unwrap().unwrap();
-                let d: f32 = (flat.narrow(0, i, 1).unwrap() - one.reshape((1, 197)).unwrap())
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let d = crate::models::max_abs_diff(&flat.narrow(0, i, 1).unwrap(), &one.reshape((1, 197)).unwrap());
                 assert_eq!(d, 0.0, "{shape:?} row {i}");
             }
         }
@@ -1345,14 +1317,7 @@ mod tests {
         let got = gemv_few(&x, &w).unwrap().expect("fast path applies");
         assert_eq!(got.dims(), &[1, 9, 2048]);
         let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
-        let d: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = crate::models::max_abs_diff(&got, &want);
         assert!(d < 1e-4, "gemv_few: {d}");
         let rows = Tensor::zeros((1, GEMV_FEW_ROWS + 1, 256), DType::F32, &dev).unwrap();
         assert!(gemv_few(&rows, &w).unwrap().is_none());
