@@ -61,8 +61,19 @@ DFLAGS=(--max-new-tokens "$DEPTH_NEW")
 echo "# $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs; $THREADS threads" >&2
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
+# Before every run, either side's, the checkpoint is read once through the page cache (untimed):
+# a run whose own load had to fetch part of it from disk computed 2-40 % slower afterwards
+# (docs/performance.md, Zen 5 section), and which side drew that depended on what ran before.
+warm_cache() { # mode
+  [ "$WARM" = 1 ] || return 0
+  local dir=$MODEL
+  [ "$1" = depth ] && dir=$DEPTH_MODEL
+  cat "$dir"/*.safetensors > /dev/null
+}
+
 run_perceptio() { # mode round
   local t0 t1 line
+  warm_cache "$1"
   t0=$(date +%s.%N)
   if [ "$1" = segment ]; then
     # shellcheck disable=SC2086
@@ -92,6 +103,7 @@ print(json.dumps(t))" >> "$OUT"
 
 run_torch() { # mode round
   local t0 t1 line
+  warm_cache "$1"
   t0=$(date +%s.%N)
   if [ "$1" = depth ]; then
     line=$("$PY" tools/bench_e2e_torch.py --model "$DEPTH_MODEL" --image "$IMAGE" --mode depth \
@@ -109,24 +121,14 @@ import json, sys
 d = json.loads(sys.stdin.read()); d.update(mode='$1', round=$2, wall_s=$t1 - $t0); print(json.dumps(d))" >> "$OUT"
 }
 
-# Before every run, either side's, the checkpoint is read once through the page cache (untimed):
-# a run whose own load had to fetch part of it from disk computed 2-40 % slower afterwards
-# (docs/performance.md, Zen 5 section), and which side drew that depended on what ran before.
-warm_cache() { # mode
-  [ "$WARM" = 1 ] || return 0
-  local dir=$MODEL
-  [ "$1" = depth ] && dir=$DEPTH_MODEL
-  cat "$dir"/*.safetensors > /dev/null
-}
-
 # keep this invocation's rounds next to the latest (runs.jsonl is rewritten by the next one)
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 trap 'cp "$OUT" "${OUT%.jsonl}-$STAMP.jsonl" 2>/dev/null || true' EXIT
 for mode in $MODES; do
   for r in $(seq 1 "$ROUNDS"); do
     # alternate which side goes first, so neither always runs on a warmer machine
-    if [ $((r % 2)) = 1 ]; then warm_cache "$mode"; run_perceptio "$mode" "$r"; warm_cache "$mode"; run_torch "$mode" "$r"
-    else warm_cache "$mode"; run_torch "$mode" "$r"; warm_cache "$mode"; run_perceptio "$mode" "$r"; fi
+    if [ $((r % 2)) = 1 ]; then run_perceptio "$mode" "$r"; run_torch "$mode" "$r"
+    else run_torch "$mode" "$r"; run_perceptio "$mode" "$r"; fi
     echo "round $r of $mode done" >&2
   done
 done
